@@ -1,0 +1,1 @@
+"""Data layer: COCO loading and validation, class tables, masks, splits, statistics, samples."""
