@@ -33,9 +33,10 @@ class ConfusionMatrix:
         keep = target != IGNORE_INDEX
         prediction, target = prediction[keep], target[keep]
         n = self.num_classes
-        bad = (target < 0) | (target >= n) | (prediction < 0) | (prediction >= n)
-        if bad.any():
-            values = np.unique(np.concatenate([target[bad], prediction[bad]]))
+        # min/max first: the full check only runs when something is out of range.
+        if target.size and (min(target.min(), prediction.min()) < 0 or max(target.max(), prediction.max()) >= n):
+            values = np.concatenate([target, prediction])
+            values = np.unique(values[(values < 0) | (values >= n)])
             raise ValueError(f"class ids {values[:10].tolist()} outside 0..{n - 1} (ignore index is {IGNORE_INDEX})")
         self.matrix += np.bincount(target * n + prediction, minlength=n * n).reshape(n, n)
 
