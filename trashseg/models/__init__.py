@@ -1,0 +1,138 @@
+"""Every architecture of the recipe behind one interface, listed in one explicit table.
+
+`build_model(name, num_classes)` returns a `SegmentationModel` with `loss(images, masks)` and
+`predict_logits(images)`; `ARCHITECTURES` maps each name to its builder. Each full-size model
+has a `-tiny` twin (depth 1 per stage, narrow, few queries) for CPU tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from transformers import PretrainedConfig
+
+from trashseg.errors import ConfigError
+from trashseg.models.base import IGNORE_INDEX, SegmentationModel
+from trashseg.models.mask2former import Mask2FormerSegmentation, mask2former_swin_config
+from trashseg.models.segformer import SEGFORMER_VARIANTS, SegformerSegmentation, segformer_config
+from trashseg.models.upernet import UperNetSegmentation, upernet_config
+
+__all__ = [
+    "ARCHITECTURES",
+    "IGNORE_INDEX",
+    "ArchitectureSpec",
+    "SegmentationModel",
+    "architecture_table",
+    "build_model",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """How to build one named architecture: its transformers config and its wrapper class."""
+
+    name: str
+    family: str
+    make_config: Callable[[int], PretrainedConfig]
+    wrapper: type[SegmentationModel]
+    tiny: bool
+
+    def build(self, num_classes: int) -> SegmentationModel:
+        network = self.wrapper.network_class(self.make_config(num_classes))
+        return self.wrapper(self.name, num_classes, network)
+
+
+def _table() -> dict[str, ArchitectureSpec]:
+    entries: list[tuple[str, str, Callable[..., PretrainedConfig], type[SegmentationModel]]] = []
+    for size in ("t", "b", "l"):
+        entries.append(
+            (f"mask2former-swin-{size}", "mask2former",
+             partial(mask2former_swin_config, size), Mask2FormerSegmentation)
+        )
+    for backbone in ("swin", "convnext"):
+        for size in ("t", "b", "l"):
+            entries.append(
+                (f"upernet-{backbone}-{size}", "upernet",
+                 partial(upernet_config, backbone, size), UperNetSegmentation)
+            )
+    for variant in SEGFORMER_VARIANTS:
+        entries.append(
+            (f"segformer-{variant}", "segformer", partial(segformer_config, variant),
+             SegformerSegmentation)
+        )
+    table = {}
+    for name, family, config, wrapper in entries:
+        for tiny in (False, True):
+            full_name = f"{name}-tiny" if tiny else name
+            table[full_name] = ArchitectureSpec(
+                full_name, family, partial(_call_config, config, tiny), wrapper, tiny
+            )
+    return table
+
+
+def _call_config(config: Callable[..., PretrainedConfig], tiny: bool, num_classes: int):
+    return config(num_classes, tiny=tiny)
+
+
+ARCHITECTURES: dict[str, ArchitectureSpec] = _table()
+
+
+def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -> SegmentationModel:
+    """Build architecture `name` for `num_classes` classes, randomly initialised or with weights
+    from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family).
+
+    Checkpoint tensors whose shapes differ from this architecture (e.g. a class head for another
+    number of classes) are left at random init and logged; a checkpoint sharing no weights at all
+    with the architecture is an error.
+    """
+    spec = ARCHITECTURES.get(name)
+    if spec is None:
+        raise ConfigError(
+            f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)}. "
+            "Run `trashseg architectures` to list them with parameter counts."
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(
+            f"num_classes is {num_classes!r}; expected an integer >= 2 (background plus at least "
+            "one class), taken from the dataset's class table."
+        )
+    if pretrained is None:
+        return spec.build(num_classes)
+    return spec.wrapper(name, num_classes, _load_network(spec, num_classes, pretrained))
+
+
+def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> torch.nn.Module:
+    config = spec.make_config(num_classes)
+    network, info = spec.wrapper.network_class.from_pretrained(
+        pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    expected = len(network.state_dict())
+    missing = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
+    if len(missing) >= expected:
+        raise ConfigError(
+            f"pretrained checkpoint {pretrained!r} shares no weights with {spec.name!r}; expected "
+            f"a {spec.wrapper.network_class.__name__} checkpoint of that architecture."
+        )
+    if missing:
+        log.warning(
+            "%s: %d of %d tensors not loaded from %s (left at random init): %s",
+            spec.name, len(missing), expected, pretrained, ", ".join(sorted(missing)[:20]),
+        )
+    return network
+
+
+def architecture_table() -> list[tuple[str, int]]:
+    """(name, parameter count) of every architecture for 11 classes, built on the meta device
+    so that even the largest costs no memory or initialisation time."""
+    rows = []
+    for name, spec in ARCHITECTURES.items():
+        with torch.device("meta"):
+            model = spec.build(11)
+        rows.append((name, model.parameter_count()))
+    return rows
