@@ -1,0 +1,214 @@
+"""Inference and evaluation: checkpoint -> prediction folder -> scores.
+
+`predict` writes per-image class probabilities at each image's original resolution
+(the `trashseg.predictions` folder the ensemble reads), averaged in probability space
+over test-time augmentation variants (scales x optional horizontal flip). `evaluate`
+scores a prediction folder against a split's masks with one confusion matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from trashseg.augment import eval_transform
+from trashseg.data.classes import ClassTable
+from trashseg.data.layout import PreparedDataset
+from trashseg.errors import ConfigError, DataError
+from trashseg.metrics import ConfusionMatrix, SegmentationScores
+from trashseg.predictions import PredictionSet
+from trashseg.progress import Progress
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    architecture: str
+    classes: ClassTable
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    iteration: int
+    best_miou: float | None
+    config: dict[str, Any]
+    path: Path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, CheckpointMeta) from a `last.pt` or `best.pt`."""
+    from trashseg.models import build_model
+    from trashseg.training import load_checkpoint_state
+
+    state = load_checkpoint_state(path, map_location="cpu")
+    classes = ClassTable.from_json(state["classes"])
+    model = build_model(state["architecture"], classes.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    meta = CheckpointMeta(
+        architecture=state["architecture"],
+        classes=classes,
+        image_size=int(state["image_size"]),
+        mean=tuple(state["normalisation"]["mean"]),
+        std=tuple(state["normalisation"]["std"]),
+        iteration=int(state["iteration"]),
+        best_miou=state.get("best_miou"),
+        config=state["config"],
+        path=Path(path),
+    )
+    return model, meta
+
+
+def predict_probabilities(
+    model,
+    images: Sequence[np.ndarray],
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+) -> list[torch.Tensor]:
+    """(C, H, W) float32 CPU probabilities for each HxWx3 uint8 image, at its own size.
+
+    Each variant resizes the batch to a square of `image_size * scale`; softmax outputs are
+    resized bilinearly (a convex combination, so they still sum to 1) and averaged.
+    """
+    sums: list[torch.Tensor | None] = [None] * len(images)
+    variants = 0
+    for scale in scales:
+        size = max(32, int(round(image_size * scale)))
+        batch = torch.from_numpy(np.stack([eval_transform(image, size, mean, std) for image in images])).to(device)
+        for flipped in (False, True) if flip else (False,):
+            inputs = batch.flip(-1) if flipped else batch
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model.predict_logits(inputs)
+            probs = logits.float().softmax(dim=1)
+            if flipped:
+                probs = probs.flip(-1)
+            for i, image in enumerate(images):
+                resized = torch.nn.functional.interpolate(
+                    probs[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False
+                )[0].cpu()
+                sums[i] = resized if sums[i] is None else sums[i] + resized
+            variants += 1
+    return [total / variants for total in sums]
+
+
+def predict(
+    checkpoint: str | Path,
+    dataset_dir: str | Path,
+    split: str,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 4,
+    tta_flip: bool = False,
+    tta_scales: Sequence[float] = (1.0,),
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto",
+    dtype: Literal["uint8", "float16"] = "uint8",
+    device: str | None = None,
+) -> PredictionSet:
+    """Predict every image of `split` and write a prediction folder to `out_dir`."""
+    from trashseg.training import read_image, resolve_amp_dtype
+
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: expected >= 1")
+    if not tta_scales or any(s <= 0 for s in tta_scales):
+        raise ConfigError(f"tta_scales={list(tta_scales)}: expected one or more positive factors, e.g. 0.75,1,1.25")
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"amp={amp!r}: expected auto, bf16, fp16 or off")
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_checkpoint(checkpoint, torch_device)
+    dataset = PreparedDataset(dataset_dir)
+    if dataset.classes_file.is_file() and dataset.classes().names != meta.classes.names:
+        raise DataError(
+            f"{dataset.root} has classes {list(dataset.classes().names)} but {checkpoint} was trained on "
+            f"{list(meta.classes.names)}; predict with a checkpoint trained on this taxonomy"
+        )
+    samples = dataset.samples(split)
+    if not samples:
+        raise DataError(f"split {split!r} of {dataset.root} lists no images; nothing to predict")
+    out = PredictionSet.create(
+        out_dir,
+        meta.classes.names,
+        dtype=dtype,
+        source={
+            "architecture": meta.architecture,
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "iteration": meta.iteration,
+            "dataset": str(dataset.root.resolve()),
+            "split": split,
+            "tta_flip": tta_flip,
+            "tta_scales": list(tta_scales),
+            "image_size": meta.image_size,
+        },
+    )
+    amp_dtype = resolve_amp_dtype(amp, torch_device.type)
+    progress = Progress(len(samples), f"predict {split}", unit="img")
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        images = [read_image(sample.image) for sample in chunk]
+        probabilities = predict_probabilities(
+            model, images, image_size=meta.image_size, mean=meta.mean, std=meta.std, device=torch_device,
+            amp_dtype=amp_dtype, flip=tta_flip, scales=tta_scales,
+        )
+        for sample, probs in zip(chunk, probabilities, strict=True):
+            out.add(sample.file_name, probs.numpy())
+        progress.update(len(chunk))
+    out.save()
+    return out
+
+
+def evaluate(
+    prediction_dir: str | Path,
+    dataset_dir: str | Path,
+    split: str,
+    *,
+    metrics_path: str | Path | None = None,
+) -> SegmentationScores:
+    """Score a prediction folder on `split`; writes the scores to `metrics_path`
+    (default PRED/metrics.json). Every image of the split must have a prediction."""
+    from trashseg.training import read_mask
+
+    predictions = PredictionSet.open(prediction_dir)
+    dataset = PreparedDataset(dataset_dir)
+    classes = dataset.classes()
+    if list(classes.names) != list(predictions.class_names):
+        raise DataError(
+            f"{prediction_dir} predicts classes {predictions.class_names}, {dataset.root} has "
+            f"{list(classes.names)}; evaluate predictions made for this dataset"
+        )
+    samples = dataset.samples(split)
+    missing = [s.file_name for s in samples if s.file_name not in set(predictions.file_names)]
+    if missing:
+        raise DataError(
+            f"{prediction_dir} has no prediction for {len(missing)} of {len(samples)} images of split {split!r} "
+            f"(e.g. {missing[:3]}); predict the same split first"
+        )
+    matrix = ConfusionMatrix(classes.num_classes, classes.names)
+    for sample in samples:
+        target = read_mask(sample.mask, classes.num_classes)
+        predicted = predictions.mask(sample.file_name)
+        if predicted.shape != target.shape:
+            raise DataError(
+                f"{sample.file_name}: prediction is {predicted.shape}, ground truth {target.shape}; "
+                "predictions must be at the image's original size"
+            )
+        matrix.update(predicted, target)
+    scores = matrix.compute()
+    path = Path(metrics_path) if metrics_path else predictions.root / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"split": split, **scores.to_dict()}, indent=2) + "\n")
+    log.info("%s on %s: mIoU %.4f, pixel accuracy %.4f", prediction_dir, split, scores.miou, scores.pixel_accuracy)
+    return scores
