@@ -1,7 +1,118 @@
-"""`trashseg` subcommands for this area; see trashseg/cli/__init__.py."""
+"""`trashseg train | predict | evaluate | architectures`; see trashseg/cli/__init__.py."""
+
+from __future__ import annotations
 
 import argparse
+import json
+
+from trashseg.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands (each sets `func` to a function taking the parsed args)."""
+    train = subparsers.add_parser(
+        "train",
+        help="train one architecture on a prepared dataset (works under torchrun)",
+        description="Train on DATASET's train split, validate on val, write checkpoints to --out.",
+    )
+    train.add_argument("--config", help="YAML/JSON TrainConfig file (optional: defaults otherwise)")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set lr=1e-4 --set augment.hflip=0 (repeatable)",
+    )
+    train.add_argument("--data", required=True, help="prepared dataset folder (output of `trashseg prepare`)")
+    train.add_argument("--out", required=True, help="output folder for checkpoints, config and local MLflow store")
+    train.add_argument("--pseudo", help="pseudo-label dataset folder mixed in at config pseudo_ratio")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)"
+    )
+    train.set_defaults(func=run_train)
+
+    predict = subparsers.add_parser("predict", help="write class probabilities and masks for a split")
+    predict.add_argument("--checkpoint", required=True, help="best.pt or last.pt from `trashseg train`")
+    predict.add_argument("--data", required=True, help="prepared dataset folder")
+    predict.add_argument("--split", default="test", help="split to predict (default: test)")
+    predict.add_argument("--out", required=True, help="prediction folder to write")
+    predict.add_argument("--batch-size", type=int, default=4)
+    predict.add_argument("--tta-flip", action="store_true", help="also predict the horizontal mirror")
+    predict.add_argument(
+        "--tta-scales", default="1.0", help="comma-separated scale factors of the training size, e.g. 0.75,1,1.25"
+    )
+    predict.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    predict.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored probability type")
+    predict.set_defaults(func=run_predict)
+
+    evaluate = subparsers.add_parser("evaluate", help="score a prediction folder against a split's masks")
+    evaluate.add_argument("--predictions", required=True, help="prediction folder from `trashseg predict`")
+    evaluate.add_argument("--data", required=True, help="prepared dataset folder")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--metrics", help="metrics JSON to write (default: PREDICTIONS/metrics.json)")
+    evaluate.set_defaults(func=run_evaluate)
+
+    architectures = subparsers.add_parser("architectures", help="list architecture names with parameter counts")
+    architectures.set_defaults(func=run_architectures)
+
+
+def _parse_tags(items: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--tag {item!r} must look like key=value")
+        tags[key] = value
+    return tags
+
+
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--tta-scales {text!r}: expected comma-separated numbers, e.g. 0.75,1,1.25") from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from trashseg.config import load_config
+    from trashseg.training import TrainConfig, train
+
+    config = load_config(TrainConfig, args.config, args.overrides)
+    result = train(
+        config, args.data, args.out, pseudo_dataset=args.pseudo, resume=args.resume, tags=_parse_tags(args.tag)
+    )
+    print(json.dumps({
+        "output_dir": str(result.output_dir),
+        "last_checkpoint": str(result.last_checkpoint),
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "best_miou": result.best_miou,
+        "best_iteration": result.best_iteration,
+        "mlflow_run_id": result.mlflow_run_id,
+    }, indent=2))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from trashseg.predict import predict
+
+    predictions = predict(
+        args.checkpoint, args.data, args.split, args.out, batch_size=args.batch_size, tta_flip=args.tta_flip,
+        tta_scales=_parse_scales(args.tta_scales), amp=args.amp, dtype=args.dtype,
+    )
+    print(f"{len(predictions.file_names)} predictions written to {predictions.root}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from trashseg.predict import evaluate
+
+    scores = evaluate(args.predictions, args.data, args.split, metrics_path=args.metrics)
+    print(f"mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}")
+    for name, iou in scores.iou.items():
+        print(f"  {name:<20} {iou:.4f}")
+    return 0
+
+
+def run_architectures(args: argparse.Namespace) -> int:
+    from trashseg.models import architecture_table
+
+    for name, params in architecture_table():
+        print(f"{name:<28} {params / 1e6:9.2f}M")
+    return 0
