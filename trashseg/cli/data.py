@@ -1,7 +1,179 @@
-"""`trashseg` subcommands for this area; see trashseg/cli/__init__.py."""
+"""`trashseg` data subcommands: sample-data, validate-data, masks, split, stats, prepare."""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands (each sets `func` to a function taking the parsed args)."""
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+
+    sample = subparsers.add_parser(
+        "sample-data",
+        help="write a deterministic synthetic COCO trash dataset",
+        description="Write OUT/{train,val,test}.json and JPEGs under OUT/images/<split>/ "
+        "(70/15/15 split; test has no annotations). Same arguments give byte-identical files.",
+        formatter_class=formatter,
+    )
+    sample.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
+    sample.add_argument("--images", type=int, default=60, help="number of images over all splits (>= 3)")
+    sample.add_argument("--size", type=int, default=256, help="image width and height in pixels")
+    sample.add_argument("--seed", type=int, default=0, help="random seed")
+    sample.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT (replaces the sample files)")
+    sample.set_defaults(func=sample_data)
+
+    validate = subparsers.add_parser(
+        "validate-data",
+        help="check a COCO annotation file and list every problem",
+        description="Print every problem with its record id and reason. Exit status 2 when the "
+        "file is unusable (fatal problems); 0 when it is usable, with the records that would be "
+        "skipped listed.",
+        formatter_class=formatter,
+    )
+    validate.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
+    _image_root_option(validate)
+    validate.add_argument("--report", type=Path, help="also write the report as JSON to this path")
+    validate.set_defaults(func=validate_data)
+
+    masks = subparsers.add_parser(
+        "masks",
+        help="write semantic class-id masks (PNG) from COCO instances",
+        description="Paint each image's annotations in descending area order (small objects on "
+        "top) into OUT/masks/<file_name>.png; also writes OUT/classes.json and OUT/report.json.",
+        formatter_class=formatter,
+    )
+    masks.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
+    masks.add_argument("out", type=Path, metavar="OUT", help="output folder")
+    _image_root_option(masks)
+    masks.set_defaults(func=write_masks_command)
+
+    split = subparsers.add_parser(
+        "split",
+        help="stratified train/val split or group k-fold of a COCO file",
+        description="Images are stratified on the set of classes they contain. With --folds K: "
+        "OUT/fold_<k>/{train,val}.json and OUT/folds.json. Without it: OUT/train.json and "
+        "OUT/val.json from --val-fraction. file_names are kept, so pass --image-root (the "
+        "source file's folder) when using the written files.",
+        formatter_class=formatter,
+    )
+    split.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
+    split.add_argument("out", type=Path, metavar="OUT", help="output folder")
+    split.add_argument("--folds", type=int, help="number of folds for k-fold (>= 2)")
+    split.add_argument("--val-fraction", type=float, default=0.2, help="share of images for val (without --folds)")
+    split.add_argument("--seed", type=int, default=0, help="random seed")
+    _image_root_option(split)
+    split.set_defaults(func=split_command)
+
+    stats = subparsers.add_parser(
+        "stats",
+        help="dataset statistics as JSON and PNG plots",
+        description="Pixel share and instance count per class, objects per image, annotation "
+        "area as a share of the image, mean colour per class -> OUT/stats.json and OUT/*.png.",
+        formatter_class=formatter,
+    )
+    stats.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
+    stats.add_argument("out", type=Path, metavar="OUT", help="output folder")
+    _image_root_option(stats)
+    stats.set_defaults(func=stats_command)
+
+    prepare = subparsers.add_parser(
+        "prepare",
+        help="validate a COCO source folder and write the prepared dataset layout",
+        description="SOURCE holds train.json and optionally val.json and test.json. Writes "
+        "classes.json, splits/, images/, masks/, report.json, report.md, stats/ and "
+        "dataset.json (content hash) to OUT. Without val.json, train is split by --val-fraction.",
+        formatter_class=formatter,
+    )
+    prepare.add_argument("source", type=Path, metavar="SOURCE", help="folder with the annotation files")
+    prepare.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
+    prepare.add_argument("--val-fraction", type=float, default=0.2, help="val share when SOURCE has no val.json")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    prepare.add_argument("--image-root", type=Path, help="folder the file_names are relative to (default: SOURCE)")
+    prepare.set_defaults(func=prepare_command)
+
+
+def _image_root_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image-root",
+        type=Path,
+        help="folder the images' file_names are relative to (default: the annotation file's folder)",
+    )
+
+
+def sample_data(args: argparse.Namespace) -> int:
+    from trashseg.data.sample import generate_sample_dataset
+
+    paths = generate_sample_dataset(args.out, images=args.images, size=args.size, seed=args.seed, overwrite=args.overwrite)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def validate_data(args: argparse.Namespace) -> int:
+    from trashseg.data.coco import load_coco
+
+    dataset = load_coco(args.annotations, args.image_root)  # fatal problems raise DataError -> exit 2
+    report = dataset.report
+    for record in report.skipped:
+        print(f"skipped {record}")
+    print(report.summary())
+    if args.report:
+        report.save(args.report)
+    return 0
+
+
+def write_masks_command(args: argparse.Namespace) -> int:
+    from trashseg.data.coco import load_coco
+    from trashseg.data.layout import PreparedDataset
+    from trashseg.data.masks import write_masks
+
+    dataset = load_coco(args.annotations, args.image_root)
+    out = PreparedDataset(args.out)
+    out.root.mkdir(parents=True, exist_ok=True)
+    count = write_masks(dataset, out)
+    dataset.class_table.save(out.classes_file)
+    dataset.report.save(out.report_file)
+    print(f"wrote {count} masks under {out.root / 'masks'}; {dataset.report.summary()}")
+    return 0
+
+
+def split_command(args: argparse.Namespace) -> int:
+    from trashseg.data.coco import load_coco
+    from trashseg.data.splits import kfold_splits, train_val_split, write_kfold, write_split
+
+    dataset = load_coco(args.annotations, args.image_root)
+    if args.folds is not None:
+        splits = kfold_splits(dataset, args.folds, args.seed)
+        write_kfold(dataset, splits, args.out)
+        for k, split in enumerate(splits):
+            print(f"fold {k}: train {len(split.train)} images, val {len(split.val)} images")
+    else:
+        split = train_val_split(dataset, args.val_fraction, args.seed)
+        write_split(dataset, split, args.out)
+        print(f"train {len(split.train)} images, val {len(split.val)} images")
+    dataset.report.save(Path(args.out) / "report.json")
+    print(dataset.report.summary())
+    return 0
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    from trashseg.data.coco import load_coco
+    from trashseg.data.stats import dataset_stats, write_stats
+
+    dataset = load_coco(args.annotations, args.image_root)
+    written = write_stats(dataset_stats(dataset), args.out)
+    dataset.report.save(Path(args.out) / "report.json")
+    print(f"wrote {', '.join(p.name for p in written)} to {args.out}; {dataset.report.summary()}")
+    return 0
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    from trashseg.data.prepare import prepare_dataset
+
+    result = prepare_dataset(
+        args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, image_root=args.image_root
+    )
+    print(f"prepared {result.root}: images {result.images}, skipped {result.skipped}, hash {result.dataset_hash}")
+    return 0

@@ -1,0 +1,426 @@
+"""Load and validate COCO instance-annotation files.
+
+Every problem is reported with its record id and reason, all of them at once:
+
+- fatal problems make the file unusable and raise `DataError` listing every one (nothing
+  is written): unreadable JSON, missing required keys or wrong types, duplicate ids,
+  annotations with an unknown category or image id;
+- recoverable problems skip the record and list it in a `ValidationReport`: polygons with
+  fewer than 3 points, empty or zero-area segmentations, bboxes outside the image, image
+  files missing or unreadable, image sizes on disk that differ from the JSON. The
+  annotations of a skipped image are skipped too, each listed with that reason.
+
+The kept records are served through a `pycocotools.coco.COCO` index. A file without an
+`annotations` key (a test set) is valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trashseg.data.classes import ClassTable
+from trashseg.errors import DataError
+
+REQUIRED_TOP_LEVEL = ("images", "categories")
+REQUIRED_IMAGE_KEYS = ("id", "file_name", "width", "height")
+REQUIRED_ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation")
+REQUIRED_CATEGORY_KEYS = ("id", "name")
+# COCO bboxes are floats drawn by annotators; a box may overshoot the border by rounding.
+BBOX_TOLERANCE_PX = 1.0
+# Fatal problems shown in one error message; the rest are counted, so a broken file with
+# thousands of bad records still gives a readable error.
+MAX_LISTED_PROBLEMS = 200
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    kind: str  # "image" or "annotation"
+    id: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}: {self.reason}"
+
+
+@dataclass
+class ValidationReport:
+    """Records skipped while loading one annotation file, with their reasons."""
+
+    source: str
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    images_total: int = 0
+    annotations_total: int = 0
+
+    def skip(self, kind: str, record_id: int, reason: str) -> None:
+        self.skipped.append(SkippedRecord(kind, record_id, reason))
+
+    @property
+    def skipped_images(self) -> list[SkippedRecord]:
+        return [s for s in self.skipped if s.kind == "image"]
+
+    @property
+    def skipped_annotations(self) -> list[SkippedRecord]:
+        return [s for s in self.skipped if s.kind == "annotation"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "images_total": self.images_total,
+            "annotations_total": self.annotations_total,
+            "images_skipped": len(self.skipped_images),
+            "annotations_skipped": len(self.skipped_annotations),
+            "skipped": [{"kind": s.kind, "id": s.id, "reason": s.reason} for s in self.skipped],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        return cls(
+            source=data["source"],
+            skipped=[SkippedRecord(s["kind"], s["id"], s["reason"]) for s in data["skipped"]],
+            images_total=data["images_total"],
+            annotations_total=data["annotations_total"],
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def summary(self) -> str:
+        return (
+            f"{self.source}: kept {self.images_total - len(self.skipped_images)}/{self.images_total} images, "
+            f"{self.annotations_total - len(self.skipped_annotations)}/{self.annotations_total} annotations; "
+            f"skipped {len(self.skipped)} record(s)"
+        )
+
+
+@dataclass
+class CocoDataset:
+    """The kept records of one validated annotation file."""
+
+    path: Path
+    image_root: Path
+    data: dict[str, Any]  # the file's top level with only kept images and annotations
+    report: ValidationReport
+    has_annotations: bool  # False for a test set without an `annotations` key
+    coco: Any = field(repr=False)  # pycocotools.coco.COCO over the kept records
+
+    @property
+    def images(self) -> list[dict]:
+        """Kept images, in file order."""
+        return self.data["images"]
+
+    @property
+    def annotations(self) -> list[dict]:
+        return self.data.get("annotations", [])
+
+    @property
+    def categories(self) -> list[dict]:
+        return self.data["categories"]
+
+    @property
+    def class_table(self) -> ClassTable:
+        return ClassTable.from_categories(self.categories)
+
+    def image_path(self, image: dict) -> Path:
+        return self.image_root / image["file_name"]
+
+    def annotations_of(self, image_id: int) -> list[dict]:
+        return self.coco.imgToAnns.get(image_id, [])
+
+    def subset(self, image_ids: set[int] | list[int]) -> dict[str, Any]:
+        """A COCO dict with the given images (in file order) and their annotations."""
+        wanted = set(image_ids)
+        unknown = wanted - {im["id"] for im in self.images}
+        if unknown:
+            raise DataError(f"{self.path}: subset asks for unknown image ids {sorted(unknown)[:10]}")
+        subset = {key: value for key, value in self.data.items() if key not in ("images", "annotations")}
+        subset["images"] = [im for im in self.images if im["id"] in wanted]
+        if self.has_annotations:
+            subset["annotations"] = [a for a in self.annotations if a["image_id"] in wanted]
+        return subset
+
+
+def write_coco(data: dict[str, Any], path: str | Path) -> None:
+    """Write a COCO dict compactly and deterministically (same dict -> same bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"annotation file {path} does not exist; pass the path of a COCO .json file")
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"annotation file {path} is not readable JSON ({error}); fix or re-export it") from None
+    if not isinstance(data, dict):
+        raise DataError(
+            f"annotation file {path}: top level is a {type(data).__name__}, expected a COCO object "
+            "with 'images', 'categories' and 'annotations'"
+        )
+    return data
+
+
+def load_coco(
+    path: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    check_files: bool = True,
+) -> CocoDataset:
+    """Validate and load `path`. Image file_names are relative to `image_root`
+    (default: the annotation file's folder). `check_files=False` skips the on-disk checks
+    (for work that needs only the JSON)."""
+    path = Path(path)
+    data = read_json(path)
+    image_root = Path(image_root) if image_root is not None else path.parent
+    fatal = _fatal_problems(data)
+    if fatal:
+        listed = fatal[:MAX_LISTED_PROBLEMS]
+        more = f"\n  ... and {len(fatal) - len(listed)} more" if len(fatal) > len(listed) else ""
+        raise DataError(
+            f"annotation file {path} cannot be used: {len(fatal)} problem(s):\n  "
+            + "\n  ".join(listed)
+            + more
+            + "\nFix these records in the file and run `trashseg validate-data` again."
+        )
+
+    has_annotations = "annotations" in data
+    report = ValidationReport(
+        source=str(path),
+        images_total=len(data["images"]),
+        annotations_total=len(data.get("annotations", [])),
+    )
+    kept_images = []
+    for image in data["images"]:
+        reason = _image_file_problem(image, image_root) if check_files else None
+        if reason:
+            report.skip("image", image["id"], reason)
+        else:
+            kept_images.append(image)
+    kept_image_by_id = {im["id"]: im for im in kept_images}
+    skipped_image_ids = {s.id for s in report.skipped_images}
+
+    kept_annotations = []
+    for annotation in data.get("annotations", []):
+        image_id = annotation["image_id"]
+        if image_id in skipped_image_ids:
+            report.skip("annotation", annotation["id"], f"its image {image_id} was skipped")
+            continue
+        reason = annotation_problem(annotation, kept_image_by_id[image_id])
+        if reason:
+            report.skip("annotation", annotation["id"], reason)
+        else:
+            kept_annotations.append(annotation)
+
+    kept = {key: value for key, value in data.items() if key not in ("images", "annotations")}
+    kept["images"] = kept_images
+    if has_annotations:
+        kept["annotations"] = kept_annotations
+    return CocoDataset(
+        path=path,
+        image_root=image_root,
+        data=kept,
+        report=report,
+        has_annotations=has_annotations,
+        coco=_coco_index(kept),
+    )
+
+
+def _coco_index(data: dict[str, Any]) -> Any:
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = copy.copy(data)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
+        coco.createIndex()
+    return coco
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fatal_problems(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for key in REQUIRED_TOP_LEVEL:
+        if key not in data:
+            problems.append(f"top level: missing required key {key!r}")
+        elif not isinstance(data[key], list):
+            problems.append(f"top level: {key!r} must be a list, got {type(data[key]).__name__}")
+    if "annotations" in data and not isinstance(data["annotations"], list):
+        problems.append(f"top level: 'annotations' must be a list, got {type(data['annotations']).__name__}")
+    if problems:
+        return problems
+
+    category_ids = _check_records(data["categories"], "category", REQUIRED_CATEGORY_KEYS, problems)
+    image_ids = _check_records(data["images"], "image", REQUIRED_IMAGE_KEYS, problems)
+    for image in data["images"]:
+        if not isinstance(image, dict):
+            continue
+        if "file_name" in image and not (isinstance(image["file_name"], str) and image["file_name"]):
+            problems.append(f"image {image.get('id')}: file_name must be a non-empty string, got {image['file_name']!r}")
+        for key in ("width", "height"):
+            if key in image and not (_is_int(image[key]) and image[key] > 0):
+                problems.append(f"image {image.get('id')}: {key} must be a positive integer, got {image[key]!r}")
+    for category in data["categories"]:
+        if isinstance(category, dict) and _is_int(category.get("id")) and category["id"] < 0:
+            problems.append(f"category {category['id']}: id must be >= 0")
+
+    annotations = data.get("annotations", [])
+    _check_records(annotations, "annotation", REQUIRED_ANNOTATION_KEYS, problems)
+    for annotation in annotations:
+        if not isinstance(annotation, dict):
+            continue
+        ann_id = annotation.get("id")
+        if "category_id" in annotation and annotation["category_id"] not in category_ids:
+            problems.append(
+                f"annotation {ann_id}: category_id {annotation['category_id']!r} is not in categories "
+                f"(known: {sorted(category_ids)})"
+            )
+        if "image_id" in annotation and annotation["image_id"] not in image_ids:
+            problems.append(f"annotation {ann_id}: image_id {annotation['image_id']!r} is not in images")
+    return problems
+
+
+def _check_records(records: list, kind: str, required: tuple[str, ...], problems: list[str]) -> set[int]:
+    """Check required keys, integer ids and duplicates; return the valid ids."""
+    seen: set[int] = set()
+    duplicates: set[int] = set()
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            problems.append(f"{kind} #{index}: expected an object, got {type(record).__name__}")
+            continue
+        missing = [key for key in required if key not in record]
+        label = f"{kind} {record['id']}" if "id" in record else f"{kind} #{index} (no id)"
+        if missing:
+            problems.append(f"{label}: missing required key(s) {', '.join(missing)}")
+        if "id" not in record:
+            continue
+        if not _is_int(record["id"]):
+            problems.append(f"{label}: id must be an integer, got {record['id']!r}")
+            continue
+        if record["id"] in seen and record["id"] not in duplicates:
+            duplicates.add(record["id"])
+            count = sum(1 for r in records if isinstance(r, dict) and r.get("id") == record["id"])
+            problems.append(f"{kind} {record['id']}: duplicate id ({count} {kind}s share it); ids must be unique")
+        seen.add(record["id"])
+    return seen
+
+
+def _image_file_problem(image: dict, image_root: Path) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    file = image_root / image["file_name"]
+    if not file.is_file():
+        return f"image file {file} is missing"
+    try:
+        with Image.open(file) as opened:
+            width, height = opened.size
+    except (UnidentifiedImageError, OSError) as error:
+        return f"image file {file} is unreadable ({error})"
+    if (width, height) != (image["width"], image["height"]):
+        return (
+            f"image file {file} is {width}x{height} on disk but {image['width']}x{image['height']} "
+            "in the JSON (width x height)"
+        )
+    return None
+
+
+def annotation_problem(annotation: dict, image: dict) -> str | None:
+    """Why an annotation cannot be used on `image`, or None when it is fine."""
+    height, width = image["height"], image["width"]
+    segmentation = annotation["segmentation"]
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return "empty segmentation (no polygons)"
+        for index, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+                return f"polygon {index} is not a flat list of numbers"
+            if len(polygon) % 2:
+                return f"polygon {index} has an odd number of coordinates ({len(polygon)})"
+            if len(polygon) < 6:
+                return f"polygon {index} has {len(polygon) // 2} point(s); a polygon needs at least 3"
+    elif isinstance(segmentation, dict):
+        reason = _rle_problem(segmentation, height, width)
+        if reason:
+            return reason
+    else:
+        return f"segmentation must be a polygon list or an RLE object, got {type(segmentation).__name__}"
+
+    area = float(segmentation_area(segmentation, height, width))
+    if area <= 0:
+        return "zero-area segmentation (covers no pixel of the image)"
+
+    bbox = annotation.get("bbox")
+    if bbox is not None:
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            return f"bbox must be [x, y, width, height], got {bbox!r}"
+        x, y, w, h = bbox
+        tol = BBOX_TOLERANCE_PX
+        if w < 0 or h < 0 or x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            return f"bbox {bbox} lies outside the {width}x{height} image"
+    return None
+
+
+def _rle_problem(rle: dict, height: int, width: int) -> str | None:
+    if "counts" not in rle or "size" not in rle:
+        return "RLE segmentation needs 'counts' and 'size'"
+    size = rle["size"]
+    if not isinstance(size, list) or list(size) != [height, width]:
+        return f"RLE size {size} differs from the image's [height, width] [{height}, {width}]"
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+        if sum(counts) != height * width:
+            return f"uncompressed RLE counts sum to {sum(counts)}, expected height*width = {height * width}"
+    elif isinstance(counts, str):
+        from pycocotools import mask as mask_utils
+
+        try:
+            mask_utils.area({"counts": counts.encode("ascii"), "size": size})
+            mask_utils.decode({"counts": counts.encode("ascii"), "size": size})
+        except (ValueError, UnicodeEncodeError) as error:
+            return f"compressed RLE counts are invalid ({error})"
+    else:
+        return f"RLE counts must be a list (uncompressed) or a string (compressed), got {type(counts).__name__}"
+    return None
+
+
+def segmentation_rle(segmentation: list | dict, height: int, width: int) -> dict:
+    """One compressed RLE for a polygon list or an (un)compressed RLE segmentation."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": list(segmentation["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def segmentation_area(segmentation: list | dict, height: int, width: int) -> int:
+    from pycocotools import mask as mask_utils
+
+    return int(mask_utils.area(segmentation_rle(segmentation, height, width)))
+
+
+def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """(height, width) bool mask of one annotation's segmentation."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode(segmentation_rle(segmentation, height, width)).astype(bool)
