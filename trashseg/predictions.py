@@ -64,12 +64,18 @@ class PredictionSet:
     def mask_path(self, file_name: str) -> Path:
         return self.root / "masks" / Path(file_name).with_suffix(".png")
 
-    def add(self, file_name: str, probs: np.ndarray) -> None:
-        """Store one image's (C, H, W) probabilities and their argmax mask."""
+    def add(self, file_name: str, probs: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Store one image's (C, H, W) probabilities and its mask (default: their argmax).
+
+        An explicit `mask` is for post-processed results (consensus overwrite, gating)
+        whose labels are not the argmax of any one probability map.
+        """
         if probs.ndim != 3 or probs.shape[0] != len(self.class_names):
             raise DataError(
                 f"{file_name}: probabilities of shape {probs.shape}, expected ({len(self.class_names)}, H, W)"
             )
+        if mask is not None and mask.shape != probs.shape[1:]:
+            raise DataError(f"{file_name}: mask of shape {mask.shape}, expected {probs.shape[1:]}")
         probs = np.asarray(probs, dtype=np.float32)
         stored = np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8) if self.dtype == "uint8" else probs.astype(np.float16)
         path = self.probs_path(file_name)
@@ -77,7 +83,8 @@ class PredictionSet:
         np.savez_compressed(path, probs=stored)
         mask_path = self.mask_path(file_name)
         mask_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(probs.argmax(axis=0).astype(np.uint8)).save(mask_path)
+        labels = probs.argmax(axis=0) if mask is None else mask
+        Image.fromarray(labels.astype(np.uint8)).save(mask_path)
         if file_name not in self.file_names:
             self.file_names.append(file_name)
 
