@@ -1,0 +1,163 @@
+"""DenseCRF (pydensecrf2) over a prediction folder, images in parallel worker processes.
+
+The unary term is -log(p) of the given class probabilities; the pairwise terms are a
+Gaussian smoothness kernel (position only) and a bilateral appearance kernel (position
+and colour). DenseCRF removes speckle noise but also erases small objects, which the
+consensus overwrite in `trashseg.ensemble` gives back.
+
+Workers get only file names and read the image and probabilities themselves, and write
+their result straight into the output folder: nothing large crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from trashseg.data.layout import PreparedDataset
+from trashseg.errors import ConfigError, DataError
+from trashseg.predictions import PredictionSet
+from trashseg.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CrfConfig:
+    iterations: int = 10
+    gaussian_sxy: float = 3.0  # smoothness kernel width in pixels
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 80.0  # appearance kernel width in pixels
+    bilateral_srgb: float = 13.0  # appearance kernel width in colour units
+    bilateral_compat: float = 10.0
+    min_probability: float = 1e-5  # probabilities are clipped here so -log(p) stays finite
+    workers: int = 0  # processes; 0 = one per CPU core
+    chunk_size: int = 4  # images handed to a worker at a time
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"crf.iterations must be >= 1, got {self.iterations}")
+        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"crf.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("gaussian_compat", "bilateral_compat"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"crf.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.min_probability < 1:
+            raise ConfigError(f"crf.min_probability must be in (0, 1), got {self.min_probability}")
+        if self.workers < 0:
+            raise ConfigError(
+                f"crf.workers must be >= 0 (0 = one per CPU core), got {self.workers}"
+            )
+        if self.chunk_size < 1:
+            raise ConfigError(f"crf.chunk_size must be >= 1, got {self.chunk_size}")
+
+    def resolved_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+class CrfError(DataError):
+    """DenseCRF failed on one image; the message names it."""
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, config: CrfConfig) -> np.ndarray:
+    """Refined (C, H, W) float32 probabilities for an (H, W, 3) uint8 image."""
+    import pydensecrf.densecrf as dcrf
+
+    num_classes, height, width = probs.shape
+    if image.shape != (height, width, 3):
+        raise DataError(
+            f"image of shape {image.shape} does not match probabilities of shape {probs.shape}; "
+            f"expected ({height}, {width}, 3): predict at the image's own resolution"
+        )
+    clipped = np.clip(probs.reshape(num_classes, -1), config.min_probability, 1.0)
+    unary = np.ascontiguousarray(-np.log(clipped), dtype=np.float32)
+    crf = dcrf.DenseCRF2D(width, height, num_classes)
+    crf.setUnaryEnergy(unary)
+    crf.addPairwiseGaussian(sxy=config.gaussian_sxy, compat=config.gaussian_compat)
+    crf.addPairwiseBilateral(
+        sxy=config.bilateral_sxy,
+        srgb=config.bilateral_srgb,
+        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        compat=config.bilateral_compat,
+    )
+    refined = np.array(crf.inference(config.iterations), dtype=np.float32)
+    return refined.reshape(num_classes, height, width)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def crf_prediction_set(
+    prediction_dir: str | Path,
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    config: CrfConfig,
+    file_names: Sequence[str] | None = None,
+) -> PredictionSet:
+    """DenseCRF on every image of a prediction folder; the result is a new prediction folder.
+
+    Images are read from the prepared dataset at `dataset_dir`. A failure stops the run
+    with a `CrfError` naming the image.
+    """
+    source = PredictionSet.open(prediction_dir)
+    names = list(source.file_names if file_names is None else file_names)
+    result = PredictionSet.create(
+        out_dir,
+        source.class_names,
+        dtype=source.dtype,
+        source={"stage": "crf", "input": source.source, "input_dir": str(prediction_dir)},
+    )
+    job = _CrfJob(str(prediction_dir), str(dataset_dir), str(out_dir), source.dtype, config)
+    workers = min(config.resolved_workers(), max(len(names), 1))
+    progress = Progress(len(names), "crf", unit="img")
+    chunks = [names[i : i + config.chunk_size] for i in range(0, len(names), config.chunk_size)]
+    if workers == 1:
+        for chunk in chunks:
+            progress.update(len(job(chunk)))
+    else:
+        # spawn, not fork: the parent may hold torch/OpenMP threads that fork would copy in a bad state.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for done in pool.map(job, chunks):
+                progress.update(len(done))
+    result.file_names = names
+    result.save()
+    log.info("crf: %d image(s) with %d worker(s) -> %s", len(names), workers, out_dir)
+    return result
+
+
+@dataclass(frozen=True)
+class _CrfJob:
+    """Picklable work item: refines a chunk of images, reading and writing files itself."""
+
+    prediction_dir: str
+    dataset_dir: str
+    out_dir: str
+    dtype: str
+    config: CrfConfig
+
+    def __call__(self, file_names: Sequence[str]) -> list[str]:
+        source = PredictionSet.open(self.prediction_dir)
+        target = PredictionSet(Path(self.out_dir), source.class_names, [], self.dtype, {})
+        dataset = PreparedDataset(self.dataset_dir)
+        for file_name in file_names:
+            try:
+                image = read_rgb(dataset.image_path(file_name))
+                refined = dense_crf(image, source.probs(file_name), self.config)
+            except Exception as error:  # re-raised with the image's name; the run stops
+                raise CrfError(
+                    f"DenseCRF failed on image {file_name!r}: {type(error).__name__}: {error}"
+                ) from error
+            target.add(file_name, refined)
+        return list(file_names)

@@ -1,0 +1,670 @@
+"""The winning recipe after training: ensemble, DenseCRF, consensus overwrite, gating.
+
+Stages, each written as a prediction folder per split under OUT/stages/<stage>/<split>:
+
+    soft_vote   weighted mean of the models' probabilities (weights given or fitted on val)
+    hard_vote   per-pixel majority of the models' masks, ties to the higher-ranked model
+    crf         DenseCRF on the soft vote (removes noise, but erases small objects)
+    consensus   after CRF, pixels where >= k models agree on a foreground class get it back
+    gating      per class, keep the CRF/consensus result or the plain soft vote, whichever
+                had the higher IoU on val (decided on val, applied to test)
+
+Every stage and every single model is scored on the validation split; the final output
+(OUT/final/<split>) is the best stage by val mIoU unless one is pinned. `run_recipe` is
+the one entry point (the `ensemble_crf` pipeline component and `trashseg ensemble`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trashseg.config import save_config, to_dict
+from trashseg.crf import CrfConfig, crf_prediction_set
+from trashseg.data.layout import PreparedDataset, Sample
+from trashseg.errors import ConfigError, DataError
+from trashseg.metrics import ConfusionMatrix, SegmentationScores
+from trashseg.predictions import PredictionSet
+from trashseg.progress import Progress
+
+log = logging.getLogger(__name__)
+
+SOFT_VOTE = "soft_vote"
+HARD_VOTE = "hard_vote"
+CRF = "crf"
+CONSENSUS = "consensus"
+GATING = "gating"
+ENSEMBLE_STAGES = (SOFT_VOTE, HARD_VOTE, CRF, CONSENSUS, GATING)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    # Names of the prediction folders, in the order given (val and test lists alike);
+    # empty = taken from each folder's source (`name`, else `architecture`).
+    model_names: tuple[str, ...] = ()
+    # Soft-vote weights per model; empty = fitted on val by coordinate search over weight_grid.
+    weights: tuple[float, ...] = ()
+    weight_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+    fit_rounds: int = 3
+    fit_stride: int = 4  # fit on every fit_stride-th pixel in each direction
+    crf_enabled: bool = True
+    crf: CrfConfig = field(default_factory=CrfConfig)
+    consensus_enabled: bool = True
+    consensus_k: int = 2  # at least this many models must agree
+    consensus_models: tuple[str, ...] = ()  # empty = all models
+    consensus_max_area: int = 0  # > 0: restore only agreed components smaller than this (pixels)
+    gating_enabled: bool = True
+    pinned_stage: str = ""  # empty = best stage by val mIoU; else a stage or model name
+    val_split: str = "val"
+    test_split: str = "test"
+    background_class: int = 0
+
+    def __post_init__(self) -> None:
+        if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) == 0):
+            raise ConfigError(f"weights must be >= 0 and not all 0, got {list(self.weights)}")
+        if not self.weight_grid or any(w < 0 for w in self.weight_grid):
+            raise ConfigError(
+                f"weight_grid must be non-empty values >= 0, got {list(self.weight_grid)}"
+            )
+        if self.fit_rounds < 1 or self.fit_stride < 1:
+            raise ConfigError(
+                f"fit_rounds and fit_stride must be >= 1, got {self.fit_rounds} and {self.fit_stride}"
+            )
+        if self.consensus_k < 1:
+            raise ConfigError(f"consensus_k must be >= 1, got {self.consensus_k}")
+        if self.consensus_max_area < 0:
+            raise ConfigError(
+                f"consensus_max_area must be >= 0 (0 = no limit), got {self.consensus_max_area}"
+            )
+        if len(set(self.model_names)) != len(self.model_names):
+            raise ConfigError(f"model_names must be unique, got {list(self.model_names)}")
+        if self.val_split == self.test_split:
+            raise ConfigError(f"val_split and test_split must differ, both are {self.val_split!r}")
+
+
+# ---------------------------------------------------------------- per-image operations
+
+
+def soft_vote(probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted mean of (C, H, W) probability maps."""
+    if len(probs) != len(weights):
+        raise ValueError(f"{len(probs)} probability maps but {len(weights)} weights")
+    total = float(sum(weights))
+    result = np.zeros_like(probs[0], dtype=np.float32)
+    for p, w in zip(probs, weights, strict=True):
+        if w:
+            result += np.float32(w / total) * p
+    return result
+
+
+def hard_vote(masks: Sequence[np.ndarray], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel majority of label maps; a tie goes to the class of the first-listed model in it.
+
+    Returns the voted mask and the vote share per class, (C, H, W) float32 summing to 1.
+    """
+    class_ids = np.arange(num_classes, dtype=np.int32)[:, None, None]
+    counts = np.zeros((num_classes, *masks[0].shape), dtype=np.int32)
+    for mask in masks:
+        counts += mask[None] == class_ids
+    best = counts.max(axis=0)
+    voted = np.full(masks[0].shape, -1, dtype=np.int32)
+    for mask in masks:  # model rank order: the first model whose class is among the tied wins
+        vote_count = np.take_along_axis(counts, mask[None].astype(np.intp), 0)[0]
+        wins = (voted < 0) & (vote_count == best)
+        voted[wins] = mask[wins]
+    return voted.astype(np.uint8), counts.astype(np.float32) / len(masks)
+
+
+def consensus_overwrite(
+    mask: np.ndarray,
+    model_masks: Sequence[np.ndarray],
+    k: int,
+    num_classes: int,
+    *,
+    background: int = 0,
+    max_area: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write back pixels where at least `k` models agree on a non-background class.
+
+    With `max_area > 0`, only connected components of agreement smaller than `max_area`
+    pixels are written back (small objects, the ones DenseCRF erases). Returns the new
+    mask and the boolean map of pixels that took the agreed class.
+    """
+    from scipy import ndimage
+
+    if k > len(model_masks):
+        raise ConfigError(
+            f"consensus_k={k} but only {len(model_masks)} model(s) vote; lower consensus_k"
+        )
+    agreed, share = hard_vote(model_masks, num_classes)
+    votes = np.rint(
+        np.take_along_axis(share, agreed[None].astype(np.intp), 0)[0] * len(model_masks)
+    )
+    keep = (votes >= k) & (agreed != background)
+    if max_area > 0 and keep.any():
+        small = np.zeros_like(keep)
+        for class_id in np.unique(agreed[keep]):
+            components, count = ndimage.label(keep & (agreed == class_id))
+            sizes = np.bincount(components.ravel(), minlength=count + 1)
+            small_ids = np.flatnonzero(sizes < max_area)
+            small |= np.isin(components, small_ids[small_ids > 0])
+        keep = small
+    return np.where(keep, agreed, mask).astype(np.uint8), keep
+
+
+@dataclass(frozen=True)
+class GatingDecision:
+    """Per class: which stage's pixels the gated output takes (decided on val)."""
+
+    ensemble_stage: str  # the plain ensemble, e.g. soft_vote
+    refined_stage: str  # the post-processed result, e.g. consensus or crf
+    use_ensemble: tuple[bool, ...]  # by class id
+    class_names: tuple[str, ...]
+    iou_ensemble: tuple[float, ...]
+    iou_refined: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "ensemble_stage": self.ensemble_stage,
+            "refined_stage": self.refined_stage,
+            "classes": {
+                name: {
+                    "source": self.ensemble_stage if use else self.refined_stage,
+                    "iou_ensemble": _json_float(a),
+                    "iou_refined": _json_float(b),
+                }
+                for name, use, a, b in zip(
+                    self.class_names,
+                    self.use_ensemble,
+                    self.iou_ensemble,
+                    self.iou_refined,
+                    strict=True,
+                )
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GatingDecision:
+        names = tuple(data["classes"])
+        rows = [data["classes"][n] for n in names]
+        return cls(
+            data["ensemble_stage"],
+            data["refined_stage"],
+            tuple(r["source"] == data["ensemble_stage"] for r in rows),
+            names,
+            tuple(_nan(r["iou_ensemble"]) for r in rows),
+            tuple(_nan(r["iou_refined"]) for r in rows),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> GatingDecision:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def decide_gating(
+    ensemble: SegmentationScores,
+    refined: SegmentationScores,
+    ensemble_stage: str,
+    refined_stage: str,
+) -> GatingDecision:
+    """Per class, the ensemble wins only with a strictly higher val IoU (NaN: keep refined)."""
+    names = tuple(ensemble.class_names)
+    iou_e = tuple(ensemble.iou[n] for n in names)
+    iou_r = tuple(refined.iou[n] for n in names)
+    use = tuple(
+        bool(np.isfinite(a) and (not np.isfinite(b) or a > b))
+        for a, b in zip(iou_e, iou_r, strict=True)
+    )
+    return GatingDecision(ensemble_stage, refined_stage, use, names, iou_e, iou_r)
+
+
+def apply_gating(
+    ensemble_mask: np.ndarray, refined_mask: np.ndarray, use_ensemble: Sequence[bool]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gated mask: each class's region comes from its chosen source.
+
+    A pixel takes the ensemble's label when either source labels it with an
+    ensemble-gated class (so such a class's extent is exactly the ensemble's); otherwise
+    the refined label. Returns the mask and the boolean map of ensemble pixels.
+    """
+    gate = np.asarray(use_ensemble, dtype=bool)
+    from_ensemble = gate[ensemble_mask] | gate[refined_mask]
+    return np.where(from_ensemble, ensemble_mask, refined_mask).astype(np.uint8), from_ensemble
+
+
+# ---------------------------------------------------------------- weight fitting
+
+
+def fit_weights(
+    prediction_sets: Sequence[PredictionSet],
+    samples: Sequence[Sample],
+    num_classes: int,
+    grid: Sequence[float],
+    rounds: int,
+    stride: int,
+) -> tuple[tuple[float, ...], float]:
+    """Soft-vote weights maximising val mIoU by coordinate search; returns (weights, mIoU).
+
+    Starts from equal weights; each round tries every grid value for each model in turn
+    and keeps strict improvements; stops after a round without one. Scored on every
+    `stride`-th pixel to keep memory and time bounded on full-size splits.
+    """
+    if len(prediction_sets) == 1:
+        return (1.0,), float("nan")
+    cached = [[] for _ in prediction_sets]
+    targets = []
+    for sample in samples:
+        target = _read_target(sample)[::stride, ::stride]
+        targets.append(target.reshape(-1))
+        for m, prediction in enumerate(prediction_sets):
+            probs = prediction.probs(sample.file_name)[:, ::stride, ::stride]
+            cached[m].append(np.rint(probs * 255).astype(np.uint8).reshape(num_classes, -1))
+    stacked = [np.concatenate(parts, axis=1) for parts in cached]
+    target = np.concatenate(targets)
+
+    def score(weights: Sequence[float]) -> float:
+        matrix = ConfusionMatrix(num_classes)
+        for start in range(0, target.size, 1 << 20):
+            chunk = slice(start, start + (1 << 20))
+            total = sum(
+                np.float32(w) * p[:, chunk].astype(np.float32)
+                for w, p in zip(weights, stacked, strict=True)
+                if w
+            )
+            matrix.update(total.argmax(axis=0), target[chunk])
+        return matrix.compute().miou
+
+    weights = [1.0] * len(prediction_sets)
+    best = score(weights)
+    for _ in range(rounds):
+        improved = False
+        for m in range(len(weights)):
+            for value in grid:
+                candidate = weights[:m] + [float(value)] + weights[m + 1 :]
+                if value == weights[m] or sum(candidate) == 0:
+                    continue
+                candidate_score = score(candidate)
+                if candidate_score > best + 1e-12:
+                    best, weights, improved = candidate_score, candidate, True
+        if not improved:
+            break
+    total = sum(weights)
+    return tuple(w / total for w in weights), best
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    out_dir: Path
+    model_names: tuple[str, ...]
+    weights: tuple[float, ...]
+    stages: tuple[str, ...]  # everything scored on val, in report order
+    scores: dict[str, SegmentationScores]  # val scores by stage / model name
+    selected_stage: str
+    final_dirs: dict[str, Path]  # split -> prediction folder of the selected stage
+    report_files: dict[str, Path]  # json, markdown, png, html
+    gating: GatingDecision | None
+
+
+def run_recipe(
+    prediction_dirs_val: Sequence[str | Path],
+    prediction_dirs_test: Sequence[str | Path],
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    config: EnsembleConfig,
+) -> RecipeResult:
+    """Ensemble several models' predictions, refine, score every stage on val, write the best.
+
+    `prediction_dirs_val[i]` and `prediction_dirs_test[i]` are the same model's prediction
+    folders on the val and test splits of the prepared dataset at `dataset_dir`.
+    """
+    from trashseg.report import write_stage_report
+
+    out = Path(out_dir)
+    dataset = PreparedDataset(dataset_dir)
+    classes = dataset.classes()
+    num_classes = classes.num_classes
+    val_sets = [PredictionSet.open(d) for d in prediction_dirs_val]
+    test_sets = [PredictionSet.open(d) for d in prediction_dirs_test]
+    names = _model_names(val_sets, test_sets, config)
+    splits = {config.val_split: val_sets, config.test_split: test_sets}
+    samples = {split: dataset.samples(split) for split in splits}
+    for split, sets in splits.items():
+        for name, prediction in zip(names, sets, strict=True):
+            _check_prediction_set(prediction, name, split, samples[split], classes.names)
+    consensus_ids = _consensus_model_ids(names, config)
+    if config.pinned_stage and config.pinned_stage not in (*names, *ENSEMBLE_STAGES):
+        raise ConfigError(
+            f"pinned_stage {config.pinned_stage!r} is not a stage or model; "
+            f"choose from {', '.join((*names, *ENSEMBLE_STAGES))}"
+        )
+
+    if config.weights:
+        if len(config.weights) != len(names):
+            raise ConfigError(
+                f"{len(config.weights)} weights given for {len(names)} models ({', '.join(names)})"
+            )
+        weights = tuple(w / sum(config.weights) for w in config.weights)
+    else:
+        weights, fitted_miou = fit_weights(
+            val_sets,
+            samples[config.val_split],
+            num_classes,
+            config.weight_grid,
+            config.fit_rounds,
+            config.fit_stride,
+        )
+        log.info(
+            "fitted weights %s (val mIoU %.4f on the fitting pixels)",
+            dict(zip(names, weights, strict=True)),
+            fitted_miou,
+        )
+
+    stage_dir = out / "stages"
+    val = config.val_split
+    matrices: dict[str, ConfusionMatrix] = {}
+    for split, sets in splits.items():
+        scored = _vote_stage(
+            sets, names, weights, samples[split], num_classes, stage_dir, split, score=split == val
+        )
+        matrices.update(scored)
+
+    refined_stage = SOFT_VOTE
+    if config.crf_enabled:
+        for split in splits:
+            file_names = [s.file_name for s in samples[split]]
+            crf_prediction_set(
+                stage_dir / SOFT_VOTE / split,
+                dataset.root,
+                stage_dir / CRF / split,
+                config.crf,
+                file_names,
+            )
+        matrices[CRF] = _score_folder(stage_dir / CRF / val, samples[val], classes.names)
+        refined_stage = CRF
+    if config.consensus_enabled:
+        for split, sets in splits.items():
+            matrix = _consensus_stage(
+                stage_dir / refined_stage / split,
+                [sets[i] for i in consensus_ids],
+                samples[split],
+                config,
+                num_classes,
+                stage_dir / CONSENSUS / split,
+                score=split == val,
+            )
+            if matrix is not None:
+                matrices[CONSENSUS] = matrix
+        refined_stage = CONSENSUS
+
+    gating = None
+    if config.gating_enabled and refined_stage != SOFT_VOTE:
+        gating = decide_gating(
+            matrices[SOFT_VOTE].compute(),
+            matrices[refined_stage].compute(),
+            SOFT_VOTE,
+            refined_stage,
+        )
+        gating.save(out / "gating.json")
+        for split in splits:
+            matrix = _gating_stage(
+                stage_dir,
+                gating,
+                samples[split],
+                stage_dir / GATING / split,
+                classes.names,
+                score=split == val,
+            )
+            if matrix is not None:
+                matrices[GATING] = matrix
+
+    stages = tuple(name for name in (*names, *ENSEMBLE_STAGES) if name in matrices)
+    scores = {stage: matrices[stage].compute() for stage in stages}
+    selected = config.pinned_stage or _best_stage(scores, stages)
+
+    final_dirs = {}
+    for split, sets in splits.items():
+        source_dir = (
+            sets[names.index(selected)].root if selected in names else stage_dir / selected / split
+        )
+        final_dirs[split] = out / "final" / split
+        if final_dirs[split].exists():
+            shutil.rmtree(final_dirs[split])
+        shutil.copytree(source_dir, final_dirs[split])
+        final = PredictionSet.open(final_dirs[split])
+        final.source = {
+            "stage": selected,
+            "split": split,
+            "models": {
+                name: s.source | {"dir": str(s.root)} for name, s in zip(names, sets, strict=True)
+            },
+            "weights": dict(zip(names, weights, strict=True)),
+            "ensemble_config": to_dict(config),
+        }
+        final.save()
+
+    save_config(config, out / "ensemble_config.json")
+    report_files = write_stage_report(
+        out / "report",
+        scores,
+        stages,
+        selected=selected,
+        pinned=bool(config.pinned_stage),
+        details={
+            "models": list(names),
+            "weights": dict(zip(names, weights, strict=True)),
+            "gating": gating.to_dict() if gating else None,
+        },
+    )
+    log.info(
+        "recipe: selected %s (val mIoU %.4f) -> %s", selected, scores[selected].miou, out / "final"
+    )
+    return RecipeResult(
+        out, names, weights, stages, scores, selected, final_dirs, report_files, gating
+    )
+
+
+def _vote_stage(sets, names, weights, samples, num_classes, stage_dir, split, *, score):
+    """Soft and hard vote for one split; on val, also the single models' and both votes' matrices."""
+    class_names = sets[0].class_names
+    soft = PredictionSet.create(
+        stage_dir / SOFT_VOTE / split,
+        class_names,
+        source={"stage": SOFT_VOTE, "weights": list(weights)},
+    )
+    hard = PredictionSet.create(
+        stage_dir / HARD_VOTE / split, class_names, source={"stage": HARD_VOTE}
+    )
+    matrices = (
+        {
+            stage: ConfusionMatrix(num_classes, class_names)
+            for stage in (*names, SOFT_VOTE, HARD_VOTE)
+        }
+        if score
+        else {}
+    )
+    progress = Progress(len(samples), f"ensemble {split}", unit="img")
+    for sample in samples:
+        probs = [s.probs(sample.file_name) for s in sets]
+        masks = [s.mask(sample.file_name) for s in sets]
+        soft_probs = soft_vote(probs, weights)
+        hard_mask, vote_share = hard_vote(masks, num_classes)
+        soft.add(sample.file_name, soft_probs)
+        hard.add(sample.file_name, vote_share, mask=hard_mask)
+        if score:
+            target = _read_target(sample)
+            for name, mask in zip(names, masks, strict=True):
+                matrices[name].update(mask, target)
+            matrices[SOFT_VOTE].update(soft_probs.argmax(axis=0), target)
+            matrices[HARD_VOTE].update(hard_mask, target)
+        progress.update(1)
+    soft.save()
+    hard.save()
+    return matrices
+
+
+def _consensus_stage(refined_dir, model_sets, samples, config, num_classes, out_dir, *, score):
+    refined = PredictionSet.open(refined_dir)
+    result = PredictionSet.create(
+        out_dir, refined.class_names, source={"stage": CONSENSUS, "input_dir": str(refined_dir)}
+    )
+    matrix = ConfusionMatrix(num_classes, refined.class_names) if score else None
+    restored_pixels = 0
+    for sample in samples:
+        name = sample.file_name
+        mask, restored = consensus_overwrite(
+            refined.mask(name),
+            [s.mask(name) for s in model_sets],
+            config.consensus_k,
+            num_classes,
+            background=config.background_class,
+            max_area=config.consensus_max_area,
+        )
+        probs = refined.probs(name)
+        if restored.any():  # restored pixels carry the agreeing models' mean probabilities
+            agreeing = soft_vote([s.probs(name) for s in model_sets], [1.0] * len(model_sets))
+            probs[:, restored] = agreeing[:, restored]
+        result.add(name, probs, mask=mask)
+        restored_pixels += int(restored.sum())
+        if matrix is not None:
+            matrix.update(mask, _read_target(sample))
+    result.save()
+    log.info("consensus: %d pixel(s) from model agreement -> %s", restored_pixels, out_dir)
+    return matrix
+
+
+def _gating_stage(stage_dir, gating, samples, out_dir, class_names, *, score):
+    split = out_dir.name
+    ensemble = PredictionSet.open(stage_dir / gating.ensemble_stage / split)
+    refined = PredictionSet.open(stage_dir / gating.refined_stage / split)
+    result = PredictionSet.create(
+        out_dir, class_names, source={"stage": GATING, "decision": gating.to_dict()}
+    )
+    matrix = ConfusionMatrix(len(class_names), class_names) if score else None
+    for sample in samples:
+        name = sample.file_name
+        mask, from_ensemble = apply_gating(
+            ensemble.mask(name), refined.mask(name), gating.use_ensemble
+        )
+        probs = refined.probs(name)
+        probs[:, from_ensemble] = ensemble.probs(name)[:, from_ensemble]
+        result.add(name, probs, mask=mask)
+        if matrix is not None:
+            matrix.update(mask, _read_target(sample))
+    result.save()
+    return matrix
+
+
+def _score_folder(prediction_dir, samples, class_names) -> ConfusionMatrix:
+    prediction = PredictionSet.open(prediction_dir)
+    matrix = ConfusionMatrix(len(class_names), class_names)
+    for sample in samples:
+        matrix.update(prediction.mask(sample.file_name), _read_target(sample))
+    return matrix
+
+
+def _best_stage(scores: dict[str, SegmentationScores], stages: Sequence[str]) -> str:
+    """Highest val mIoU; on a tie the earlier (simpler) stage."""
+    return max(stages, key=lambda s: (np.nan_to_num(scores[s].miou, nan=-1.0), -stages.index(s)))
+
+
+def _read_target(sample: Sample) -> np.ndarray:
+    from PIL import Image
+
+    if not sample.mask.is_file():
+        raise DataError(
+            f"no ground-truth mask for {sample.file_name!r} at {sample.mask}; "
+            "the validation split must be labelled (prepare it with annotations)"
+        )
+    with Image.open(sample.mask) as image:
+        return np.asarray(image)
+
+
+def _model_names(val_sets, test_sets, config: EnsembleConfig) -> tuple[str, ...]:
+    if not val_sets:
+        raise ConfigError("no prediction folders given; pass one per model for val and for test")
+    if len(val_sets) != len(test_sets):
+        raise ConfigError(
+            f"{len(val_sets)} val prediction folders but {len(test_sets)} test folders; give one of each per model"
+        )
+    val_names = _default_names(val_sets)
+    test_names = _default_names(test_sets)
+    if val_names != test_names:
+        raise DataError(
+            f"val and test prediction folders are not the same models in the same order: "
+            f"val {val_names}, test {test_names}"
+        )
+    if config.model_names:
+        if len(config.model_names) != len(val_sets):
+            raise ConfigError(
+                f"{len(config.model_names)} model_names for {len(val_sets)} prediction folders"
+            )
+        clashes = [n for n in config.model_names if n in ENSEMBLE_STAGES]
+        if clashes:
+            raise ConfigError(
+                f"model_names {clashes} clash with stage names {list(ENSEMBLE_STAGES)}; rename them"
+            )
+        return tuple(config.model_names)
+    return val_names
+
+
+def _default_names(sets: Sequence[PredictionSet]) -> tuple[str, ...]:
+    names: list[str] = []
+    for i, prediction in enumerate(sets):
+        base = str(
+            prediction.source.get("name") or prediction.source.get("architecture") or f"model{i}"
+        )
+        name, n = base, 2
+        while name in names or name in ENSEMBLE_STAGES:  # two runs of one architecture stay apart
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return tuple(names)
+
+
+def _consensus_model_ids(names: Sequence[str], config: EnsembleConfig) -> list[int]:
+    chosen = config.consensus_models or tuple(names)
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise ConfigError(
+            f"consensus_models {unknown} are not models of this ensemble; valid: {', '.join(names)}"
+        )
+    if config.consensus_enabled and config.consensus_k > len(chosen):
+        raise ConfigError(
+            f"consensus_k={config.consensus_k} but only {len(chosen)} consensus model(s): {', '.join(chosen)}"
+        )
+    return [names.index(n) for n in chosen]
+
+
+def _check_prediction_set(
+    prediction: PredictionSet, name: str, split: str, samples, class_names
+) -> None:
+    if tuple(prediction.class_names) != tuple(class_names):
+        raise DataError(
+            f"model {name} ({prediction.root}) predicts classes {prediction.class_names}, "
+            f"but the dataset has {list(class_names)}"
+        )
+    missing = sorted({s.file_name for s in samples} - set(prediction.file_names))
+    if missing:
+        raise DataError(
+            f"model {name} ({prediction.root}) has no {split} prediction for {len(missing)} image(s): "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; predict the whole {split} split"
+        )
+
+
+def _json_float(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
