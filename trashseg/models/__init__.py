@@ -17,7 +17,12 @@ from transformers import PretrainedConfig
 
 from trashseg.errors import ConfigError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
-from trashseg.models.mask2former import Mask2FormerSegmentation, mask2former_swin_config
+from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
+from trashseg.models.mask2former import (
+    Mask2FormerSegmentation,
+    mask2former_dinat_config,
+    mask2former_swin_config,
+)
 from trashseg.models.segformer import SEGFORMER_VARIANTS, SegformerSegmentation, segformer_config
 from trashseg.models.upernet import UperNetSegmentation, upernet_config
 
@@ -52,19 +57,39 @@ def _table() -> dict[str, ArchitectureSpec]:
     entries: list[tuple[str, str, Callable[..., PretrainedConfig], type[SegmentationModel]]] = []
     for size in ("t", "b", "l"):
         entries.append(
-            (f"mask2former-swin-{size}", "mask2former",
-             partial(mask2former_swin_config, size), Mask2FormerSegmentation)
+            (
+                f"mask2former-swin-{size}",
+                "mask2former",
+                partial(mask2former_swin_config, size),
+                Mask2FormerSegmentation,
+            )
         )
+    entries.append(
+        (
+            "mask2former-dinat-l",
+            "mask2former",
+            partial(mask2former_dinat_config, "l"),
+            Mask2FormerSegmentation,
+        )
+    )
     for backbone in ("swin", "convnext"):
         for size in ("t", "b", "l"):
             entries.append(
-                (f"upernet-{backbone}-{size}", "upernet",
-                 partial(upernet_config, backbone, size), UperNetSegmentation)
+                (
+                    f"upernet-{backbone}-{size}",
+                    "upernet",
+                    partial(upernet_config, backbone, size),
+                    UperNetSegmentation,
+                )
             )
     for variant in SEGFORMER_VARIANTS:
         entries.append(
-            (f"segformer-{variant}", "segformer", partial(segformer_config, variant),
-             SegformerSegmentation)
+            (
+                f"segformer-{variant}",
+                "segformer",
+                partial(segformer_config, variant),
+                SegformerSegmentation,
+            )
         )
     table = {}
     for name, family, config, wrapper in entries:
@@ -85,7 +110,8 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = _table()
 
 def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -> SegmentationModel:
     """Build architecture `name` for `num_classes` classes, randomly initialised or with weights
-    from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family).
+    from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family;
+    for `mask2former-dinat-*` also a transformers DiNAT checkpoint, which sets the backbone).
 
     Checkpoint tensors whose shapes differ from this architecture (e.g. a class head for another
     number of classes) are left at random init and logged; a checkpoint sharing no weights at all
@@ -109,6 +135,12 @@ def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -
 
 def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> torch.nn.Module:
     config = spec.make_config(num_classes)
+    backbone_config = getattr(config, "backbone_config", None)
+    if isinstance(backbone_config, TrashsegDinatConfig) and is_dinat_checkpoint(pretrained):
+        # An ImageNet DiNAT checkpoint initialises the backbone; the decoder starts random.
+        network = spec.wrapper.network_class(config)
+        load_dinat_weights(network.model.pixel_level_module.encoder, pretrained)
+        return network
     network, info = spec.wrapper.network_class.from_pretrained(
         pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True
     )
@@ -122,7 +154,11 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
     if missing:
         log.warning(
             "%s: %d of %d tensors not loaded from %s (left at random init): %s",
-            spec.name, len(missing), expected, pretrained, ", ".join(sorted(missing)[:20]),
+            spec.name,
+            len(missing),
+            expected,
+            pretrained,
+            ", ".join(sorted(missing)[:20]),
         )
     return network
 

@@ -7,10 +7,11 @@ import torch
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, PretrainedConfig
 
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel, resize_to
+from trashseg.models.dinat import dinat_backbone_config
 from trashseg.models.upernet import swin_backbone_config
 
 # The published semantic-segmentation decoder: 6 deformable pixel-decoder layers, 9 masked-
-# attention layers (+ the initial prediction, hence 10), 256 wide; Swin-L uses 200 queries.
+# attention layers (+ the initial prediction, hence 10), 256 wide, 100 queries.
 _FULL_DECODER = dict(
     hidden_dim=256,
     feature_size=256,
@@ -20,6 +21,7 @@ _FULL_DECODER = dict(
     dim_feedforward=2048,
     encoder_feedforward_dim=1024,
     num_attention_heads=8,
+    num_queries=100,
 )
 _TINY_DECODER = dict(
     hidden_dim=32,
@@ -33,13 +35,12 @@ _TINY_DECODER = dict(
     num_queries=8,
     train_num_points=1024,
 )
-_QUERIES = {"t": 100, "b": 100, "l": 200}
 
 
 def mask2former_config(
-    backbone_config: PretrainedConfig, num_classes: int, *, tiny: bool, num_queries: int = 100
+    backbone_config: PretrainedConfig, num_classes: int, *, tiny: bool
 ) -> Mask2FormerConfig:
-    decoder = _TINY_DECODER if tiny else {**_FULL_DECODER, "num_queries": num_queries}
+    decoder = _TINY_DECODER if tiny else _FULL_DECODER
     return Mask2FormerConfig(
         backbone_config=backbone_config,
         num_labels=num_classes,
@@ -50,7 +51,13 @@ def mask2former_config(
 
 def mask2former_swin_config(variant: str, num_classes: int, *, tiny: bool) -> Mask2FormerConfig:
     backbone = swin_backbone_config(variant, tiny=tiny, drop_path_rate=0.3)
-    return mask2former_config(backbone, num_classes, tiny=tiny, num_queries=_QUERIES[variant])
+    return mask2former_config(backbone, num_classes, tiny=tiny)
+
+
+def mask2former_dinat_config(variant: str, num_classes: int, *, tiny: bool) -> Mask2FormerConfig:
+    if variant != "l":
+        raise ValueError(f"only DiNAT-L is published for Mask2Former; got variant {variant!r}")
+    return mask2former_config(dinat_backbone_config(tiny=tiny), num_classes, tiny=tiny)
 
 
 class Mask2FormerSegmentation(SegmentationModel):
@@ -58,7 +65,9 @@ class Mask2FormerSegmentation(SegmentationModel):
 
     def _loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         mask_labels, class_labels = semantic_targets(masks)
-        output = self.network(pixel_values=images, mask_labels=mask_labels, class_labels=class_labels)
+        output = self.network(
+            pixel_values=images, mask_labels=mask_labels, class_labels=class_labels
+        )
         return output.loss
 
     def _predict_logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -34,14 +34,14 @@ _DROP_PATH = {"t": 0.3, "b": 0.3, "l": 0.3}
 
 def swin_backbone_config(variant: str, *, tiny: bool, drop_path_rate: float) -> SwinConfig:
     size = TINY_SWIN if tiny else SWIN_SIZES[variant]
-    return SwinConfig(
-        **size, drop_path_rate=0.0 if tiny else drop_path_rate, out_features=_STAGES
-    )
+    return SwinConfig(**size, drop_path_rate=0.0 if tiny else drop_path_rate, out_features=_STAGES)
 
 
 def upernet_config(backbone: str, variant: str, num_classes: int, *, tiny: bool) -> UperNetConfig:
     if backbone == "swin":
-        backbone_config = swin_backbone_config(variant, tiny=tiny, drop_path_rate=_DROP_PATH[variant])
+        backbone_config = swin_backbone_config(
+            variant, tiny=tiny, drop_path_rate=_DROP_PATH[variant]
+        )
     else:
         size = TINY_CONVNEXT if tiny else CONVNEXT_SIZES[variant]
         backbone_config = ConvNextConfig(
