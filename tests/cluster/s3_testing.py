@@ -1,0 +1,109 @@
+"""Helpers for the cluster tests: S3 settings for the moto server, a fault-injecting proxy."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import threading
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from trashseg.storage import RetryPolicy, S3Settings, S3Store
+
+FAST_RETRY = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
+S3_REGION = "us-east-1"
+FAKE_KEY, FAKE_SECRET = "testing-key", "testing-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def s3_settings(endpoint: str) -> S3Settings:
+    return S3Settings(endpoint, FAKE_KEY, FAKE_SECRET, secure=False, region=S3_REGION)
+
+
+def new_bucket(endpoint: str) -> str:
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    S3Store(bucket, settings=s3_settings(endpoint), retry=FAST_RETRY).ensure_bucket()
+    return bucket
+
+
+Plan = Callable[[int, str], str | None]
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+class FaultyProxy:
+    """An HTTP proxy to S3 that fails requests as `plan(index, method)` says.
+
+    plan returns None (forward), "503" (a SlowDown error) or "reset" (TCP RST, no reply).
+    """
+
+    def __init__(self, upstream: str, plan: Plan) -> None:
+        self.upstream = upstream
+        self.plan = plan
+        self.requests: list[tuple[str, str | None]] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                with proxy._lock:
+                    index = len(proxy.requests)
+                    action = proxy.plan(index, self.command)
+                    proxy.requests.append((self.command, action))
+                if action == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if action == "503":
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(SLOW_DOWN)
+                    return
+                host, port = proxy.upstream.split(":")
+                upstream = http.client.HTTPConnection(host, int(port), timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                response = upstream.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", response.getheader("Content-Length", str(len(data))))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def failures(self) -> int:
+        return sum(1 for _, action in self.requests if action)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

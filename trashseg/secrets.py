@@ -1,0 +1,47 @@
+"""Names that tie the cluster together: Kubernetes Secrets/ConfigMaps and the env vars they fill.
+
+This is the one place these names are fixed. The manifests (manifests/), the README's
+"Running on a cluster" section and the pipelines (via `kfp.kubernetes.use_secret_as_env`
+and `use_config_map_as_env`) all use exactly these names; `trashseg.storage` reads the
+environment variables.
+
+    Secret trashseg-s3-credentials   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    ConfigMap trashseg-storage       TRASHSEG_S3_ENDPOINT, TRASHSEG_S3_SECURE, AWS_REGION,
+                                     TRASHSEG_BUCKET
+    Secret trashseg-postgres         POSTGRES_USER, POSTGRES_PASSWORD (MLflow's database only)
+
+Each Secret/ConfigMap key is named like the environment variable it becomes, so the
+mappings below are identities; they exist so callers never spell a name twice.
+Credentials are never pipeline parameters, compile-time defaults or log lines.
+"""
+
+from __future__ import annotations
+
+# Object store credentials (a Secret: the only place credentials live).
+S3_CREDENTIALS_SECRET = "trashseg-s3-credentials"
+ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+ENV_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+S3_CREDENTIALS_SECRET_TO_ENV = {ENV_ACCESS_KEY: ENV_ACCESS_KEY, ENV_SECRET_KEY: ENV_SECRET_KEY}
+
+# Where the object store is (a ConfigMap: not secret, but set per cluster).
+STORAGE_CONFIG_MAP = "trashseg-storage"
+ENV_ENDPOINT = "TRASHSEG_S3_ENDPOINT"  # host:port, or http(s)://host:port
+ENV_SECURE = "TRASHSEG_S3_SECURE"  # "true"/"false"; TLS on or off (ignored when the endpoint has a scheme)
+ENV_REGION = "AWS_REGION"
+ENV_BUCKET = "TRASHSEG_BUCKET"  # the bucket the bucket-init Job creates and pipelines use
+STORAGE_CONFIG_MAP_TO_ENV = {
+    name: name for name in (ENV_ENDPOINT, ENV_SECURE, ENV_REGION, ENV_BUCKET)
+}
+
+# MLflow's PostgreSQL credentials; read only by the database and the tracking server.
+POSTGRES_SECRET = "trashseg-postgres"
+POSTGRES_SECRET_KEYS = ("POSTGRES_USER", "POSTGRES_PASSWORD")
+
+# The in-cluster tracking server (manifests/base/mlflow.yaml). Clients need no S3
+# credentials: the server proxies artifacts to the object store.
+NAMESPACE = "trashseg"
+MLFLOW_TRACKING_URI = f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000"
+PIPELINE_SERVICE_ACCOUNT = "trashseg-pipeline-runner"
+# Pods carrying this label may reach MLflow (the NetworkPolicy in manifests/base/network.yaml);
+# KFP v2 puts it on every pipeline task pod.
+PIPELINE_POD_LABEL = ("pipelines.kubeflow.org/v2_component", "true")
