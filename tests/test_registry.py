@@ -3,8 +3,8 @@
 import json
 import math
 
-import mlflow
 import pytest
+from mlflow import MlflowClient
 
 from trashseg.registry import (
     CHALLENGER,
@@ -16,15 +16,12 @@ from trashseg.registry import (
     register_and_promote,
     write_bundle,
 )
+from trashseg.tracking import TrackingConfig
 
 
 @pytest.fixture
 def tracking_uri(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.create_experiment("trashseg", artifact_location=str(tmp_path / "artifacts"))
-    yield uri
-    mlflow.set_tracking_uri(None)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def make_bundle(tmp_path, name, weights):
@@ -60,20 +57,22 @@ def test_bundle_rejects_unknown_architecture(tmp_path):
         bundle.model_dir("upernet-swin-t-tiny")
 
 
-def test_register_promote_only_if_better(tracking_uri, tmp_path):
-    client = mlflow.MlflowClient()
+def test_register_promote_only_if_better(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("KFP_RUN_ID", "run-7")  # set by the pipeline on every task
+    client = MlflowClient(tracking_uri)
+    tracking = TrackingConfig(uri=tracking_uri)
     with pytest.raises(RegistryError, match="no 'champion'"):
-        fetch_champion("trash", tmp_path / "none")
+        fetch_champion("trash", tmp_path / "none", tracking_uri=tracking_uri)
 
     first = register_and_promote(
         make_bundle(tmp_path, "v1", {"segformer-b0-tiny": 1}).root,
-        model_name="trash", score=0.40, holdout_id="h1", run_tags={"kfp_run_id": "run-1"},
+        model_name="trash", score=0.40, holdout_id="h1", tracking=tracking,
     )
     assert first.promoted and first.version == "1" and first.champion_version is None
 
     worse = register_and_promote(
         make_bundle(tmp_path, "v2", {"segformer-b0-tiny": 2}).root,
-        model_name="trash", score=0.35, holdout_id="h1", run_tags={"kfp_run_id": "run-2"},
+        model_name="trash", score=0.35, holdout_id="h1", tracking=tracking,
     )
     assert not worse.promoted and worse.champion_version == "1" and worse.champion_score == pytest.approx(0.40)
     assert str(client.get_model_version_by_alias("trash", CHAMPION).version) == "1"
@@ -82,16 +81,16 @@ def test_register_promote_only_if_better(tracking_uri, tmp_path):
 
     better = register_and_promote(
         make_bundle(tmp_path, "v3", {"segformer-b0-tiny": 3, "upernet-swin-t-tiny": 4}).root,
-        model_name="trash", score=0.45, holdout_id="h1", run_tags={"kfp_run_id": "run-3"},
+        model_name="trash", score=0.45, holdout_id="h1", tracking=tracking,
     )
     assert better.promoted and better.version == "3"
     assert "| reason |" in better.to_markdown()
     version = client.get_model_version("trash", "3")
-    assert version.tags["kfp_run_id"] == "run-3" and version.tags["dataset_hash"] == "hash-v3"
+    assert version.tags["kfp.run_id"] == "run-7" and version.tags["dataset_hash"] == "hash-v3"
     run = client.get_run(version.run_id)
-    assert run.data.tags["kfp_run_id"] == "run-3" and math.isclose(run.data.metrics["holdout_miou"], 0.45)
+    assert run.data.tags["kfp.run_id"] == "run-7" and math.isclose(run.data.metrics["holdout_miou"], 0.45)
 
-    champion = fetch_champion("trash", tmp_path / "fetched")
+    champion = fetch_champion("trash", tmp_path / "fetched", tracking_uri=tracking_uri)
     assert champion.version == "3"
     assert champion.bundle.architectures == ("segformer-b0-tiny", "upernet-swin-t-tiny")
     weights = champion.bundle.model_dir("upernet-swin-t-tiny") / "weights.json"

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trashseg.errors import DataError, UserError
+from trashseg.tracking import TrackingConfig
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -158,8 +159,7 @@ def register_and_promote(
     model_name: str,
     score: float,
     holdout_id: str,
-    tracking_uri: str | None = None,
-    experiment: str = "trashseg",
+    tracking: TrackingConfig | None = None,
     run_tags: Mapping[str, str] | None = None,
     champion_score: float | None = None,
     min_improvement: float = 0.0,
@@ -168,32 +168,32 @@ def register_and_promote(
 
     `champion_score`: the current champion's score measured on this same holdout in this
     run; when None, the score recorded on the champion is used if its holdout id matches.
+    The MLflow store is `tracking`'s (default: $MLFLOW_TRACKING_URI, else a SQLite file
+    beside the bundle), like every other trashseg run.
     """
-    import mlflow
-    from mlflow import MlflowClient
+    from trashseg.tracking import TrackedRun
 
     bundle = ModelBundle.open(bundle_dir)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient()
-    _ensure_registered_model(client, model_name)
-    champion = _version_by_alias(client, model_name, CHAMPION)
-
-    mlflow.set_experiment(experiment)
-    tags = {**dict(run_tags or {}), "stage": "register", TAG_HOLDOUT: holdout_id}
-    with mlflow.start_run(run_name=f"register-{model_name}", tags=tags) as run:
-        mlflow.log_metric(TAG_SCORE, score)
-        mlflow.log_artifacts(str(bundle.root), artifact_path=BUNDLE_ARTIFACT_PATH)
+    tags = {**dict(run_tags or {}), "trashseg.step": "register", TAG_HOLDOUT: holdout_id}
+    with TrackedRun(tracking or TrackingConfig(), bundle.root.parent, run_name=f"register-{model_name}", tags=tags) as run:
+        client = run.client
+        _ensure_registered_model(client, model_name)
+        champion = _version_by_alias(client, model_name, CHAMPION)
+        run.log_metrics({TAG_SCORE: score}, step=0)
+        run.flush()
+        client.log_artifacts(run.run_id, str(bundle.root), BUNDLE_ARTIFACT_PATH)
+        artifact_uri = client.get_run(run.run_id).info.artifact_uri
+        kfp_tags = {k: v for k, v in client.get_run(run.run_id).data.tags.items() if k.startswith("kfp.")}
         version = client.create_model_version(
             model_name,
-            source=f"{run.info.artifact_uri}/{BUNDLE_ARTIFACT_PATH}",
-            run_id=run.info.run_id,
+            source=f"{artifact_uri}/{BUNDLE_ARTIFACT_PATH}",
+            run_id=run.run_id,
             tags={
                 TAG_SCORE: repr(float(score)),
                 TAG_HOLDOUT: holdout_id,
                 TAG_DATASET: bundle.dataset_hash,
                 TAG_ARCHITECTURES: ",".join(bundle.architectures),
-                **{k: v for k, v in tags.items() if k.startswith("kfp_")},
+                **kfp_tags,
             },
         ).version
         version = str(version)
@@ -211,7 +211,7 @@ def register_and_promote(
             client.set_registered_model_alias(model_name, CHAMPION, version)
         client.set_model_version_tag(model_name, version, "promoted", str(promote).lower())
         client.set_model_version_tag(model_name, version, "decision", reason)
-        mlflow.set_tags({"registered_version": version, "promoted": str(promote).lower()})
+        run.set_tags({"registered_version": version, "promoted": str(promote).lower()})
     return PromotionDecision(
         model_name=model_name,
         version=version,
@@ -231,23 +231,28 @@ class Champion:
     tags: dict[str, str]
 
 
-def fetch_champion(model_name: str, out_dir: str | Path, *, tracking_uri: str | None = None) -> Champion:
-    """Download the champion's bundle into `out_dir`."""
-    import mlflow
+def find_champion(model_name: str, tracking_uri: str):
+    """The champion's ModelVersion (tags, source), or None."""
     from mlflow import MlflowClient
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient()
-    champion = _version_by_alias(client, model_name, CHAMPION)
+    return _version_by_alias(MlflowClient(tracking_uri=tracking_uri), model_name, CHAMPION)
+
+
+def fetch_champion(model_name: str, out_dir: str | Path, *, tracking_uri: str) -> Champion:
+    """Download the champion's bundle into `out_dir`."""
+    import mlflow
+
+    champion = find_champion(model_name, tracking_uri)
     if champion is None:
         raise RegistryError(
-            f"registered model {model_name!r} has no {CHAMPION!r} version at {mlflow.get_tracking_uri()}; "
+            f"registered model {model_name!r} has no {CHAMPION!r} version at {tracking_uri}; "
             "run the full pipeline once (it registers and promotes the first model) before retraining"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=str(out_dir)))
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=str(out_dir), tracking_uri=tracking_uri)
+    )
     if downloaded != out_dir:  # download_artifacts nests the bundle folder under dst_path
         for item in downloaded.iterdir():
             shutil.move(str(item), out_dir / item.name)
