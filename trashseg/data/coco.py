@@ -20,6 +20,7 @@ import contextlib
 import copy
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,7 +394,7 @@ def _rle_problem(rle: dict, height: int, width: int) -> str | None:
 
         try:
             mask_utils.area({"counts": counts.encode("ascii"), "size": size})
-            mask_utils.decode({"counts": counts.encode("ascii"), "size": size})
+            decode_rle({"counts": counts.encode("ascii"), "size": size})
         except (ValueError, UnicodeEncodeError) as error:
             return f"compressed RLE counts are invalid ({error})"
     else:
@@ -419,8 +420,16 @@ def segmentation_area(segmentation: list | dict, height: int, width: int) -> int
     return int(mask_utils.area(segmentation_rle(segmentation, height, width)))
 
 
-def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """(height, width) bool mask of one annotation's segmentation."""
+def decode_rle(rle: dict) -> np.ndarray:
+    """(height, width) bool mask of one compressed RLE."""
     from pycocotools import mask as mask_utils
 
-    return mask_utils.decode(segmentation_rle(segmentation, height, width)).astype(bool)
+    # pycocotools' Cython arrays predate numpy 2's `copy` keyword; the warning is harmless.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
+def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """(height, width) bool mask of one annotation's segmentation."""
+    return decode_rle(segmentation_rle(segmentation, height, width))

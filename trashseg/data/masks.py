@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trashseg.data.coco import CocoDataset, segmentation_rle
+from trashseg.data.coco import CocoDataset, decode_rle, segmentation_rle
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
 from trashseg.progress import Progress
@@ -45,7 +45,7 @@ def semantic_mask(
                 f"annotation {annotations[index].get('id')}: category {category} has no class "
                 f"(known categories: {sorted(category_to_class)})"
             )
-        mask[mask_utils.decode(rles[index]).astype(bool)] = category_to_class[category]
+        mask[decode_rle(rles[index])] = category_to_class[category]
     return mask
 
 

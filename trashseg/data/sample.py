@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from trashseg.data.classes import DEFAULT_TAXONOMY
+from trashseg.data.coco import decode_rle
 from trashseg.errors import DataError
 from trashseg.progress import Progress
 
@@ -264,7 +265,7 @@ def _paint(picture: np.ndarray, obj: dict, rng: np.random.Generator) -> None:
     x, y, w, h = (int(v) for v in mask_utils.toBbox(obj["rle"]))
     size = picture.shape[0]
     rows, cols = slice(y, min(y + h + 1, size)), slice(x, min(x + w + 1, size))
-    inside = mask_utils.decode(obj["rle"])[rows, cols].astype(bool)
+    inside = decode_rle(obj["rle"])[rows, cols]
     ys, xs = np.mgrid[rows, cols]
     dx, dy = xs[inside] + 0.5 - obj["centre"][0], ys[inside] + 0.5 - obj["centre"][1]
     cos, sin = math.cos(obj["angle"]), math.sin(obj["angle"])
