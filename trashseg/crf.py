@@ -85,7 +85,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, config: CrfConfig) -> np.nda
     crf.addPairwiseBilateral(
         sxy=config.bilateral_sxy,
         srgb=config.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        rgbim=np.array(image, dtype=np.uint8, order="C"),  # a writable copy: pydensecrf needs one
         compat=config.bilateral_compat,
     )
     refined = np.array(crf.inference(config.iterations), dtype=np.float32)

@@ -53,7 +53,7 @@ def prediction_string(class_map: np.ndarray) -> str:
     """The 65,536 space-separated class ids of one map after the 256x256 resize."""
     resized = resize_nearest(np.asarray(class_map))
     if resized.min() < 0 or resized.max() > MAX_CLASS_ID:
-        raise DataError(
+        raise SubmissionError(
             f"class map holds ids {int(resized.min())}..{int(resized.max())}; "
             f"submission ids must be 0..{MAX_CLASS_ID}"
         )
