@@ -161,3 +161,24 @@ def make_pseudo_labels(
         [d["file_name"] for d in dropped],
         out.lineage_file,
     )
+
+
+def lineage_tags(pseudo_dataset_dir: str | Path) -> dict[str, str]:
+    """MLflow tags for a run trained with this pseudo-label dataset (pass as `train(tags=...)`)."""
+    lineage_file = PreparedDataset(pseudo_dataset_dir).lineage_file
+    if not lineage_file.is_file():
+        raise DataError(f"{pseudo_dataset_dir} has no lineage.json; build it with `trashseg pseudo-label`")
+    lineage = json.loads(lineage_file.read_text())
+    source = lineage["predictions"]["source"]
+    return {
+        "pseudo.dataset": str(Path(pseudo_dataset_dir).resolve()),
+        "pseudo.source_dataset": lineage["source_dataset"],
+        "pseudo.source_split": lineage["source_split"],
+        "pseudo.predictions": lineage["predictions"]["dir"],
+        "pseudo.stage": str(source.get("stage", "")),
+        "pseudo.models": ",".join(source.get("models", {})),
+        "pseudo.tau": str(lineage["config"]["tau"]),
+        "pseudo.min_confident_fraction": str(lineage["config"]["min_confident_fraction"]),
+        "pseudo.images_kept": str(len(lineage["kept"])),
+        "pseudo.images_dropped": str(len(lineage["dropped"])),
+    }

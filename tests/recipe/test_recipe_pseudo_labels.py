@@ -1,0 +1,113 @@
+"""Pseudo-labels: the tau threshold, the ignore index, dropped images and complete lineage."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from recipe_builders import CLASS_NAMES, write_dataset, write_predictions
+
+from trashseg.cli import main
+from trashseg.data.layout import PreparedDataset
+from trashseg.errors import ConfigError, DataError
+from trashseg.pseudo_labels import (
+    PseudoLabelConfig,
+    lineage_tags,
+    make_pseudo_labels,
+    pseudo_label_mask,
+)
+
+
+def _probs(labels, confidence):
+    """(4, H, W): `confidence` (per pixel) on `labels`, the rest spread evenly."""
+    probs = np.repeat(((1 - confidence) / 3)[None], 4, axis=0).astype(np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.intp), confidence[None].astype(np.float32), axis=0)
+    return probs
+
+
+def test_threshold_and_ignore_index():
+    labels = np.array([[1, 2, 3, 0]], np.uint8)
+    confidence = np.array([[0.95, 0.9, 0.89, 0.5]])
+    mask = pseudo_label_mask(_probs(labels, confidence), labels, tau=0.9)
+    assert mask.tolist() == [[1, 2, 255, 255]]  # >= tau keeps the class
+    # An explicit label that is not the argmax uses that class's own probability.
+    assert pseudo_label_mask(_probs(labels, confidence), np.array([[0, 2, 3, 0]], np.uint8), 0.9).tolist() == [
+        [255, 2, 255, 255]
+    ]
+
+
+def _dataset_and_predictions(tmp_path):
+    rng = np.random.default_rng(0)
+    items, probs = [], {}
+    confident_share = {"t/a.jpg": 0.8, "t/b.jpg": 0.3, "t/c.jpg": 1.0}
+    for name, share in confident_share.items():
+        labels = rng.integers(0, 4, (20, 20)).astype(np.uint8)
+        confidence = np.where(rng.random((20, 20)) < share, 0.97, 0.6)
+        items.append((name, rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), None))
+        probs[name] = _probs(labels, confidence)
+    dataset = write_dataset(tmp_path / "data", {"test": items})
+    source = {"stage": "consensus", "models": {"segformer": {"dir": "/p/s"}, "upernet": {"dir": "/p/u"}},
+              "ensemble_config": {"consensus_k": 2}}
+    predictions = write_predictions(tmp_path / "pred", probs, source)
+    return dataset, predictions, probs
+
+
+def test_dataset_layout_and_lineage(tmp_path):
+    dataset, predictions, probs = _dataset_and_predictions(tmp_path)
+    config = PseudoLabelConfig(tau=0.9, min_confident_fraction=0.5)
+    result = make_pseudo_labels(tmp_path / "pred", dataset.root, tmp_path / "pseudo", config)
+    assert result.kept == ["t/a.jpg", "t/c.jpg"] and result.dropped == ["t/b.jpg"]
+
+    pseudo = PreparedDataset(tmp_path / "pseudo")
+    assert pseudo.classes().names == CLASS_NAMES
+    assert pseudo.splits() == ["train"]
+    assert [s.file_name for s in pseudo.samples("train")] == ["t/a.jpg", "t/c.jpg"]
+    for sample in pseudo.samples("train"):
+        assert sample.image.read_bytes() == dataset.image_path(sample.file_name).read_bytes()
+        mask = np.array(Image.open(sample.mask))
+        expected = np.where(probs[sample.file_name].max(0) >= 0.9, probs[sample.file_name].argmax(0), 255)
+        np.testing.assert_array_equal(mask, expected)
+    assert (np.array(Image.open(pseudo.mask_path("t/a.jpg"))) == 255).any()
+    assert not pseudo.mask_path("t/b.jpg").exists() and not pseudo.image_path("t/b.jpg").exists()
+    coco = json.loads(pseudo.split_file("train").read_text())
+    assert coco["annotations"] == [] and len(coco["categories"]) == 3
+
+    lineage = json.loads(result.lineage_file.read_text())
+    assert lineage["config"] == {"tau": 0.9, "min_confident_fraction": 0.5, "split": "test"}
+    assert lineage["source_dataset"] == str(dataset.root.resolve())
+    assert lineage["predictions"]["dir"] == str((tmp_path / "pred").resolve())
+    assert lineage["predictions"]["source"] == predictions.source  # models and ensemble config
+    assert [k["file_name"] for k in lineage["kept"]] == result.kept
+    dropped = lineage["dropped"][0]
+    assert dropped["file_name"] == "t/b.jpg" and dropped["confident_fraction"] < 0.5
+    assert "below min_confident_fraction=0.5" in dropped["reason"]
+    fraction_a = float((probs["t/a.jpg"].max(0) >= 0.9).mean())
+    assert lineage["kept"][0]["confident_fraction"] == pytest.approx(fraction_a)
+
+    tags = lineage_tags(tmp_path / "pseudo")
+    assert tags["pseudo.models"] == "segformer,upernet"
+    assert tags["pseudo.stage"] == "consensus" and tags["pseudo.tau"] == "0.9"
+    assert tags["pseudo.images_kept"] == "2" and tags["pseudo.images_dropped"] == "1"
+
+
+def test_bad_inputs_are_refused(tmp_path):
+    dataset, _, _ = _dataset_and_predictions(tmp_path)
+    with pytest.raises(ConfigError, match="tau must be in \\(0, 1\\], got 1.5"):
+        PseudoLabelConfig(tau=1.5)
+    with pytest.raises(DataError, match="no image has at least 0.99 .*lower tau or min_confident_fraction"):
+        make_pseudo_labels(tmp_path / "pred", dataset.root, tmp_path / "none", PseudoLabelConfig(min_confident_fraction=0.99, tau=0.98))
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(DataError, match="split 'val' not found"):
+        make_pseudo_labels(tmp_path / "pred", dataset.root, tmp_path / "x", PseudoLabelConfig(split="val"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="is not empty"):
+        make_pseudo_labels(tmp_path / "pred", dataset.root, tmp_path / "full", PseudoLabelConfig())
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_cli_pseudo_label(tmp_path, capsys):
+    dataset, _, _ = _dataset_and_predictions(tmp_path)
+    args = ["pseudo-label", str(tmp_path / "pred"), "--dataset", str(dataset.root), "--out", str(tmp_path / "p")]
+    assert main([*args, "--set", "tau=0.9", "--set", "min_confident_fraction=0.9"]) == 0
+    assert "kept 1, dropped 2 image(s)" in capsys.readouterr().out
