@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from s3_testing import FAST_RETRY, FaultyProxy, Plan, new_bucket, s3_settings
+from cluster_helpers import FAST_RETRY, FaultyProxy, Plan, new_bucket, s3_settings
 
 from trashseg.storage import LocalStore, S3Store
 

@@ -8,10 +8,15 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from s3_testing import FAST_RETRY, new_bucket, s3_settings
+from cluster_helpers import (
+    FAST_RETRY,
+    make_batch,
+    make_dataset,
+    new_bucket,
+    s3_settings,
+    write_image,
+)
 
 from trashseg import storage
 from trashseg.errors import ConfigError, DataError
@@ -26,39 +31,6 @@ from trashseg.storage import (
 )
 
 MiB = 1024 * 1024
-
-
-def write_image(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG")
-
-
-def coco(file_names: list[str], categories=("Paper", "Metal"), first_id: int = 1) -> dict:
-    images = [{"id": first_id + i, "file_name": f, "width": 16, "height": 16} for i, f in enumerate(file_names)]
-    annotations = [
-        {"id": 100 + i, "image_id": im["id"], "category_id": 1 + i % len(categories), "iscrowd": 0,
-         "area": 16.0, "bbox": [0, 0, 4, 4], "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]}
-        for i, im in enumerate(images)
-    ]
-    cats = [{"id": 1 + i, "name": name, "supercategory": name} for i, name in enumerate(categories)]
-    return {"images": images, "annotations": annotations, "categories": cats}
-
-
-def make_dataset(root: Path, n: int = 3, seed: int = 0) -> Path:
-    names = [f"batch_01/{i:04d}.jpg" for i in range(n)]
-    for i, name in enumerate(names):
-        write_image(root / name, seed + i)
-    (root / "train.json").write_text(json.dumps(coco(names)))
-    return root
-
-
-def make_batch(root: Path, n: int, seed: int, categories=("Metal", "Paper")) -> Path:
-    names = [f"{i:04d}.jpg" for i in range(n)]
-    for i, name in enumerate(names):
-        write_image(root / "images" / name, seed + i)
-    (root / "annotations.json").write_text(json.dumps(coco(names, categories, first_id=1)))
-    return root
 
 
 def test_file_and_folder_round_trip(store, tmp_path):
