@@ -101,11 +101,12 @@ def test_bad_split_arguments_name_the_value(write_dataset):
         kfold_splits(dataset, 5, seed=0)
 
 
-def test_repair_moves_an_image_into_a_fold_missing_a_class():
+def test_repair_swaps_an_image_into_a_fold_missing_a_class():
     from trashseg.data.splits import _repair_coverage
 
     labels = [frozenset({1}), frozenset({1}), frozenset({1, 2}), frozenset({2}), frozenset({2})]
     assignment = [0, 0, 0, 1, 1]  # class 1 (3 images) is missing from fold 1
-    _repair_coverage(labels, assignment, 2)
+    _repair_coverage(labels, assignment, [1, 1])
     assert {assignment[i] for i in (0, 1, 2)} == {0, 1}
     assert {assignment[i] for i in (2, 3, 4)} == {0, 1}  # class 2 kept in both folds
+    assert sorted(assignment) == [0, 0, 0, 1, 1]  # swapped: fold sizes unchanged

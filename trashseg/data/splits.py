@@ -3,8 +3,8 @@
 A group is an image (all its annotations go to the same side). Images are stratified on
 the set of classes they contain with iterative stratification (Sechidis et al., 2011):
 the rarest class is placed first, each of its images into the fold that still wants that
-class most. A final repair pass moves images so that every class present in at least as
-many images as there are folds shows up in every fold. Everything is deterministic given
+class most. A final repair pass swaps images so that every class shows up in every fold that
+should expect it at least once (for k equal folds: each class in >= k images). Everything is deterministic given
 the seed.
 """
 
@@ -76,39 +76,55 @@ def stratify(labels: Sequence[frozenset[int]], proportions: Sequence[float], see
         for sample in by_label[rarest]:
             if assignment[sample] >= 0:
                 continue
-            want = wanted_per_label[label_index[rarest]]
+            want = wanted_per_label[label_index[rarest]].copy()
+            # A fold that is already full takes no more images (unless all are full), so
+            # multi-label images cannot overfill a small fold such as a 20% val split.
+            if (wanted_per_fold > 0).any():
+                want[wanted_per_fold <= 0] = -np.inf
             jitter = rng.random(n_folds) * 1e-6
             place(sample, int(np.lexsort((jitter, wanted_per_fold, want))[-1]))
     for sample in [int(i) for i in order if assignment[int(i)] < 0]:  # images with no class
         jitter = rng.random(n_folds) * 1e-6
         place(sample, int(np.argmax(wanted_per_fold + jitter)))
-    _repair_coverage(labels, assignment, n_folds)
+    _repair_coverage(labels, assignment, proportions)
     return assignment
 
 
-def _repair_coverage(labels: Sequence[frozenset[int]], assignment: list[int], n_folds: int) -> None:
-    """Move images so each class in >= n_folds images appears in every fold, where a move
-    takes no class away from the fold it leaves."""
-    all_labels = sorted(set().union(*labels)) if labels else []
-    for label in all_labels:
-        holders = [i for i, s in enumerate(labels) if label in s]
-        if len(holders) < n_folds:
-            continue
+def _repair_coverage(labels: Sequence[frozenset[int]], assignment: list[int], proportions: Sequence[float]) -> None:
+    """Give every fold each class it should expect at least once (count x share >= 1).
+
+    An image with the class moves in from a fold holding it twice or more; in exchange an
+    image without it moves back, so fold sizes stay put. Neither move may take the last
+    image of any class away from a fold."""
+    ratio = np.asarray(proportions, dtype=float) / float(sum(proportions))
+    n_folds = len(ratio)
+    holders: dict[int, np.ndarray] = {}  # class -> images holding it, per fold
+    for sample, fold in zip(labels, assignment, strict=True):
+        for label in sample:
+            holders.setdefault(label, np.zeros(n_folds, dtype=np.int64))[fold] += 1
+
+    def can_leave(sample: int) -> bool:
+        return all(holders[other][assignment[sample]] >= 2 for other in labels[sample])
+
+    def move(sample: int, fold: int) -> None:
+        for other in labels[sample]:
+            holders[other][assignment[sample]] -= 1
+            holders[other][fold] += 1
+        assignment[sample] = fold
+
+    for label in sorted(holders):
         for fold in range(n_folds):
-            counts = np.bincount([assignment[i] for i in holders], minlength=n_folds)
-            if counts[fold] > 0:
+            if holders[label].sum() * ratio[fold] < 1 or holders[label][fold] > 0:
                 continue
-            for donor in sorted(holders, key=lambda i: -counts[assignment[i]]):
-                source = assignment[donor]
-                if counts[source] < 2:
-                    continue
-                keeps_others = all(
-                    sum(1 for j, s in enumerate(labels) if other in s and assignment[j] == source) >= 2
-                    for other in labels[donor]
-                )
-                if keeps_others:
-                    assignment[donor] = fold
-                    break
+            donors = [i for i, s in enumerate(labels) if label in s and assignment[i] != fold and can_leave(i)]
+            if not donors:
+                continue
+            donor = max(donors, key=lambda i: (holders[label][assignment[i]], -i))
+            source = assignment[donor]
+            returns = [i for i, s in enumerate(labels) if assignment[i] == fold and label not in s and can_leave(i)]
+            move(donor, fold)
+            if returns:
+                move(min(returns, key=lambda i: (len(labels[i]), i)), source)
 
 
 @dataclass(frozen=True)
