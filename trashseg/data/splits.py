@@ -47,7 +47,7 @@ def stratify(labels: Sequence[frozenset[int]], proportions: Sequence[float], see
     for sample in labels:
         for label in sample:
             label_counts[label_index[label]] += 1
-    wanted_per_fold = ratio * n_samples
+    wanted_per_fold = _fold_sizes(ratio, n_samples).astype(float)
     wanted_per_label = np.outer(label_counts, ratio)  # (labels, folds)
     assignment = [-1] * n_samples
     # Random tie-breaking through a shuffled order of samples and a random jitter on folds.
@@ -90,12 +90,22 @@ def stratify(labels: Sequence[frozenset[int]], proportions: Sequence[float], see
     return assignment
 
 
+def _fold_sizes(ratio: np.ndarray, n_samples: int) -> np.ndarray:
+    """Integer fold sizes summing to n_samples (largest remainder; ties to the first fold)."""
+    exact = ratio * n_samples
+    sizes = np.floor(exact).astype(np.int64)
+    remainder = exact - sizes
+    for fold in np.argsort(-remainder, kind="stable")[: n_samples - int(sizes.sum())]:
+        sizes[fold] += 1
+    return sizes
+
+
 def _repair_coverage(labels: Sequence[frozenset[int]], assignment: list[int], proportions: Sequence[float]) -> None:
     """Give every fold each class it should expect at least once (count x share >= 1).
 
     An image with the class moves in from a fold holding it twice or more; in exchange an
     image without it moves back, so fold sizes stay put. Neither move may take the last
-    image of any class away from a fold."""
+    image of any class away from a fold; where no such swap exists the fold stays as is."""
     ratio = np.asarray(proportions, dtype=float) / float(sum(proportions))
     n_folds = len(ratio)
     holders: dict[int, np.ndarray] = {}  # class -> images holding it, per fold
@@ -117,14 +127,13 @@ def _repair_coverage(labels: Sequence[frozenset[int]], assignment: list[int], pr
             if holders[label].sum() * ratio[fold] < 1 or holders[label][fold] > 0:
                 continue
             donors = [i for i, s in enumerate(labels) if label in s and assignment[i] != fold and can_leave(i)]
-            if not donors:
-                continue
+            returns = [i for i, s in enumerate(labels) if assignment[i] == fold and label not in s and can_leave(i)]
+            if not donors or not returns:
+                continue  # no swap keeps sizes and other classes intact
             donor = max(donors, key=lambda i: (holders[label][assignment[i]], -i))
             source = assignment[donor]
-            returns = [i for i, s in enumerate(labels) if assignment[i] == fold and label not in s and can_leave(i)]
             move(donor, fold)
-            if returns:
-                move(min(returns, key=lambda i: (len(labels[i]), i)), source)
+            move(min(returns, key=lambda i: (len(labels[i]), i)), source)
 
 
 @dataclass(frozen=True)
