@@ -65,6 +65,18 @@ FATAL_CASES = {
     ),
     "unknown image": (lambda d: d["annotations"][2].update(image_id=77), ["annotation 12: image_id 77 is not in images"]),
     "string id": (lambda d: d["images"][0].update(id="1"), ["image 1: id must be an integer"]),
+    "list category id": (
+        lambda d: d["annotations"][0].update(category_id=[1]),
+        ["annotation 10: category_id must be an integer, got [1]"],
+    ),
+    "file_name leaving the image root": (
+        lambda d: d["images"][0].update(file_name="../../etc/passwd"),
+        ["image 1: file_name '../../etc/passwd' must be a relative path without '..'"],
+    ),
+    "two images, one file": (
+        lambda d: d["images"][1].update(file_name="imgs/a.png"),
+        ["image 2: file_name 'imgs/a.png' is also used by image 1"],
+    ),
 }
 
 

@@ -4,6 +4,7 @@ Every problem is reported with its record id and reason, all of them at once:
 
 - fatal problems make the file unusable and raise `DataError` listing every one (nothing
   is written): unreadable JSON, missing required keys or wrong types, duplicate ids,
+  file_names that leave the image root or are shared by two images,
   annotations with an unknown category or image id;
 - recoverable problems skip the record and list it in a `ValidationReport`: polygons with
   fewer than 3 points, empty or zero-area segmentations, bboxes outside the image, image
@@ -269,11 +270,27 @@ def _fatal_problems(data: dict[str, Any]) -> list[str]:
 
     category_ids = _check_records(data["categories"], "category", REQUIRED_CATEGORY_KEYS, problems)
     image_ids = _check_records(data["images"], "image", REQUIRED_IMAGE_KEYS, problems)
+    first_with_name: dict[str, Any] = {}
     for image in data["images"]:
         if not isinstance(image, dict):
             continue
-        if "file_name" in image and not (isinstance(image["file_name"], str) and image["file_name"]):
-            problems.append(f"image {image.get('id')}: file_name must be a non-empty string, got {image['file_name']!r}")
+        if "file_name" in image:
+            name = image["file_name"]
+            if not (isinstance(name, str) and name):
+                problems.append(f"image {image.get('id')}: file_name must be a non-empty string, got {name!r}")
+            elif Path(name).is_absolute() or ".." in Path(name).parts:
+                # Outputs are written at file_name under a folder; it must stay inside it.
+                problems.append(
+                    f"image {image.get('id')}: file_name {name!r} must be a relative path without '..' "
+                    "(relative to the image root)"
+                )
+            elif name in first_with_name:
+                problems.append(
+                    f"image {image.get('id')}: file_name {name!r} is also used by image {first_with_name[name]}; "
+                    "each image needs its own file"
+                )
+            else:
+                first_with_name[name] = image.get("id")
         for key in ("width", "height"):
             if key in image and not (_is_int(image[key]) and image[key] > 0):
                 problems.append(f"image {image.get('id')}: {key} must be a positive integer, got {image[key]!r}")
@@ -287,12 +304,15 @@ def _fatal_problems(data: dict[str, Any]) -> list[str]:
         if not isinstance(annotation, dict):
             continue
         ann_id = annotation.get("id")
-        if "category_id" in annotation and annotation["category_id"] not in category_ids:
+        for key in ("category_id", "image_id"):
+            if key in annotation and not _is_int(annotation[key]):
+                problems.append(f"annotation {ann_id}: {key} must be an integer, got {annotation[key]!r}")
+        if _is_int(annotation.get("category_id")) and annotation["category_id"] not in category_ids:
             problems.append(
                 f"annotation {ann_id}: category_id {annotation['category_id']!r} is not in categories "
                 f"(known: {sorted(category_ids)})"
             )
-        if "image_id" in annotation and annotation["image_id"] not in image_ids:
+        if _is_int(annotation.get("image_id")) and annotation["image_id"] not in image_ids:
             problems.append(f"annotation {ann_id}: image_id {annotation['image_id']!r} is not in images")
     return problems
 
