@@ -12,6 +12,7 @@ their result straight into the output folder: nothing large crosses a process bo
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -122,7 +123,9 @@ def crf_prediction_set(
     job = _CrfJob(str(prediction_dir), str(dataset_dir), str(out_dir), source.dtype, config)
     workers = min(config.resolved_workers(), max(len(names), 1))
     progress = Progress(len(names), "crf", unit="img")
-    chunks = [names[i : i + config.chunk_size] for i in range(0, len(names), config.chunk_size)]
+    # Never larger chunks than an even share, so a small set still keeps every worker busy.
+    chunk_size = max(1, min(config.chunk_size, math.ceil(len(names) / workers)))
+    chunks = [names[i : i + chunk_size] for i in range(0, len(names), chunk_size)]
     if workers == 1:
         for chunk in chunks:
             progress.update(len(job(chunk)))

@@ -80,7 +80,7 @@ def test_validator_lists_every_bad_row(tmp_path):
     message = str(error.value)
     assert "row 3 ('b.jpg'): 65535 values, expected 65536" in message
     assert "row 4 ('a.jpg'): duplicate image_id, first seen in row 2" in message
-    assert "row 5 ('c.jpg'): value 'x' is not an integer" in message
+    assert "row 5 ('c.jpg'): value 'x' is not a class id" in message
     assert "row 6 ('d.jpg'): class ids [11] outside 0..10" in message
     assert "missing rows for 1 test image(s): e.jpg" in message
     assert "row 7 ('zzz.jpg'): image_id is not a test image" in message
@@ -100,9 +100,11 @@ def test_validator_rejects_header_and_order(tmp_path):
 
 def test_writer_refuses_duplicates_and_bad_ids(tmp_path):
     with pytest.raises(SubmissionError, match="given twice"):
-        write_submission(tmp_path / "s.csv", [("a.jpg", np.zeros((4, 4))), ("a.jpg", np.zeros((4, 4)))])
+        write_submission(tmp_path / "s.csv", [("a.jpg", np.zeros((4, 4), np.uint8))] * 2)
     with pytest.raises(SubmissionError, match="ids 255..255; submission ids must be 0..254"):
         write_submission(tmp_path / "s.csv", [("a.jpg", np.full((4, 4), 255))])
+    with pytest.raises(SubmissionError, match="dtype float64; expected integer class ids"):
+        write_submission(tmp_path / "s.csv", [("a.jpg", np.zeros((4, 4)))])
 
 
 def test_cli_writes_and_validates_from_a_prediction_folder(tmp_path, capsys):
