@@ -96,6 +96,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 errors.append(str(error))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {hint}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and value not in args:
+            # YAML 1.1 reads off/on/no/yes as booleans: map back to the word the Literal lists.
+            words = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((word for word in words if word in args), value)
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
@@ -112,6 +116,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float:
+        # YAML 1.1 reads exponents without a dot (1e-4) as strings.
+        try:
+            return float(value) if isinstance(value, str) else _not_a_number(value, where)
+        except ValueError:
+            _not_a_number(value, where)
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _not_a_number(value: Any, where: str) -> typing.NoReturn:
+    raise ConfigError(f"{where}: expected a number, got {value!r}")

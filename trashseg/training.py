@@ -579,6 +579,7 @@ def train(
             "classes": classes.to_json(),
             "config": to_dict(config),
             "iteration": iteration,
+            "world_size": dist_info.world,
             "best_miou": best_miou,
             "best_iteration": best_iteration,
             "mlflow_run_id": run_id,
