@@ -1,0 +1,103 @@
+"""A real `mlflow server` with proxied artifacts on S3 (moto): what the cluster runs, locally.
+
+The server alone holds S3 credentials (as in manifests/base/mlflow.yaml); the client logs
+over HTTP with none, and its artifacts land in the bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cluster_helpers import FAKE_KEY, FAKE_SECRET, S3_REGION, free_port, new_bucket, s3_settings
+
+from trashseg.storage import S3Store
+
+SERVER_START_TIMEOUT_S = 90
+
+
+@pytest.fixture
+def mlflow_server(moto_endpoint, tmp_path):
+    bucket = new_bucket(moto_endpoint)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))},
+        "MLFLOW_S3_ENDPOINT_URL": f"http://{moto_endpoint}",
+        "AWS_ACCESS_KEY_ID": FAKE_KEY,
+        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
+        "AWS_DEFAULT_REGION": S3_REGION,
+    }
+    log = open(tmp_path / "mlflow-server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--serve-artifacts", "--artifacts-destination", f"s3://{bucket}/mlflow"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        start_new_session=True,  # its own process group: the server and its workers stop together
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"mlflow server exited with {server.returncode}:\n{(tmp_path / 'mlflow-server.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S}s:\n"
+                            f"{(tmp_path / 'mlflow-server.log').read_text()}")
+            time.sleep(0.5)
+        yield url, bucket
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_run_artifacts_land_in_the_bucket(mlflow_server, moto_endpoint, tmp_path, monkeypatch):
+    import mlflow
+
+    url, bucket = mlflow_server
+    for name in list(os.environ):  # the client has no S3 access at all
+        if name.startswith("AWS_") or name == "MLFLOW_S3_ENDPOINT_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    report = tmp_path / "report.md"
+    report.write_text("# mIoU 0.42\n")
+
+    client = mlflow.MlflowClient(tracking_uri=url)
+    experiment_id = client.create_experiment("cluster-test")
+    run = client.create_run(experiment_id, tags={"kfp_run_id": "run-123"})
+    client.log_metric(run.info.run_id, "miou", 0.42)
+    client.log_artifact(run.info.run_id, str(report), artifact_path="reports")
+    client.set_terminated(run.info.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied, not direct S3
+
+    store = S3Store(bucket, settings=s3_settings(moto_endpoint))
+    keys = [o.object_name for o in store.client.list_objects(bucket, prefix="mlflow/", recursive=True)]
+    matches = [k for k in keys if run.info.run_id in k and k.endswith("reports/report.md")]
+    assert matches, f"report.md not in s3://{bucket}/mlflow/: {keys}"
+    body = store.client.get_object(bucket, matches[0])
+    try:
+        assert body.read() == b"# mIoU 0.42\n"
+    finally:
+        body.close()
+        body.release_conn()
+    # and the client reads it back through the server
+    back = Path(client.download_artifacts(run.info.run_id, "reports/report.md", str(tmp_path / "dl")))
+    assert back.read_text() == "# mIoU 0.42\n"
+    assert client.get_run(run.info.run_id).data.metrics["miou"] == 0.42
