@@ -62,7 +62,9 @@ def neighborhood_attention_reference(
         return gathered.reshape(batch, height, width, kernel_size * kernel_size, heads, -1)
 
     scores = torch.einsum("bxyhd,bxynhd->bxyhn", query * scale, neighbours(key))
-    weights = scores.float().softmax(dim=-1).to(value.dtype)
+    # Softmax in at least float32 so half-precision (AMP) logits do not overflow.
+    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
+    weights = scores.to(softmax_dtype).softmax(dim=-1).to(value.dtype)
     return torch.einsum("bxyhn,bxynhd->bxyhd", weights, neighbours(value))
 
 
