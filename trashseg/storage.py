@@ -591,14 +591,24 @@ def fetch(location: str | Path, dest: str | Path, **store_options) -> Path:
 def publish(src: str | Path, location: str | Path, **store_options) -> str:
     """Copy a local file or folder to a local path or s3:// location; returns the location."""
     src = Path(src)
+    if not src.exists():
+        raise DataError(f"cannot publish {src}: it does not exist")
     if not is_s3(location):
         dest = Path(location)
-        if src.resolve() != dest.resolve():
-            if src.is_dir():
-                shutil.copytree(src, dest, dirs_exist_ok=True)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)
+        if src.resolve() == dest.resolve():
+            return str(dest)
+        if src.is_dir():
+            if dest.exists():
+                raise DataError(f"cannot publish folder {src} to {dest}: it already exists; choose a new location")
+            # Copied beside dest, then renamed: dest never holds a partial copy.
+            partial = dest.with_name(f".{dest.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(src, partial)
+            os.replace(partial, dest)
+        else:
+            with _temp_beside(dest) as tmp:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
         return str(dest)
     bucket, key = split_s3(str(location))
     store = open_store(f"s3://{bucket}", **store_options)
@@ -822,7 +832,7 @@ def merge_batches(dataset: str | Path, batches: Mapping[str, str | Path], out: s
             src = batch_dir / "images" / image["file_name"]
             if not src.is_file():
                 raise DataError(f"batch {batch!r} lists image {image['file_name']!r} but {src} is missing")
-            file_name = _join(INBOX_PREFIX, batch, image["file_name"])
+            file_name = _check_key(_join(INBOX_PREFIX, batch, image["file_name"]))  # no escaping out
             (out / file_name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, out / file_name)
             image_map[image["id"]] = next_image

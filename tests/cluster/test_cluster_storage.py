@@ -270,6 +270,10 @@ def test_locations_local_and_s3(moto_endpoint, tmp_path, monkeypatch):
     one = storage.fetch(f"s3://{bucket}/models/m1/config.json", tmp_path / "config.json")
     assert one.read_text() == "{}"
     assert storage.fetch(model, tmp_path / "unused") == model  # local paths are used in place
+    copied = storage.publish(model, tmp_path / "published")
+    assert (Path(copied) / "weights.pt").read_bytes() == b"w" * 100
+    with pytest.raises(DataError, match="already exists"):
+        storage.publish(model, tmp_path / "published")
     assert isinstance(storage.open_store(f"s3://{bucket}/x"), S3Store)
     assert isinstance(storage.open_store(tmp_path), LocalStore)
 
