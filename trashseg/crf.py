@@ -130,8 +130,12 @@ def crf_prediction_set(
         for chunk in chunks:
             progress.update(len(job(chunk)))
     else:
-        # spawn, not fork: the parent may hold torch/OpenMP threads that fork would copy in a bad state.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        # forkserver, not fork: the parent may hold torch/OpenMP threads that a fork would copy
+        # in a bad state. The server starts once per process with this module imported, so
+        # later pools (val, then test) start their workers in milliseconds.
+        context = get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             for done in pool.map(job, chunks):
                 progress.update(len(done))
     result.file_names = names
