@@ -145,10 +145,10 @@ def sha256_file(path: Path) -> str:
 def _check_key(key: str) -> str:
     key = key.strip("/")
     parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts) or parts[0] == LOCAL_META_DIR:
+    if not key or any(p in ("", ".", "..") for p in parts) or parts[0] == LOCAL_META_DIR or key.endswith(".partial"):
         raise DataError(
             f"invalid object key {key!r}: expected a relative '/'-separated path without '.', '..', "
-            f"empty parts or a leading {LOCAL_META_DIR}"
+            f"empty parts, a leading {LOCAL_META_DIR} or a .partial suffix (reserved for transfers)"
         )
     return key
 
@@ -202,7 +202,7 @@ class ObjectStore(ABC):
         return [self.stat(key) for key in self.keys(prefix)]
 
     def uri(self, key: str = "") -> str:
-        return _join(self.location, key) if key else self.location
+        return f"{self.location.rstrip('/')}/{key}" if key else self.location
 
     def exists(self, key: str) -> bool:
         try:
@@ -255,12 +255,12 @@ class ObjectStore(ABC):
     def get_json(self, key: str) -> object:
         return json.loads(self.get_bytes(key))
 
-    def put_folder(self, src: str | Path, prefix: str, *, skip: Sequence[str] = ()) -> list[ObjectInfo]:
-        """Upload every file under src to prefix/<relative path>, except relative paths in skip."""
+    def put_folder(self, src: str | Path, prefix: str) -> list[ObjectInfo]:
+        """Upload every file under src to prefix/<relative path>."""
         src = Path(src)
         if not src.is_dir():
             raise DataError(f"cannot upload {src}: not a folder")
-        files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.relative_to(src).as_posix() not in skip]
+        files = [p for p in sorted(src.rglob("*")) if p.is_file()]
         progress = Progress(len(files), f"upload {src} -> {self.uri(prefix)}", unit="files")
         infos = []
         for path in files:
