@@ -113,9 +113,9 @@ def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -
     from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family;
     for `mask2former-dinat-*` also a transformers DiNAT checkpoint, which sets the backbone).
 
-    Checkpoint tensors whose shapes differ from this architecture (e.g. a class head for another
-    number of classes) are left at random init and logged; a checkpoint sharing no weights at all
-    with the architecture is an error.
+    Tensors the checkpoint lacks or has in another shape (e.g. a class head for another number of
+    classes) are left at random init and logged; a checkpoint providing under half of the
+    architecture's tensors is refused as the wrong architecture.
     """
     spec = ARCHITECTURES.get(name)
     if spec is None:
@@ -130,7 +130,9 @@ def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -
         )
     if pretrained is None:
         return spec.build(num_classes)
-    return spec.wrapper(name, num_classes, _load_network(spec, num_classes, pretrained))
+    # from_pretrained leaves networks in eval mode; a new model starts in training mode either way.
+    network = _load_network(spec, num_classes, pretrained).train()
+    return spec.wrapper(name, num_classes, network)
 
 
 def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> torch.nn.Module:
@@ -146,10 +148,11 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
     )
     expected = len(network.state_dict())
     missing = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
-    if len(missing) >= expected:
+    if len(missing) > expected / 2:
         raise ConfigError(
-            f"pretrained checkpoint {pretrained!r} shares no weights with {spec.name!r}; expected "
-            f"a {spec.wrapper.network_class.__name__} checkpoint of that architecture."
+            f"pretrained checkpoint {pretrained!r} provides only {expected - len(missing)} of the "
+            f"{expected} tensors of {spec.name!r}; expected a "
+            f"{spec.wrapper.network_class.__name__} checkpoint of that architecture and size."
         )
     if missing:
         log.warning(
