@@ -1,0 +1,148 @@
+"""Training and inference throughput of every architecture.
+
+Prints, per architecture, images/s and peak memory of forward+backward (AdamW step
+included), then inference images/s with and without AMP and TTA (flip x 3 scales).
+On a GPU it runs the full-size models at 512x512 in bf16; on CPU the `-tiny` variants
+(default 128x128 to keep it short; `--size 512` for the stated size).
+
+    python benchmarks/train_throughput.py [--size N] [--batch-size B] [--steps S] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from trashseg.models import ARCHITECTURES, build_model  # noqa: E402
+from trashseg.predict import predict_probabilities  # noqa: E402
+
+NUM_CLASSES = 11
+TTA_SCALES = (0.75, 1.0, 1.25)
+
+
+class PeakMemory:
+    """Peak memory above the start: CUDA max allocated, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base = self.peak = _rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.mib = (self.peak - self.base) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_throughput(model, device, size, batch_size, steps, amp_dtype) -> tuple[float, float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    masks = torch.randint(0, NUM_CLASSES, (batch_size, size, size), device=device)
+    masks[:, : size // 8] = 255  # some ignored pixels, as after padded crops
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = model.loss(images, masks)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    step()  # warm-up: allocator, kernels, lazy init
+    with PeakMemory(device) as memory:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    return steps * batch_size / elapsed, memory.mib
+
+
+def inference_throughput(model, device, size, batch_size, steps, amp_dtype, tta: bool) -> float:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(batch_size)]
+    kwargs = dict(image_size=size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), device=device,
+                  amp_dtype=amp_dtype, flip=tta, scales=TTA_SCALES if tta else (1.0,))
+    model.eval()
+    predict_probabilities(model, images, **kwargs)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        predict_probabilities(model, images, **kwargs)
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    gpu = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512 if gpu else 128)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5 if gpu else 2)
+    parser.add_argument("--only", nargs="*", help="architecture names (default: all; tiny variants on CPU)")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if gpu else "cpu")
+    names = args.only or [name for name, spec in ARCHITECTURES.items() if spec.tiny != gpu]
+    amp = torch.bfloat16 if gpu else None
+    card = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {card}; {args.size}x{args.size}, batch {args.batch_size}, {args.steps} timed steps, "
+          f"train AMP {'bf16' if amp else 'off'}; TTA = flip x scales {TTA_SCALES}")
+    header = (f"{'architecture':<28} {'params':>8} {'train img/s':>11} {'peak MiB':>9} "
+              f"{'infer img/s':>11} {'+bf16':>8} {'+TTA':>8} {'bf16+TTA':>9}")
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        torch.manual_seed(0)
+        model = build_model(name, NUM_CLASSES).to(device)
+        params = model.parameter_count() / 1e6
+        train_rate, peak = train_throughput(model, device, args.size, args.batch_size, args.steps, amp)
+        rates = [
+            inference_throughput(model, device, args.size, args.batch_size, args.steps, dtype, tta)
+            for dtype, tta in ((None, False), (torch.bfloat16, False), (None, True), (torch.bfloat16, True))
+        ]
+        print(f"{name:<28} {params:>7.1f}M {train_rate:>11.2f} {peak:>9.0f} "
+              + " ".join(f"{rate:>{w}.2f}" for rate, w in zip(rates, (11, 8, 8, 9), strict=True)), flush=True)
+        del model
+        if gpu:
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
