@@ -207,3 +207,13 @@ def test_report_serialises_to_json(write_dataset, tmp_path):
     assert loaded["annotations_skipped"] == 1 and loaded["images_total"] == 2
     assert loaded["skipped"][0]["id"] == 10 and loaded["skipped"][0]["kind"] == "annotation"
     assert ValidationReport.from_dict(loaded) == dataset.report
+
+
+def test_fatal_error_lists_hundreds_of_problems_without_truncation(write_dataset):
+    data = valid_coco()
+    data["annotations"] = [annotation(100 + i, 1, 50 + i, 1, 1, 4) for i in range(300)]
+    with pytest.raises(DataError) as raised:
+        load_coco(write_dataset(data, images=False))
+    message = str(raised.value)
+    assert "300 problem(s)" in message
+    assert all(f"annotation {100 + i}: category_id {50 + i} " in message for i in range(300))

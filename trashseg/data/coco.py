@@ -22,6 +22,7 @@ import copy
 import io
 import json
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,6 @@ REQUIRED_ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation")
 REQUIRED_CATEGORY_KEYS = ("id", "name")
 # COCO bboxes are floats drawn by annotators; a box may overshoot the border by rounding.
 BBOX_TOLERANCE_PX = 1.0
-# Fatal problems shown in one error message; the rest are counted, so a broken file with
-# thousands of bad records still gives a readable error.
-MAX_LISTED_PROBLEMS = 200
 
 
 @dataclass(frozen=True)
@@ -187,12 +185,9 @@ def load_coco(
     image_root = Path(image_root) if image_root is not None else path.parent
     fatal = _fatal_problems(data)
     if fatal:
-        listed = fatal[:MAX_LISTED_PROBLEMS]
-        more = f"\n  ... and {len(fatal) - len(listed)} more" if len(fatal) > len(listed) else ""
         raise DataError(
             f"annotation file {path} cannot be used: {len(fatal)} problem(s):\n  "
-            + "\n  ".join(listed)
-            + more
+            + "\n  ".join(fatal)
             + "\nFix these records in the file and run `trashseg validate-data` again."
         )
 
@@ -319,8 +314,8 @@ def _fatal_problems(data: dict[str, Any]) -> list[str]:
 
 def _check_records(records: list, kind: str, required: tuple[str, ...], problems: list[str]) -> set[int]:
     """Check required keys, integer ids and duplicates; return the valid ids."""
+    id_counts = Counter(r["id"] for r in records if isinstance(r, dict) and _is_int(r.get("id")))
     seen: set[int] = set()
-    duplicates: set[int] = set()
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             problems.append(f"{kind} #{index}: expected an object, got {type(record).__name__}")
@@ -334,10 +329,10 @@ def _check_records(records: list, kind: str, required: tuple[str, ...], problems
         if not _is_int(record["id"]):
             problems.append(f"{label}: id must be an integer, got {record['id']!r}")
             continue
-        if record["id"] in seen and record["id"] not in duplicates:
-            duplicates.add(record["id"])
-            count = sum(1 for r in records if isinstance(r, dict) and r.get("id") == record["id"])
-            problems.append(f"{kind} {record['id']}: duplicate id ({count} {kind}s share it); ids must be unique")
+        if id_counts[record["id"]] > 1 and record["id"] not in seen:
+            problems.append(
+                f"{kind} {record['id']}: duplicate id ({id_counts[record['id']]} {kind}s share it); ids must be unique"
+            )
         seen.add(record["id"])
     return seen
 
