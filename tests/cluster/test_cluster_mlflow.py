@@ -23,7 +23,7 @@ SERVER_START_TIMEOUT_S = 90
 
 
 @pytest.fixture
-def mlflow_server(moto_endpoint, tmp_path):
+def mlflow_server_on_s3(moto_endpoint, tmp_path):
     bucket = new_bucket(moto_endpoint)
     port = free_port()
     env = {
@@ -68,10 +68,10 @@ def mlflow_server(moto_endpoint, tmp_path):
         log.close()
 
 
-def test_run_artifacts_land_in_the_bucket(mlflow_server, moto_endpoint, tmp_path, monkeypatch):
+def test_run_artifacts_land_in_the_bucket(mlflow_server_on_s3, moto_endpoint, tmp_path, monkeypatch):
     import mlflow
 
-    url, bucket = mlflow_server
+    url, bucket = mlflow_server_on_s3
     for name in list(os.environ):  # the client has no S3 access at all
         if name.startswith("AWS_") or name == "MLFLOW_S3_ENDPOINT_URL":
             monkeypatch.delenv(name)
