@@ -8,19 +8,16 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands (each sets `func` to a function taking the parsed args)."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
-
     sample = subparsers.add_parser(
         "sample-data",
         help="write a deterministic synthetic COCO trash dataset",
         description="Write OUT/{train,val,test}.json and JPEGs under OUT/images/<split>/ "
         "(70/15/15 split; test has no annotations). Same arguments give byte-identical files.",
-        formatter_class=formatter,
     )
     sample.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
-    sample.add_argument("--images", type=int, default=60, help="number of images over all splits (>= 3)")
-    sample.add_argument("--size", type=int, default=256, help="image width and height in pixels")
-    sample.add_argument("--seed", type=int, default=0, help="random seed")
+    sample.add_argument("--images", type=int, default=60, help="number of images over all splits, >= 3 (default: %(default)s)")
+    sample.add_argument("--size", type=int, default=256, help="image width and height in pixels (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sample.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT (replaces the sample files)")
     sample.set_defaults(func=sample_data)
 
@@ -30,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print every problem with its record id and reason. Exit status 2 when the "
         "file is unusable (fatal problems); 0 when it is usable, with the records that would be "
         "skipped listed.",
-        formatter_class=formatter,
     )
     validate.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
     _image_root_option(validate)
@@ -42,7 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write semantic class-id masks (PNG) from COCO instances",
         description="Paint each image's annotations in descending area order (small objects on "
         "top) into OUT/masks/<file_name>.png; also writes OUT/classes.json and OUT/report.json.",
-        formatter_class=formatter,
     )
     masks.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
     masks.add_argument("out", type=Path, metavar="OUT", help="output folder")
@@ -56,13 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/fold_<k>/{train,val}.json and OUT/folds.json. Without it: OUT/train.json and "
         "OUT/val.json from --val-fraction. file_names are kept, so pass --image-root (the "
         "source file's folder) when using the written files.",
-        formatter_class=formatter,
     )
     split.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
     split.add_argument("out", type=Path, metavar="OUT", help="output folder")
     split.add_argument("--folds", type=int, help="number of folds for k-fold (>= 2)")
-    split.add_argument("--val-fraction", type=float, default=0.2, help="share of images for val (without --folds)")
-    split.add_argument("--seed", type=int, default=0, help="random seed")
+    split.add_argument("--val-fraction", type=float, default=0.2, help="share of images for val, without --folds (default: %(default)s)")
+    split.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     _image_root_option(split)
     split.set_defaults(func=split_command)
 
@@ -71,7 +65,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="dataset statistics as JSON and PNG plots",
         description="Pixel share and instance count per class, objects per image, annotation "
         "area as a share of the image, mean colour per class -> OUT/stats.json and OUT/*.png.",
-        formatter_class=formatter,
     )
     stats.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
     stats.add_argument("out", type=Path, metavar="OUT", help="output folder")
@@ -84,12 +77,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="SOURCE holds train.json and optionally val.json and test.json. Writes "
         "classes.json, splits/, images/, masks/, report.json, report.md, stats/ and "
         "dataset.json (content hash) to OUT. Without val.json, train is split by --val-fraction.",
-        formatter_class=formatter,
     )
     prepare.add_argument("source", type=Path, metavar="SOURCE", help="folder with the annotation files")
     prepare.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
-    prepare.add_argument("--val-fraction", type=float, default=0.2, help="val share when SOURCE has no val.json")
-    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    prepare.add_argument("--val-fraction", type=float, default=0.2, help="val share when SOURCE has no val.json (default: %(default)s)")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: %(default)s)")
     prepare.add_argument("--image-root", type=Path, help="folder the file_names are relative to (default: SOURCE)")
     prepare.set_defaults(func=prepare_command)
 
