@@ -2,13 +2,14 @@
 published model sizes."""
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from trashseg.errors import ConfigError, DataError
 from trashseg.models import ARCHITECTURES, SegmentationModel, architecture_table, build_model
-from trashseg.models.mask2former import semantic_targets
+from trashseg.models.mask2former import semantic_log_probs, semantic_targets
 
 TINY = sorted(name for name in ARCHITECTURES if name.endswith("-tiny"))
 NUM_CLASSES = 4
@@ -203,3 +204,35 @@ def test_loading_logs_nothing_for_random_init(caplog):
     with caplog.at_level(logging.WARNING, logger="trashseg"):
         build_model("segformer-b0-tiny", NUM_CLASSES)
     assert caplog.records == []
+
+
+def test_mask2former_queries_combine_into_a_per_pixel_distribution():
+    # Two queries over 3 classes (+ "no object"): query 0 claims class 2 on the left half,
+    # query 1 claims class 0 on the right half; a third query is confidently "no object".
+    class_logits = torch.full((1, 3, 4), -20.0)
+    class_logits[0, 0, 2] = class_logits[0, 1, 0] = class_logits[0, 2, 3] = 20.0
+    mask_logits = torch.full((1, 3, 4, 4), -20.0)
+    mask_logits[0, 0, :, :2] = mask_logits[0, 1, :, 2:] = 20.0
+    mask_logits[0, 2] = 20.0  # covers everything, but as "no object" it must not vote
+    output = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
+    log_probs = semantic_log_probs(output, torch.zeros(1, 3, 8, 8))
+    assert log_probs.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(1, 8, 8))
+    expected = torch.zeros(8, 8, dtype=torch.long)
+    expected[:, :4] = 2
+    assert torch.equal(log_probs.argmax(1)[0], expected)
+    assert log_probs.exp().max() > 0.99
+
+
+@pytest.mark.parametrize("name", ["segformer-b0-tiny", "mask2former-dinat-l-tiny"])
+def test_mixed_precision_training_and_float32_predictions(name):
+    model = build_model(name, NUM_CLASSES).train()
+    images, masks = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(images, masks)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.eval().predict_logits(images)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits.softmax(1).sum(1), torch.ones(2, 64, 64))

@@ -17,7 +17,8 @@ class SegmentationModel(nn.Module):
 
     `images` are (B, 3, H, W) normalised floats; `masks` are (B, H, W) long class ids with
     255 for pixels to ignore. `predict_logits` returns (B, C, H, W) scores at the input
-    resolution whose softmax over C is the per-pixel class distribution.
+    resolution whose softmax over C is the per-pixel class distribution. `state_dict()` holds
+    tensors only, so checkpoints load with `torch.load(weights_only=True)`.
     """
 
     def __init__(self, architecture: str, num_classes: int, network: nn.Module):
@@ -33,8 +34,9 @@ class SegmentationModel(nn.Module):
         return self._loss(images, masks)
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float32 class scores at the input resolution, also under autocast."""
         self._check_images(images)
-        return self._predict_logits(images)
+        return self._predict_logits(images).float()
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())

@@ -72,13 +72,19 @@ class Mask2FormerSegmentation(SegmentationModel):
 
     def _predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         output = self.network(pixel_values=images)
-        # Each query votes for its mask with its class probabilities; the last class is "no object".
-        class_probs = output.class_queries_logits.float().softmax(-1)[..., :-1]
-        mask_probs = output.masks_queries_logits.float().sigmoid()
-        scores = resize_to(torch.einsum("bqc,bqhw->bchw", class_probs, mask_probs), images)
-        # Normalised to a per-pixel distribution; the epsilon keeps pixels no query claims finite.
-        scores = scores.clamp_min(0.0) + 1e-6
-        return (scores / scores.sum(dim=1, keepdim=True)).log()
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return semantic_log_probs(output, images)
+
+
+def semantic_log_probs(output, images: torch.Tensor) -> torch.Tensor:
+    """Log of per-pixel class probabilities at the images' size from Mask2Former's outputs."""
+    # Each query votes for its mask with its class probabilities; the last class is "no object".
+    class_probs = output.class_queries_logits.float().softmax(-1)[..., :-1]
+    mask_probs = output.masks_queries_logits.float().sigmoid()
+    scores = resize_to(torch.einsum("bqc,bqhw->bchw", class_probs, mask_probs), images)
+    # Normalised to a per-pixel distribution; the epsilon keeps pixels no query claims finite.
+    scores = scores.clamp_min(0.0) + 1e-6
+    return (scores / scores.sum(dim=1, keepdim=True)).log()
 
 
 def semantic_targets(masks: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
