@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from trashseg.predictions import PredictionSet
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ class CrfConfig:
     bilateral_srgb: float = 13.0  # appearance kernel width in colour units
     bilateral_compat: float = 10.0
     min_probability: float = 1e-5  # probabilities are clipped here so -log(p) stays finite
-    workers: int = 0  # processes; 0 = one per CPU core
+    workers: int = (
+        0  # processes when run on its own; 0 = one per CPU core (the recipe uses its pool)
+    )
     chunk_size: int = 4  # images handed to a worker at a time
 
     def __post_init__(self) -> None:
@@ -106,11 +110,13 @@ def crf_prediction_set(
     out_dir: str | Path,
     config: CrfConfig,
     file_names: Sequence[str] | None = None,
+    pool: WorkerPool | None = None,
 ) -> PredictionSet:
     """DenseCRF on every image of a prediction folder; the result is a new prediction folder.
 
-    Images are read from the prepared dataset at `dataset_dir`. A failure stops the run
-    with a `CrfError` naming the image.
+    Images are read from the prepared dataset at `dataset_dir`. Runs in `pool` when given
+    (the recipe's), else in a pool of `config.workers`. A failure stops the run with a
+    `CrfError` naming the image.
     """
     source = PredictionSet.open(prediction_dir)
     names = list(source.file_names if file_names is None else file_names)
@@ -121,27 +127,68 @@ def crf_prediction_set(
         source={"stage": "crf", "input": source.source, "input_dir": str(prediction_dir)},
     )
     job = _CrfJob(str(prediction_dir), str(dataset_dir), str(out_dir), source.dtype, config)
-    workers = min(config.resolved_workers(), max(len(names), 1))
-    progress = Progress(len(names), "crf", unit="img")
-    # Never larger chunks than an even share, so a small set still keeps every worker busy.
-    chunk_size = max(1, min(config.chunk_size, math.ceil(len(names) / workers)))
-    chunks = [names[i : i + chunk_size] for i in range(0, len(names), chunk_size)]
-    if workers == 1:
-        for chunk in chunks:
-            progress.update(len(job(chunk)))
+    if pool is None:
+        with WorkerPool(min(config.resolved_workers(), len(names))) as own_pool:
+            own_pool.map_chunks(job, names, config.chunk_size, "crf")
+        workers = own_pool.workers
     else:
-        # forkserver, not fork: the parent may hold torch/OpenMP threads that a fork would copy
-        # in a bad state. The server starts once per process with this module imported, so
-        # later pools (val, then test) start their workers in milliseconds.
-        context = get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for done in pool.map(job, chunks):
-                progress.update(len(done))
+        pool.map_chunks(job, names, config.chunk_size, "crf")
+        workers = pool.workers
     result.file_names = names
     result.save()
     log.info("crf: %d image(s) with %d worker(s) -> %s", len(names), workers, out_dir)
     return result
+
+
+class WorkerPool:
+    """Worker processes for per-image work; `with WorkerPool(n) as pool: pool.map_chunks(...)`.
+
+    Jobs get only file names and do their own reading and writing, so nothing large is
+    pickled. With one worker everything runs in this process. One pool serves every
+    stage of a recipe run, so workers start once.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> WorkerPool:
+        if self.workers > 1:
+            # forkserver, not fork: the parent may hold torch/OpenMP threads that a fork would
+            # copy in a bad state. The server imports the recipe modules once; workers fork
+            # from it in milliseconds.
+            context = get_context("forkserver")
+            context.set_forkserver_preload([__name__, "trashseg.ensemble"])
+            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def map_chunks(
+        self,
+        job: Callable[[list[str]], R],
+        file_names: Sequence[str],
+        chunk_size: int,
+        what: str,
+        on_result: Callable[[R], None] | None = None,
+    ) -> None:
+        """Run `job` on chunks of `file_names`; `on_result` gets each chunk's result in order.
+
+        The first failing chunk's exception is raised; chunks not yet started are cancelled.
+        """
+        names = list(file_names)
+        # Never larger chunks than an even share, so a small set still keeps every worker busy.
+        chunk_size = max(1, min(chunk_size, math.ceil(len(names) / self.workers)))
+        chunks = [names[i : i + chunk_size] for i in range(0, len(names), chunk_size)]
+        progress = Progress(len(names), what, unit="img")
+        results = map(job, chunks) if self._executor is None else self._executor.map(job, chunks)
+        for chunk, result in zip(chunks, results, strict=True):
+            if on_result is not None:
+                on_result(result)
+            progress.update(len(chunk))
 
 
 @dataclass(frozen=True)
@@ -154,7 +201,7 @@ class _CrfJob:
     dtype: str
     config: CrfConfig
 
-    def __call__(self, file_names: Sequence[str]) -> list[str]:
+    def __call__(self, file_names: Sequence[str]) -> None:
         source = PredictionSet.open(self.prediction_dir)
         target = PredictionSet(Path(self.out_dir), source.class_names, [], self.dtype, {})
         dataset = PreparedDataset(self.dataset_dir)
@@ -167,4 +214,3 @@ class _CrfJob:
                     f"DenseCRF failed on image {file_name!r}: {type(error).__name__}: {error}"
                 ) from error
             target.add(file_name, refined)
-        return list(file_names)

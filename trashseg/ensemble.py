@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from trashseg.config import save_config, to_dict
-from trashseg.crf import CrfConfig, crf_prediction_set
+from trashseg.crf import CrfConfig, WorkerPool, crf_prediction_set
 from trashseg.data.layout import PreparedDataset, Sample
 from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
 from trashseg.predictions import PredictionSet
-from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class EnsembleConfig:
     val_split: str = "val"
     test_split: str = "test"
     background_class: int = 0
+    workers: int = 0  # processes for the per-image stages, CRF included; 0 = one per CPU core
 
     def __post_init__(self) -> None:
         if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) == 0):
@@ -84,6 +85,8 @@ class EnsembleConfig:
             )
         if len(set(self.model_names)) != len(self.model_names):
             raise ConfigError(f"model_names must be unique, got {list(self.model_names)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = one per CPU core), got {self.workers}")
         if self.val_split == self.test_split:
             raise ConfigError(f"val_split and test_split must differ, both are {self.val_split!r}")
 
@@ -263,7 +266,7 @@ def fit_weights(
     cached = [[] for _ in prediction_sets]
     targets = []
     for sample in samples:
-        target = _read_target(sample)[::stride, ::stride]
+        target = _read_target(sample.mask, sample.file_name)[::stride, ::stride]
         targets.append(target.reshape(-1))
         for m, prediction in enumerate(prediction_sets):
             probs = prediction.probs(sample.file_name)[:, ::stride, ::stride]
@@ -373,61 +376,113 @@ def run_recipe(
 
     stage_dir = out / "stages"
     val = config.val_split
+    class_names = tuple(classes.names)
     matrices: dict[str, ConfusionMatrix] = {}
-    for split, sets in splits.items():
-        scored = _vote_stage(
-            sets, names, weights, samples[split], num_classes, stage_dir, split, score=split == val
-        )
-        matrices.update(scored)
+    file_names = {split: [s.file_name for s in samples[split]] for split in splits}
+    workers = min(config.workers or os.cpu_count() or 1, max(map(len, file_names.values())))
+    model_dirs = {split: tuple(str(s.root) for s in sets) for split, sets in splits.items()}
 
-    refined_stage = SOFT_VOTE
-    if config.crf_enabled:
-        for split in splits:
-            file_names = [s.file_name for s in samples[split]]
-            crf_prediction_set(
-                stage_dir / SOFT_VOTE / split,
-                dataset.root,
-                stage_dir / CRF / split,
-                config.crf,
-                file_names,
-            )
-        matrices[CRF] = _score_folder(stage_dir / CRF / val, samples[val], classes.names)
-        refined_stage = CRF
-    if config.consensus_enabled:
-        for split, sets in splits.items():
-            matrix = _consensus_stage(
-                stage_dir / refined_stage / split,
-                [sets[i] for i in consensus_ids],
-                samples[split],
-                config,
-                num_classes,
-                stage_dir / CONSENSUS / split,
-                score=split == val,
-            )
-            if matrix is not None:
-                matrices[CONSENSUS] = matrix
-        refined_stage = CONSENSUS
+    def run_stage(job: _StageJob, split: str, outputs: dict[str, dict]) -> int:
+        """One stage's job over a split: outputs' meta written, val matrices merged.
 
-    gating = None
-    if config.gating_enabled and refined_stage != SOFT_VOTE:
-        gating = decide_gating(
-            matrices[SOFT_VOTE].compute(),
-            matrices[refined_stage].compute(),
-            SOFT_VOTE,
-            refined_stage,
-        )
-        gating.save(out / "gating.json")
-        for split in splits:
-            matrix = _gating_stage(
-                stage_dir,
-                gating,
-                samples[split],
-                stage_dir / GATING / split,
-                classes.names,
-                score=split == val,
+        Returns the pixels the job reports as restored (consensus only)."""
+        for stage in outputs:
+            PredictionSet.create(stage_dir / stage / split, class_names)
+        restored = 0
+
+        def collect(result: _ChunkResult) -> None:
+            nonlocal restored
+            for stage, counts in result.matrices.items():
+                matrices.setdefault(
+                    stage, ConfusionMatrix(num_classes, class_names)
+                ).matrix += counts
+            restored += result.restored
+
+        what = f"{'+'.join(outputs)} {split}"
+        pool.map_chunks(job, file_names[split], _CHUNK_SIZE, what, collect)
+        for stage, source in outputs.items():
+            folder = PredictionSet(
+                stage_dir / stage / split, list(class_names), [], "uint8", source
             )
-            if matrix is not None:
-                matrices[GATING] = matrix
+            folder.file_names = list(file_names[split])
+            folder.save()
+        return restored
+
+    pool = WorkerPool(workers)
+    with pool:
+        for split in splits:
+            job = _VoteJob(
+                stage_dir=str(stage_dir),
+                split=split,
+                dataset_dir=str(dataset.root),
+                num_classes=num_classes,
+                score=split == val,
+                model_dirs=model_dirs[split],
+                model_names=names,
+                weights=weights,
+            )
+            sources = {
+                SOFT_VOTE: {"stage": SOFT_VOTE, "weights": list(weights)},
+                HARD_VOTE: {"stage": HARD_VOTE},
+            }
+            run_stage(job, split, sources)
+
+        refined_stage = SOFT_VOTE
+        if config.crf_enabled:
+            for split in splits:
+                crf_prediction_set(
+                    stage_dir / SOFT_VOTE / split,
+                    dataset.root,
+                    stage_dir / CRF / split,
+                    config.crf,
+                    file_names[split],
+                    pool=pool,
+                )
+            matrices[CRF] = _score_folder(
+                stage_dir / CRF / val, dataset, file_names[val], class_names
+            )
+            refined_stage = CRF
+        if config.consensus_enabled:
+            for split in splits:
+                job = _ConsensusJob(
+                    stage_dir=str(stage_dir),
+                    split=split,
+                    dataset_dir=str(dataset.root),
+                    num_classes=num_classes,
+                    score=split == val,
+                    refined_stage=refined_stage,
+                    model_dirs=tuple(model_dirs[split][i] for i in consensus_ids),
+                    k=config.consensus_k,
+                    max_area=config.consensus_max_area,
+                    background=config.background_class,
+                )
+                restored = run_stage(
+                    job, split, {CONSENSUS: {"stage": CONSENSUS, "input": refined_stage}}
+                )
+                log.info("consensus %s: %d pixel(s) took the models' agreed class", split, restored)
+            refined_stage = CONSENSUS
+
+        gating = None
+        if config.gating_enabled and refined_stage != SOFT_VOTE:
+            gating = decide_gating(
+                matrices[SOFT_VOTE].compute(),
+                matrices[refined_stage].compute(),
+                SOFT_VOTE,
+                refined_stage,
+            )
+            gating.save(out / "gating.json")
+            for split in splits:
+                job = _GatingJob(
+                    stage_dir=str(stage_dir),
+                    split=split,
+                    dataset_dir=str(dataset.root),
+                    num_classes=num_classes,
+                    score=split == val,
+                    ensemble_stage=SOFT_VOTE,
+                    refined_stage=refined_stage,
+                    use_ensemble=gating.use_ensemble,
+                )
+                run_stage(job, split, {GATING: {"stage": GATING, "decision": gating.to_dict()}})
 
     stages = tuple(name for name in (*names, *ENSEMBLE_STAGES) if name in matrices)
     scores = {stage: matrices[stage].compute() for stage in stages}
@@ -475,103 +530,155 @@ def run_recipe(
     )
 
 
-def _vote_stage(sets, names, weights, samples, num_classes, stage_dir, split, *, score):
-    """Soft and hard vote for one split; on val, also the single models' and both votes' matrices."""
-    class_names = sets[0].class_names
-    soft = PredictionSet.create(
-        stage_dir / SOFT_VOTE / split,
-        class_names,
-        source={"stage": SOFT_VOTE, "weights": list(weights)},
-    )
-    hard = PredictionSet.create(
-        stage_dir / HARD_VOTE / split, class_names, source={"stage": HARD_VOTE}
-    )
-    matrices = (
-        {
-            stage: ConfusionMatrix(num_classes, class_names)
-            for stage in (*names, SOFT_VOTE, HARD_VOTE)
-        }
-        if score
-        else {}
-    )
-    progress = Progress(len(samples), f"ensemble {split}", unit="img")
-    for sample in samples:
-        probs = [s.probs(sample.file_name) for s in sets]
-        masks = [s.mask(sample.file_name) for s in sets]
-        soft_probs = soft_vote(probs, weights)
-        hard_mask, vote_share = hard_vote(masks, num_classes)
-        soft.add(sample.file_name, soft_probs)
-        hard.add(sample.file_name, vote_share, mask=hard_mask)
-        if score:
-            target = _read_target(sample)
-            for name, mask in zip(names, masks, strict=True):
-                matrices[name].update(mask, target)
-            matrices[SOFT_VOTE].update(soft_probs.argmax(axis=0), target)
-            matrices[HARD_VOTE].update(hard_mask, target)
-        progress.update(1)
-    soft.save()
-    hard.save()
-    return matrices
+_CHUNK_SIZE = 4  # images per work item of the per-image stages
 
 
-def _consensus_stage(refined_dir, model_sets, samples, config, num_classes, out_dir, *, score):
-    refined = PredictionSet.open(refined_dir)
-    result = PredictionSet.create(
-        out_dir, refined.class_names, source={"stage": CONSENSUS, "input_dir": str(refined_dir)}
-    )
-    matrix = ConfusionMatrix(num_classes, refined.class_names) if score else None
-    restored_pixels = 0
-    for sample in samples:
-        name = sample.file_name
-        mask, restored = consensus_overwrite(
-            refined.mask(name),
-            [s.mask(name) for s in model_sets],
-            config.consensus_k,
-            num_classes,
-            background=config.background_class,
-            max_area=config.consensus_max_area,
+@dataclass(frozen=True)
+class _ChunkResult:
+    matrices: dict[str, np.ndarray]  # val confusion counts by stage (empty off val)
+    restored: int = 0
+
+
+@dataclass(frozen=True)
+class _StageJob:
+    """Picklable work item of a per-image stage on one split.
+
+    Workers get file names only: they read the input folders, write their outputs'
+    entries themselves, and send back only confusion counts (C x C) for val.
+    """
+
+    stage_dir: str
+    split: str
+    dataset_dir: str
+    num_classes: int
+    score: bool
+
+    def folder(self, stage: str) -> PredictionSet:
+        return PredictionSet.open(Path(self.stage_dir) / stage / self.split)
+
+    def output(self, stage: str, class_names: list[str]) -> PredictionSet:
+        """Entries are written by workers; the parent writes the meta file afterwards."""
+        return PredictionSet(
+            Path(self.stage_dir) / stage / self.split, class_names, [], "uint8", {}
         )
-        probs = refined.probs(name)
-        if restored.any():  # restored pixels carry the agreeing models' mean probabilities
-            agreeing = soft_vote([s.probs(name) for s in model_sets], [1.0] * len(model_sets))
-            probs[:, restored] = agreeing[:, restored]
-        result.add(name, probs, mask=mask)
-        restored_pixels += int(restored.sum())
-        if matrix is not None:
-            matrix.update(mask, _read_target(sample))
-    result.save()
-    log.info("consensus: %d pixel(s) from model agreement -> %s", restored_pixels, out_dir)
-    return matrix
+
+    def target(self, file_name: str) -> np.ndarray:
+        return _read_target(PreparedDataset(self.dataset_dir).mask_path(file_name), file_name)
 
 
-def _gating_stage(stage_dir, gating, samples, out_dir, class_names, *, score):
-    split = out_dir.name
-    ensemble = PredictionSet.open(stage_dir / gating.ensemble_stage / split)
-    refined = PredictionSet.open(stage_dir / gating.refined_stage / split)
-    result = PredictionSet.create(
-        out_dir, class_names, source={"stage": GATING, "decision": gating.to_dict()}
-    )
-    matrix = ConfusionMatrix(len(class_names), class_names) if score else None
-    for sample in samples:
-        name = sample.file_name
-        mask, from_ensemble = apply_gating(
-            ensemble.mask(name), refined.mask(name), gating.use_ensemble
+@dataclass(frozen=True)
+class _VoteJob(_StageJob):
+    model_dirs: tuple[str, ...] = ()
+    model_names: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+
+    def __call__(self, file_names: Sequence[str]) -> _ChunkResult:
+        models = [PredictionSet.open(d) for d in self.model_dirs]
+        soft = self.output(SOFT_VOTE, models[0].class_names)
+        hard = self.output(HARD_VOTE, models[0].class_names)
+        stages = (*self.model_names, SOFT_VOTE, HARD_VOTE)
+        matrices = (
+            {stage: ConfusionMatrix(self.num_classes) for stage in stages} if self.score else {}
         )
-        probs = refined.probs(name)
-        probs[:, from_ensemble] = ensemble.probs(name)[:, from_ensemble]
-        result.add(name, probs, mask=mask)
-        if matrix is not None:
-            matrix.update(mask, _read_target(sample))
-    result.save()
-    return matrix
+        for name in file_names:
+            probs = [m.probs(name) for m in models]
+            masks = [m.mask(name) for m in models]
+            _check_shapes(name, self.model_names, probs, masks)
+            soft_probs = soft_vote(probs, self.weights)
+            hard_mask, vote_share = hard_vote(masks, self.num_classes)
+            soft.add(name, soft_probs)
+            hard.add(name, vote_share, mask=hard_mask)
+            if self.score:
+                target = self.target(name)
+                _check_target(name, target, hard_mask)
+                for model_name, mask in zip(self.model_names, masks, strict=True):
+                    matrices[model_name].update(mask, target)
+                matrices[SOFT_VOTE].update(soft_probs.argmax(axis=0), target)
+                matrices[HARD_VOTE].update(hard_mask, target)
+        return _ChunkResult({stage: m.matrix for stage, m in matrices.items()})
 
 
-def _score_folder(prediction_dir, samples, class_names) -> ConfusionMatrix:
+@dataclass(frozen=True)
+class _ConsensusJob(_StageJob):
+    refined_stage: str = CRF
+    model_dirs: tuple[str, ...] = ()
+    k: int = 2
+    max_area: int = 0
+    background: int = 0
+
+    def __call__(self, file_names: Sequence[str]) -> _ChunkResult:
+        refined = self.folder(self.refined_stage)
+        models = [PredictionSet.open(d) for d in self.model_dirs]
+        result = self.output(CONSENSUS, refined.class_names)
+        matrix = ConfusionMatrix(self.num_classes)
+        restored_pixels = 0
+        for name in file_names:
+            mask, restored = consensus_overwrite(
+                refined.mask(name),
+                [m.mask(name) for m in models],
+                self.k,
+                self.num_classes,
+                background=self.background,
+                max_area=self.max_area,
+            )
+            probs = refined.probs(name)
+            if restored.any():  # restored pixels carry the agreeing models' mean probabilities
+                agreeing = soft_vote([m.probs(name) for m in models], [1.0] * len(models))
+                probs[:, restored] = agreeing[:, restored]
+            result.add(name, probs, mask=mask)
+            restored_pixels += int(restored.sum())
+            if self.score:
+                matrix.update(mask, self.target(name))
+        return _ChunkResult({CONSENSUS: matrix.matrix} if self.score else {}, restored_pixels)
+
+
+@dataclass(frozen=True)
+class _GatingJob(_StageJob):
+    ensemble_stage: str = SOFT_VOTE
+    refined_stage: str = CONSENSUS
+    use_ensemble: tuple[bool, ...] = ()
+
+    def __call__(self, file_names: Sequence[str]) -> _ChunkResult:
+        ensemble, refined = self.folder(self.ensemble_stage), self.folder(self.refined_stage)
+        result = self.output(GATING, refined.class_names)
+        matrix = ConfusionMatrix(self.num_classes)
+        for name in file_names:
+            mask, from_ensemble = apply_gating(
+                ensemble.mask(name), refined.mask(name), self.use_ensemble
+            )
+            probs = refined.probs(name)
+            probs[:, from_ensemble] = ensemble.probs(name)[:, from_ensemble]
+            result.add(name, probs, mask=mask)
+            if self.score:
+                matrix.update(mask, self.target(name))
+        return _ChunkResult({GATING: matrix.matrix} if self.score else {})
+
+
+def _score_folder(
+    prediction_dir, dataset: PreparedDataset, file_names, class_names
+) -> ConfusionMatrix:
     prediction = PredictionSet.open(prediction_dir)
     matrix = ConfusionMatrix(len(class_names), class_names)
-    for sample in samples:
-        matrix.update(prediction.mask(sample.file_name), _read_target(sample))
+    for name in file_names:
+        matrix.update(prediction.mask(name), _read_target(dataset.mask_path(name), name))
     return matrix
+
+
+def _check_shapes(file_name: str, model_names, probs, masks) -> None:
+    shapes = {name: p.shape for name, p in zip(model_names, probs, strict=True)}
+    if len(set(shapes.values())) > 1 or any(m.shape != probs[0].shape[1:] for m in masks):
+        raise DataError(
+            f"{file_name!r}: the models' predictions differ in size {shapes}; "
+            "predict every model at the image's own resolution"
+        )
+
+
+def _check_target(file_name: str, target: np.ndarray, prediction: np.ndarray) -> None:
+    if target.shape != prediction.shape:
+        raise DataError(
+            f"{file_name!r}: ground-truth mask is {target.shape[1]}x{target.shape[0]} but the "
+            f"predictions are {prediction.shape[1]}x{prediction.shape[0]}; predict at the image's resolution"
+        )
 
 
 def _best_stage(scores: dict[str, SegmentationScores], stages: Sequence[str]) -> str:
@@ -579,15 +686,15 @@ def _best_stage(scores: dict[str, SegmentationScores], stages: Sequence[str]) ->
     return max(stages, key=lambda s: (np.nan_to_num(scores[s].miou, nan=-1.0), -stages.index(s)))
 
 
-def _read_target(sample: Sample) -> np.ndarray:
+def _read_target(path: Path, file_name: str) -> np.ndarray:
     from PIL import Image
 
-    if not sample.mask.is_file():
+    if not path.is_file():
         raise DataError(
-            f"no ground-truth mask for {sample.file_name!r} at {sample.mask}; "
+            f"no ground-truth mask for {file_name!r} at {path}; "
             "the validation split must be labelled (prepare it with annotations)"
         )
-    with Image.open(sample.mask) as image:
+    with Image.open(path) as image:
         return np.asarray(image)
 
 

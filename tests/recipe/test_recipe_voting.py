@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 from recipe_builders import one_hot, write_dataset, write_predictions
 
 from trashseg.crf import CrfConfig, dense_crf
+from trashseg.data.layout import PreparedDataset
 from trashseg.ensemble import (
     apply_gating,
     consensus_overwrite,
@@ -13,7 +15,7 @@ from trashseg.ensemble import (
     hard_vote,
     soft_vote,
 )
-from trashseg.errors import ConfigError
+from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix
 from trashseg.predictions import PredictionSet
 
@@ -170,7 +172,7 @@ def test_recipe_on_constructed_predictions(tmp_path):
             probs = {n: p for n, p in model_probs[m].items() if n.startswith(split)}
             write_predictions(tmp_path / f"m{m}" / split, probs, {"architecture": f"arch{m}"})
             dirs.append(tmp_path / f"m{m}" / split)
-    config = EnsembleConfig(weights=(1, 1, 1), crf=CrfConfig(workers=1), consensus_k=2)
+    config = EnsembleConfig(weights=(1, 1, 1), workers=1, consensus_k=2)
     result = run_recipe(val_dirs, test_dirs, tmp_path / "data", tmp_path / "out", config)
     assert result.model_names == ("arch0", "arch1", "arch2")
     assert result.stages == ("arch0", "arch1", "arch2", "soft_vote", "hard_vote", "crf", "consensus", "gating")
@@ -191,12 +193,20 @@ def test_recipe_on_constructed_predictions(tmp_path):
     for path in result.report_files.values():
         assert path.stat().st_size > 0
 
+    # Again in a pool of 2 workers: same numbers; a pinned stage wins over the best one.
     pinned = run_recipe(val_dirs, test_dirs, tmp_path / "data", tmp_path / "out2",
-                        EnsembleConfig(weights=(1, 1, 1), crf=CrfConfig(workers=1), pinned_stage="hard_vote",
-                                       gating_enabled=False))
+                        EnsembleConfig(weights=(1, 1, 1), workers=2, pinned_stage="hard_vote", gating_enabled=False))
     assert pinned.selected_stage == "hard_vote"
     assert "gating" not in pinned.stages
+    for stage in pinned.stages:
+        assert pinned.scores[stage].matrix == result.scores[stage].matrix
+    final_val = PredictionSet.open(pinned.final_dirs["val"])
+    np.testing.assert_array_equal(final_val.mask("val/0.png"), PredictionSet.open(tmp_path / "out" / "stages" / "hard_vote" / "val").mask("val/0.png"))
     with pytest.raises(ConfigError, match="pinned_stage 'nope' is not a stage or model; choose from arch0"):
         run_recipe(val_dirs, test_dirs, tmp_path / "data", tmp_path / "out3", EnsembleConfig(pinned_stage="nope"))
-    with pytest.raises(Exception, match="not the same models in the same order"):
+    with pytest.raises(DataError, match="not the same models in the same order"):
         run_recipe(val_dirs, test_dirs[::-1], tmp_path / "data", tmp_path / "out4", config)
+    # An error inside a worker reaches the caller, naming the image.
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(PreparedDataset(tmp_path / "data").mask_path("val/1.png"))
+    with pytest.raises(DataError, match="'val/1.png': ground-truth mask is 32x32 but the predictions are 64x64"):
+        run_recipe(val_dirs, test_dirs, tmp_path / "data", tmp_path / "out5", EnsembleConfig(weights=(1, 1, 1), workers=2))
