@@ -19,7 +19,7 @@ NUM_CLASSES = 4
 # start at zero, so the pixel decoder's level embedding only gets gradients after a step.
 NO_GRADIENT_AT_INIT = ("swin.layernorm.", "decoder.level_embed")
 
-# Published parameter counts in millions (11-class heads differ negligibly from the papers').
+# Published parameter counts in millions (our class heads differ negligibly from the papers').
 PUBLISHED_MILLIONS = {
     "mask2former-swin-t": 47,
     "mask2former-swin-b": 107,
@@ -131,7 +131,7 @@ def test_architecture_table_counts_published_sizes():
 
 
 def test_dinat_large_uses_the_published_dilations():
-    backbone = ARCHITECTURES["mask2former-dinat-l"].make_config(11).backbone_config
+    backbone = ARCHITECTURES["mask2former-dinat-l"].make_config(NUM_CLASSES).backbone_config
     assert backbone.kernel_size == 11
     assert list(backbone.depths) == [3, 4, 18, 5]
     assert [len(stage) for stage in backbone.dilations] == list(backbone.depths)

@@ -15,6 +15,7 @@ from functools import partial
 import torch
 from transformers import PretrainedConfig
 
+from trashseg.data.classes import DEFAULT_TAXONOMY
 from trashseg.errors import ConfigError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
@@ -166,12 +167,12 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
     return network
 
 
-def architecture_table() -> list[tuple[str, int]]:
-    """(name, parameter count) of every architecture for 11 classes, built on the meta device
-    so that even the largest costs no memory or initialisation time."""
+def architecture_table(num_classes: int = len(DEFAULT_TAXONOMY)) -> list[tuple[str, int]]:
+    """(name, parameter count) of every architecture, for the default taxonomy's classes unless
+    told otherwise; built on the meta device, so even the largest costs no memory or init time."""
     rows = []
     for name, spec in ARCHITECTURES.items():
         with torch.device("meta"):
-            model = spec.build(11)
+            model = spec.build(num_classes)
         rows.append((name, model.parameter_count()))
     return rows

@@ -23,7 +23,13 @@ import logging
 
 import torch
 from torch import nn
-from transformers import AutoBackbone, AutoConfig, DinatConfig, PreTrainedModel
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    DinatConfig,
+    Mask2FormerConfig,
+    PreTrainedModel,
+)
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput
@@ -299,6 +305,12 @@ class DinatBackbone(BackboneMixin, PreTrainedModel):
 
 AutoConfig.register(TrashsegDinatConfig.model_type, TrashsegDinatConfig, exist_ok=True)
 AutoBackbone.register(TrashsegDinatConfig, DinatBackbone, exist_ok=True)
+# Mask2Former warns about any backbone outside its list; this one was written for it.
+if TrashsegDinatConfig.model_type not in Mask2FormerConfig.backbones_supported:
+    Mask2FormerConfig.backbones_supported = [
+        *Mask2FormerConfig.backbones_supported,
+        TrashsegDinatConfig.model_type,
+    ]
 
 
 def is_dinat_checkpoint(pretrained: str) -> bool:
