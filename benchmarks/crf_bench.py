@@ -110,15 +110,21 @@ def main(images: int, size: int, classes: int, iterations: int, workers: int) ->
         )
 
         dirs = [root / f"model{m}" for m in range(3)]
-        start = time.perf_counter()
-        config = EnsembleConfig(
-            weights=(1, 1, 1), crf_enabled=False, consensus_enabled=False, gating_enabled=False
-        )
-        run_recipe(dirs, dirs, root / "data", root / "ensemble", config)
-        seconds = time.perf_counter() - start
-        print(
-            f"ensemble (soft + hard vote of 3 models, val scored, files in and out): {2 * images / seconds:.2f} images/s"
-        )
+        for count in (1, workers):
+            config = EnsembleConfig(
+                weights=(1, 1, 1),
+                crf_enabled=False,
+                consensus_enabled=False,
+                gating_enabled=False,
+                workers=count,
+            )
+            start = time.perf_counter()
+            run_recipe(dirs, dirs, root / "data", root / f"ensemble{count}", config)
+            seconds = time.perf_counter() - start
+            print(
+                f"ensemble (soft + hard vote of 3 models, val scored, files in and out), "
+                f"{count} process(es): {2 * images / seconds:.2f} images/s"
+            )
 
 
 if __name__ == "__main__":

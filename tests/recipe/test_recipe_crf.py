@@ -65,7 +65,7 @@ def test_config_is_validated(tmp_path):
 
 def test_cli_crf(tmp_path, capsys):
     dataset, items = _case(tmp_path, count=2)
-    args = ["crf", str(tmp_path / "pred"), "--dataset", str(dataset.root), "--out", str(tmp_path / "out")]
+    args = ["crf", str(tmp_path / "pred"), "--data", str(dataset.root), "--out", str(tmp_path / "out")]
     assert main([*args, "--set", "workers=1", "--set", "iterations=2"]) == 0
     assert "refined 2 image(s)" in capsys.readouterr().out
     assert PredictionSet.open(tmp_path / "out").file_names == [name for name, _, _ in items]

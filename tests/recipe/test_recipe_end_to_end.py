@@ -44,7 +44,7 @@ def trained(tmp_path_factory) -> Path:
     generate_sample_dataset(root / "source", images=12, size=SIZE, seed=0)
     prepare_dataset(root / "source", root / "data")
     for architecture in ARCHITECTURES:
-        result = train(_train_config(architecture, 5), root / "data", root / "train" / architecture)
+        result = train(_train_config(architecture, 3), root / "data", root / "train" / architecture)
         for split in ("val", "test"):
             predict(result.last_checkpoint, root / "data", split, root / "pred" / architecture / split)
     return root
@@ -54,7 +54,7 @@ def test_recipe_report_and_submission(trained, capsys):
     root, out = trained, trained / "recipe"
     val = [str(root / "pred" / a / "val") for a in ARCHITECTURES]
     test = [str(root / "pred" / a / "test") for a in ARCHITECTURES]
-    code = main(["ensemble", "--val", *val, "--test", *test, "--dataset", str(root / "data"), "--out", str(out),
+    code = main(["ensemble", "--val", *val, "--test", *test, "--data", str(root / "data"), "--out", str(out),
                  "--set", "crf.workers=2", "--set", "consensus_k=2", "--set", "weight_grid=[0,1,2]"])
     assert code == 0
     assert "selected" in capsys.readouterr().out

@@ -108,6 +108,6 @@ def test_bad_inputs_are_refused(tmp_path):
 
 def test_cli_pseudo_label(tmp_path, capsys):
     dataset, _, _ = _dataset_and_predictions(tmp_path)
-    args = ["pseudo-label", str(tmp_path / "pred"), "--dataset", str(dataset.root), "--out", str(tmp_path / "p")]
+    args = ["pseudo-label", str(tmp_path / "pred"), "--data", str(dataset.root), "--out", str(tmp_path / "p")]
     assert main([*args, "--set", "tau=0.9", "--set", "min_confident_fraction=0.9"]) == 0
     assert "kept 1, dropped 2 image(s)" in capsys.readouterr().out

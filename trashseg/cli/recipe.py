@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ensemble.add_argument("--val", nargs="+", type=Path, required=True, metavar="PRED", help="val prediction folders, one per model")
     ensemble.add_argument("--test", nargs="+", type=Path, required=True, metavar="PRED", help="test prediction folders, same model order")
-    ensemble.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder (images, val masks)")
+    ensemble.add_argument("--data", type=Path, required=True, help="prepared dataset folder (images, val masks)")
     ensemble.add_argument("--out", type=Path, required=True, help="output folder")
     _config_options(ensemble, "EnsembleConfig, e.g. consensus_k=3 crf.iterations=5 weights=[2,1]")
     ensemble.set_defaults(func=ensemble_command)
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     crf.add_argument("predictions", type=Path, metavar="PRED", help="prediction folder")
-    crf.add_argument("--dataset", type=Path, required=True, help="prepared dataset folder holding the images")
+    crf.add_argument("--data", type=Path, required=True, help="prepared dataset folder holding the images")
     crf.add_argument("--out", type=Path, required=True, help="output prediction folder")
     _config_options(crf, "CrfConfig, e.g. iterations=5 bilateral_srgb=10 workers=4")
     crf.set_defaults(func=crf_command)
@@ -47,11 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pseudo-label dataset from confident ensemble predictions",
         description="Pixels whose class probability is >= tau keep their class, the rest get 255; "
         "images with too few confident pixels are left out. Writes a prepared dataset (split "
-        "'train') with lineage.json, for `trashseg train --pseudo-dataset`.",
+        "'train') with lineage.json, for `trashseg train --pseudo`.",
         formatter_class=formatter,
     )
     pseudo.add_argument("predictions", type=Path, metavar="PRED", help="final prediction folder of the unlabelled split")
-    pseudo.add_argument("--dataset", type=Path, required=True, help="prepared dataset the predictions are of")
+    pseudo.add_argument("--data", type=Path, required=True, help="prepared dataset the predictions are of")
     pseudo.add_argument("--out", type=Path, required=True, help="new output folder")
     _config_options(pseudo, "PseudoLabelConfig, e.g. tau=0.95 min_confident_fraction=0.3 split=test")
     pseudo.set_defaults(func=pseudo_label_command)
@@ -95,7 +95,7 @@ def ensemble_command(args: argparse.Namespace) -> int:
     from trashseg.ensemble import EnsembleConfig, run_recipe
 
     config = load_config(EnsembleConfig, args.config, args.overrides)
-    result = run_recipe(args.val, args.test, args.dataset, args.out, config)
+    result = run_recipe(args.val, args.test, args.data, args.out, config)
     for stage in result.stages:
         print(f"{stage:>20}  val mIoU {result.scores[stage].miou:.4f}")
     print(f"selected {result.selected_stage}; final predictions in {args.out / 'final'}; report {result.report_files['html']}")
@@ -107,7 +107,7 @@ def crf_command(args: argparse.Namespace) -> int:
     from trashseg.crf import CrfConfig, crf_prediction_set
 
     config = load_config(CrfConfig, args.config, args.overrides)
-    result = crf_prediction_set(args.predictions, args.dataset, args.out, config)
+    result = crf_prediction_set(args.predictions, args.data, args.out, config)
     print(f"refined {len(result.file_names)} image(s) -> {args.out}")
     return 0
 
@@ -117,7 +117,7 @@ def pseudo_label_command(args: argparse.Namespace) -> int:
     from trashseg.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
 
     config = load_config(PseudoLabelConfig, args.config, args.overrides)
-    result = make_pseudo_labels(args.predictions, args.dataset, args.out, config)
+    result = make_pseudo_labels(args.predictions, args.data, args.out, config)
     print(f"kept {len(result.kept)}, dropped {len(result.dropped)} image(s) -> {result.dataset_dir} (lineage {result.lineage_file})")
     return 0
 
