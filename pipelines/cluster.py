@@ -1,0 +1,107 @@
+"""Compile-time cluster settings and the helpers that apply them to pipeline tasks.
+
+Everything a task needs from the cluster is set through these helpers, so every task of
+both pipelines gets the same treatment: its image from `components.images`, CPU/memory
+requests, the KFP run id as `KFP_RUN_ID` (from the pod's `pipeline/runid` label, so it
+never enters a cache key), and, only where the task touches the object store, the S3
+settings and credentials from the ConfigMap/Secret named in `trashseg.secrets`.
+GPU tasks also get the accelerator request, GPU tolerations and node selector, and
+/dev/shm as a memory-backed emptyDir (PyTorch DataLoader workers share tensors there;
+the container default of 64 MiB is far too small).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+from components.images import DEFAULT_IMAGES, Images
+from trashseg import secrets
+from trashseg.tracking import KFP_RUN_ID_ENV
+
+GPU_RESOURCE = "nvidia.com/gpu"
+RUN_ID_FIELD_PATH = "metadata.labels['pipeline/runid']"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    images: Images = DEFAULT_IMAGES
+    gpus_per_task: int = 1
+    gpu_node_selector: tuple[str, str] = ("nvidia.com/gpu.present", "true")
+    shm_size: str = "16Gi"
+    train_cpu: str = "8"
+    train_memory: str = "48Gi"
+    cpu_task_cpu: str = "2"
+    cpu_task_memory: str = "8Gi"
+    ensemble_cpu: str = "8"  # DenseCRF runs a process per core
+    ensemble_memory: str = "32Gi"
+    training_retries: int = 3
+    retry_backoff: str = "120s"
+    retry_backoff_factor: float = 2.0
+    retry_backoff_max: str = "3600s"
+    # ParallelFor width over architectures; 0 = all at once (one GPU each).
+    parallelism: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_task < 1:
+            raise ValueError(f"gpus_per_task={self.gpus_per_task}: training needs at least 1 GPU per task")
+        if self.training_retries < 0 or self.parallelism < 0:
+            raise ValueError("training_retries and parallelism must be >= 0")
+
+
+def run_id_env(task: PipelineTask) -> PipelineTask:
+    kubernetes.use_field_path_as_env(task, env_name=KFP_RUN_ID_ENV, field_path=RUN_ID_FIELD_PATH)
+    return task
+
+
+def object_store_access(task: PipelineTask) -> PipelineTask:
+    """Endpoint/bucket from the ConfigMap and credentials from the Secret, as env vars."""
+    kubernetes.use_config_map_as_env(task, secrets.STORAGE_CONFIG_MAP, secrets.STORAGE_CONFIG_MAP_TO_ENV)
+    kubernetes.use_secret_as_env(task, secrets.S3_CREDENTIALS_SECRET, secrets.S3_CREDENTIALS_SECRET_TO_ENV)
+    return task
+
+
+def cpu_task(
+    task: PipelineTask,
+    settings: ClusterSettings,
+    *,
+    cpu: str | None = None,
+    memory: str | None = None,
+    object_store: bool = False,
+    cache: bool = False,
+) -> PipelineTask:
+    task.set_container_image(settings.images.base)
+    task.set_cpu_request(cpu or settings.cpu_task_cpu).set_memory_request(memory or settings.cpu_task_memory)
+    task.set_caching_options(cache)
+    run_id_env(task)
+    if object_store:
+        object_store_access(task)
+    return task
+
+
+def gpu_task(
+    task: PipelineTask, settings: ClusterSettings, *, retries: bool, cache: bool, object_store: bool
+) -> PipelineTask:
+    task.set_container_image(settings.images.train)
+    task.set_cpu_request(settings.train_cpu).set_memory_request(settings.train_memory)
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(settings.gpus_per_task)
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    kubernetes.add_node_selector(task, *settings.gpu_node_selector)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size)
+    task.set_caching_options(cache)
+    if retries:
+        task.set_retry(
+            num_retries=settings.training_retries,
+            backoff_duration=settings.retry_backoff,
+            backoff_factor=settings.retry_backoff_factor,
+            backoff_max_duration=settings.retry_backoff_max,
+        )
+    run_id_env(task)
+    if object_store:
+        object_store_access(task)
+    return task
+
+
+DEFAULT_SETTINGS = ClusterSettings()

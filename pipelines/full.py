@@ -1,0 +1,99 @@
+"""The whole recipe as one pipeline run.
+
+    prepare -> ParallelFor(architectures): train -> predict val/test -> evaluate
+            -> Collected -> ensemble + CRF + consensus -> evaluate
+            -> [pseudo round] pseudo-labels -> ParallelFor: retrain -> predict
+                              -> ensemble -> evaluate
+            -> submission + register (challenger; champion only if better)
+    all under an ExitHandler that records how the run ended.
+
+`build_full_pipeline(settings)` builds it for given cluster settings (images, GPUs per
+task); `full_pipeline` is the default build, used by kfp.local and the tests.
+"""
+
+# No `from __future__ import annotations` here: KFP reads the pipeline's parameter types
+# from real annotation objects, not strings.
+from kfp import dsl
+
+from components.make_pseudo_labels import make_pseudo_labels
+from components.prepare_data import prepare_data
+from components.record_status import record_status
+from pipelines.cluster import DEFAULT_SETTINGS, ClusterSettings, cpu_task
+from pipelines.graph import ensemble_round, finish_round, train_round
+from trashseg import secrets
+
+# The recipe's architectures that trashseg implements (DESIGN.md): Mask2Former with Swin-L
+# and DiNAT-L backbones, UperNet-Swin, SegFormer. The local demo passes `-tiny` variants.
+RECIPE_ARCHITECTURES = ["mask2former-swin-l", "mask2former-dinat-l", "upernet-swin-l", "segformer-b5"]
+DEFAULT_DATA_STORE = "s3://trashseg"  # the bucket manifests/base/storage-config.yaml names
+DEFAULT_CHECKPOINT_STORE = "s3://trashseg/checkpoints"
+DEFAULT_MODEL_NAME = "trashseg"
+DEFAULT_EXPERIMENT = "trashseg"
+
+
+def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
+    @dsl.pipeline(
+        name="trashseg-full",
+        description="Train several architectures, ensemble with DenseCRF and consensus, pseudo-label "
+        "retraining, submission CSV, model registry.",
+    )
+    def full_pipeline(
+        dataset_version: str,
+        data_store: str = DEFAULT_DATA_STORE,
+        architectures: list[str] = RECIPE_ARCHITECTURES,
+        iterations: int = 80_000,
+        image_size: int = 512,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        train_settings: list[str] = [],  # noqa: B006 (KFP reads defaults from the signature)
+        ensemble_settings: list[str] = [],  # noqa: B006
+        pseudo_round: bool = True,
+        pseudo_settings: list[str] = [],  # noqa: B006
+        pseudo_ratio: float = 0.25,
+        model_name: str = DEFAULT_MODEL_NAME,
+        min_improvement: float = 0.0,
+        tracking_uri: str = secrets.MLFLOW_TRACKING_URI,
+        experiment: str = DEFAULT_EXPERIMENT,
+        checkpoint_store: str = DEFAULT_CHECKPOINT_STORE,
+    ):
+        """`dataset_version`: the content hash of a dataset version in `data_store` (see
+        `trashseg data versions`); it keys the cache of prepare and train. `*_settings`:
+        `key=value` overrides of TrainConfig, EnsembleConfig and PseudoLabelConfig."""
+        status = cpu_task(
+            record_status(pipeline="full", tracking_uri=tracking_uri, experiment=experiment),
+            settings,
+        )
+        with dsl.ExitHandler(status, name="full-run"):
+            prepared = cpu_task(
+                prepare_data(source=data_store, dataset_hash=dataset_version, val_fraction=val_fraction, seed=split_seed),
+                settings,
+                object_store=True,
+                cache=True,
+            ).set_display_name("prepare")
+            dataset = prepared.outputs["dataset"]
+
+            base = train_round(
+                settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
+                checkpoint_store, tracking_uri, experiment, stage="base",
+            )
+            first = ensemble_round(settings, base, dataset, ensemble_settings, name="ensemble")
+
+            with dsl.If(pseudo_round == True, name="pseudo-round"):  # noqa: E712 (a KFP condition)
+                pseudo = cpu_task(
+                    make_pseudo_labels(ensemble=first.outputs["ensemble"], dataset=dataset, pseudo_settings=pseudo_settings),
+                    settings,
+                ).set_display_name("pseudo-labels")
+                retrained = train_round(
+                    settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
+                    checkpoint_store, tracking_uri, experiment, stage="pseudo",
+                    pseudo_dataset=pseudo.outputs["pseudo_dataset"], pseudo_ratio=pseudo_ratio,
+                )
+                second = ensemble_round(settings, retrained, dataset, ensemble_settings, name="ensemble-pseudo")
+                finish_round(settings, second, retrained, dataset, model_name, min_improvement, tracking_uri, experiment)
+            with dsl.Else(name="no-pseudo-round"):
+                finish_round(settings, first, base, dataset, model_name, min_improvement, tracking_uri, experiment)
+
+    return full_pipeline
+
+
+full_pipeline = build_full_pipeline()

@@ -1,0 +1,88 @@
+"""The building blocks both pipelines are wired from: a training round, an ensemble, the finish."""
+
+# No `from __future__ import annotations`: KFP needs real annotation objects.
+from kfp import dsl
+
+from components.bundle_models import bundle_models
+from components.ensemble_crf import ensemble_crf
+from components.evaluate import evaluate
+from components.make_submission import make_submission
+from components.predict import predict
+from components.register_model import register_model
+from components.train_model import train_model
+from pipelines.cluster import cpu_task, gpu_task
+
+
+def train_round(
+    settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
+    checkpoint_store, tracking_uri, experiment, *, stage, pseudo_dataset=None, pseudo_ratio=None, init_bundle=None,
+):
+    """ParallelFor over architectures: train, predict val and test, evaluate on val; then
+    bundle the round's models."""
+    with dsl.ParallelFor(architectures, parallelism=settings.parallelism, name=f"{stage}-models") as architecture:
+        extra = {} if pseudo_dataset is None else {"pseudo_dataset": pseudo_dataset, "pseudo_ratio": pseudo_ratio}
+        if init_bundle is not None:
+            extra["init_bundle"] = init_bundle
+        trained = gpu_task(
+            train_model(
+                dataset=dataset, architecture=architecture, iterations=iterations, image_size=image_size,
+                dataset_hash=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
+                tracking_uri=tracking_uri, experiment=experiment, stage=stage, **extra,
+            ),
+            settings, retries=True, cache=True, object_store=True,
+        ).set_display_name(f"train-{stage}")
+        model = trained.outputs["model"]
+        predictions = {}
+        for split in ("val", "test"):
+            predictions[split] = gpu_task(
+                predict(model=model, dataset=dataset, split=split),
+                settings, retries=False, cache=False, object_store=False,
+            ).set_display_name(f"predict-{stage}-{split}")
+        cpu_task(
+            evaluate(predictions=predictions["val"].outputs["predictions"], dataset=dataset, split="val", title=architecture),
+            settings,
+        ).set_display_name(f"evaluate-{stage}")
+    # Collected outputs are consumed in this group only (KFP cannot pass them into an If/Else
+    # group); the bundle is a plain artifact that can go anywhere.
+    bundled = cpu_task(
+        bundle_models(models=dsl.Collected(model), dataset=dataset, dataset_hash=dataset_version),
+        settings,
+    ).set_display_name(f"bundle-{stage}")
+    return {
+        "bundle": bundled.outputs["bundle"],
+        "val": dsl.Collected(predictions["val"].outputs["predictions"]),
+        "test": dsl.Collected(predictions["test"].outputs["predictions"]),
+    }
+
+
+def ensemble_round(settings, stage_outputs, dataset, ensemble_settings, *, name):
+    ensembled = cpu_task(
+        ensemble_crf(
+            val_predictions=stage_outputs["val"], test_predictions=stage_outputs["test"], dataset=dataset,
+            ensemble_settings=ensemble_settings,
+        ),
+        settings, cpu=settings.ensemble_cpu, memory=settings.ensemble_memory,
+    ).set_display_name(name)
+    cpu_task(
+        evaluate(predictions=ensembled.outputs["ensemble"], dataset=dataset, split="val", title=name, subfolder="final/val"),
+        settings,
+    ).set_display_name(f"evaluate-{name}")
+    return ensembled
+
+
+def finish_round(
+    settings, ensembled, stage_outputs, dataset, model_name, min_improvement, tracking_uri, experiment, *, submission=True
+):
+    """Submission from the final ensemble; its val score decides the registry promotion."""
+    if submission:
+        cpu_task(
+            make_submission(ensemble=ensembled.outputs["ensemble"], dataset=dataset),
+            settings,
+        ).set_display_name("submission")
+    cpu_task(
+        register_model(
+            bundle=stage_outputs["bundle"], dataset=dataset, score=ensembled.outputs["Output"], model_name=model_name, min_improvement=min_improvement,
+            tracking_uri=tracking_uri, experiment=experiment,
+        ),
+        settings,
+    ).set_display_name("register")

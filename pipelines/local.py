@@ -1,0 +1,224 @@
+"""Run the pipelines on this machine through kfp.local (SubprocessRunner, current venv).
+
+    python -m pipelines.local demo [--out runs/demo]      # make demo
+    python -m pipelines.local retrain [--out runs/demo]   # the scheduled pipeline, once
+
+The demo generates the sample dataset, pushes it as a dataset version into a local object
+store folder (OUT/store), and runs pipelines/full.py with tiny architectures on CPU,
+MLflow in OUT/mlflow.db. kfp.local ignores the cluster settings (resources, GPUs,
+kubernetes) with a warning or silently; everything else (ParallelFor, Collected, If/Else,
+ExitHandler) runs as on the cluster. Task outputs land under OUT/kfp/<run>/<task>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.cluster import ClusterSettings
+from trashseg.tracking import KFP_RUN_ID_ENV
+
+log = logging.getLogger("trashseg.local")
+
+# Small enough for 2 CPU cores in minutes, big enough to learn something.
+DEMO_ARCHITECTURES = ["mask2former-swin-t-tiny", "segformer-b0-tiny"]
+DEMO_SAMPLE_IMAGES = 40
+DEMO_IMAGE_SIZE = 64
+DEMO_ITERATIONS = 150
+# A high learning rate without weight decay: tiny random-init models learn the sample
+# classes in a few hundred steps (tests/engine/test_learning.py uses the same recipe).
+DEMO_TRAIN_SETTINGS = [
+    "batch_size=4",
+    "lr=1e-3",
+    "weight_decay=0.0",
+    "warmup_iters=10",
+    "eval_interval=0",
+    "log_interval=25",
+    "num_workers=0",
+    "augment.scale_range=[0.75,1.25]",
+]
+# Small images: a coarse weight search and few CRF iterations are plenty.
+DEMO_ENSEMBLE_SETTINGS = ["fit_rounds=1", "crf.iterations=5"]
+# Lenient: a few minutes of CPU training make models less sure than the recipe's tau=0.9.
+DEMO_PSEUDO_SETTINGS = ["tau=0.3", "min_confident_fraction=0.25"]
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    run_dir: Path  # OUT/kfp/<pipeline run>: one folder per task
+    kfp_run_id: str
+    tracking_uri: str
+    data_store: Path
+    dataset_version: str
+
+    def outputs(self, task_prefix: str, name: str) -> list[Path]:
+        """Output `name` of every task whose folder starts with `task_prefix` (loops included)."""
+        return sorted(self.run_dir.glob(f"**/{task_prefix}*/{name}"))
+
+
+def sample_dataset_version(out: Path, *, images: int = DEMO_SAMPLE_IMAGES, size: int = DEMO_IMAGE_SIZE, seed: int = 0) -> str:
+    """Generate the sample dataset once and push it into OUT/store; returns its version."""
+    from trashseg.data.sample import generate_sample_dataset
+    from trashseg.storage import LocalStore, push_dataset
+
+    source = out / "sample"
+    if not (source / "train.json").is_file():
+        generate_sample_dataset(source, images=images, size=size, seed=seed)
+    return push_dataset(source, LocalStore(out / "store")).version
+
+
+# Both architectures train at once (2 cores); a failed task is retried once, soon.
+LOCAL_SETTINGS = ClusterSettings(parallelism=2, training_retries=1, retry_backoff="5s")
+
+
+def init_local(out: Path, tracking_uri: str) -> str:
+    """kfp.local in the current venv; a fresh KFP run id for the tasks' MLflow tags.
+
+    The MLflow SQLite store is created here, before tasks run in parallel: two processes
+    creating its tables at once collide."""
+    from kfp import local
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).search_experiments()
+
+    # The tasks run here, not in the images their spec names; say so once, not per task.
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
+    run_id = f"local-{uuid.uuid4().hex[:12]}"
+    os.environ[KFP_RUN_ID_ENV] = run_id  # inherited by every task subprocess
+    return run_id
+
+
+def _new_run_dir(root: Path, before: set[Path]) -> Path:
+    created = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    if not created:
+        raise RuntimeError(f"kfp.local wrote no run folder under {root}")
+    return created[-1]
+
+
+def run_full(
+    out: str | Path,
+    *,
+    architectures: list[str] = DEMO_ARCHITECTURES,
+    iterations: int = DEMO_ITERATIONS,
+    image_size: int = DEMO_IMAGE_SIZE,
+    train_settings: list[str] = DEMO_TRAIN_SETTINGS,
+    ensemble_settings: list[str] = DEMO_ENSEMBLE_SETTINGS,
+    pseudo_settings: list[str] = DEMO_PSEUDO_SETTINGS,
+    pseudo_round: bool = True,
+    pseudo_ratio: float = 0.25,
+    model_name: str = "trashseg",
+    min_improvement: float = 0.0,
+    sample_images: int = DEMO_SAMPLE_IMAGES,
+) -> LocalRun:
+    from pipelines.full import build_full_pipeline
+
+    full_pipeline = build_full_pipeline(LOCAL_SETTINGS)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    version = sample_dataset_version(out, images=sample_images, size=image_size)
+    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
+    run_id = init_local(out, tracking_uri)
+    (out / "kfp").mkdir(exist_ok=True)
+    before = set((out / "kfp").iterdir())
+    full_pipeline(
+        dataset_version=version,
+        data_store=str(out / "store"),
+        architectures=list(architectures),
+        iterations=iterations,
+        image_size=image_size,
+        train_settings=list(train_settings),
+        ensemble_settings=list(ensemble_settings),
+        pseudo_round=pseudo_round,
+        pseudo_settings=list(pseudo_settings),
+        pseudo_ratio=pseudo_ratio,
+        model_name=model_name,
+        min_improvement=min_improvement,
+        tracking_uri=tracking_uri,
+        experiment="trashseg",
+        checkpoint_store=str(out / "checkpoints"),
+    )
+    return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", version)
+
+
+def run_retrain(
+    out: str | Path,
+    *,
+    iterations: int = DEMO_ITERATIONS // 2,
+    image_size: int = DEMO_IMAGE_SIZE,
+    train_settings: list[str] = DEMO_TRAIN_SETTINGS,
+    ensemble_settings: list[str] = DEMO_ENSEMBLE_SETTINGS,
+    model_name: str = "trashseg",
+    min_improvement: float = 0.0,
+) -> LocalRun:
+    """The retrain pipeline against the store and MLflow of an earlier `run_full(out)`."""
+    from pipelines.retrain import build_retrain_pipeline
+
+    retrain_pipeline = build_retrain_pipeline(LOCAL_SETTINGS)
+    out = Path(out).resolve()
+    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
+    run_id = init_local(out, tracking_uri)
+    before = set((out / "kfp").iterdir())
+    retrain_pipeline(
+        data_store=str(out / "store"),
+        iterations=iterations,
+        image_size=image_size,
+        train_settings=list(train_settings),
+        ensemble_settings=list(ensemble_settings),
+        model_name=model_name,
+        min_improvement=min_improvement,
+        tracking_uri=tracking_uri,
+        experiment="trashseg",
+        checkpoint_store=str(out / "checkpoints"),
+    )
+    return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", "")
+
+
+def summary(run: LocalRun) -> str:
+    db = run.tracking_uri[len("sqlite:///"):]
+    lines = [
+        "",
+        f"pipeline run {run.kfp_run_id}: every task's outputs are under {run.run_dir}",
+    ]
+    for label, prefix, name in (
+        ("submission CSV", "make-submission", "submission"),
+        ("stage report (Markdown)", "ensemble-crf", "report"),
+        ("stage report (HTML)", "ensemble-crf", "report_html"),
+        ("evaluation pages (HTML)", "evaluate", "report"),
+        ("registry decision", "register-model", "decision"),
+        ("run status", "record-status", "summary"),
+    ):
+        for path in run.outputs(prefix, name):
+            lines.append(f"  {label:26s} {path}")
+    lines += [
+        f"  {'MLflow runs':26s} {run.tracking_uri} (tagged kfp.run_id={run.kfp_run_id})",
+        "",
+        "Browse the MLflow runs and the model registry:",
+        f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000   # then open http://127.0.0.1:5000",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("pipeline", choices=["demo", "retrain"], help="demo: full.py on sample data; retrain: retrain.py")
+    parser.add_argument("--out", default="runs/demo", help="working folder (default: runs/demo)")
+    parser.add_argument("--no-pseudo-round", action="store_true", help="demo: skip the pseudo-label round")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.pipeline == "demo":
+        run = run_full(args.out, pseudo_round=not args.no_pseudo_round)
+    else:
+        run = run_retrain(args.out)
+    print(summary(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

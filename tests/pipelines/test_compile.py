@@ -1,0 +1,159 @@
+"""Compile both pipelines and check the compiled spec: cluster settings, images, secrets, cache keys."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.images import Images
+from pipelines.cluster import RUN_ID_FIELD_PATH, ClusterSettings
+from pipelines.compile import compile_pipelines
+from trashseg import secrets
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = Images("registry.example.com/team", "0a1b2c3")
+GPUS = 2
+# Values planted in the compiling process's environment: none may reach the YAML.
+PLANTED = {
+    "AWS_ACCESS_KEY_ID": "AKIAPLANTEDACCESSKEY",
+    "AWS_SECRET_ACCESS_KEY": "planted/secret+key/value0123456789",
+    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-password",
+    "MLFLOW_TRACKING_URI": "http://planted-tracking-host:5000",
+    "TRASHSEG_S3_ENDPOINT": "planted-endpoint.example:9000",
+}
+CREDENTIAL_PATTERNS = [
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key ids
+    # a credential-named key with a value; the value may only name an env var (secretKey: AWS_...)
+    re.compile(r"(?i:password|passwd|secret_?key|access_?key|token)\s*[:=]\s*['\"]?(?![A-Z][A-Z0-9_]*\s*$)[A-Za-z0-9/+=_-]{6,}", re.MULTILINE),
+    re.compile(r"(?i)minioadmin"),
+    re.compile(r"://[^/\s:@]+:[^/\s@]+@"),  # user:password@host in a URL
+]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in PLANTED.items():
+            patch.setenv(name, value)
+        paths = compile_pipelines(out, ClusterSettings(images=IMAGES, gpus_per_task=GPUS))
+    return {name: (path.read_text(), *yaml.safe_load_all(path.read_text())) for name, path in paths.items()}
+
+
+def tasks(spec):
+    """(component name, task name, task) of every task in every DAG of the spec."""
+    dags = [("root", spec["root"]["dag"])]
+    dags += [(name, comp["dag"]) for name, comp in spec["components"].items() if "dag" in comp]
+    for owner, dag in dags:
+        for task_name, task in dag["tasks"].items():
+            yield owner, task_name, task
+
+
+def executor_of(spec, task):
+    return spec["components"][task["componentRef"]["name"]].get("executorLabel", "")
+
+
+def k8s(platform, executor):
+    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(executor, {})
+
+
+@pytest.mark.parametrize("pipeline", ["full", "retrain"])
+def test_training_tasks_get_gpu_toleration_shm_and_retries(compiled, pipeline):
+    _, spec, platform = compiled[pipeline]
+    training = [(name, t) for _, name, t in tasks(spec) if executor_of(spec, t).startswith("exec-train-model")]
+    assert training, "no training task found"
+    for name, task in training:
+        executor = executor_of(spec, task)
+        resources = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu", name
+        assert resources["accelerator"]["resourceCount"] == str(GPUS), name  # the count set at compile time
+        config = k8s(platform, executor)
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in config["tolerations"], name
+        assert config["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}, name
+        assert {"mountPath": "/dev/shm", "medium": "Memory"}.items() <= config["emptyDirMounts"][0].items(), name
+        retry = task["retryPolicy"]
+        assert retry["maxRetryCount"] >= 1 and retry["backoffDuration"] and retry["backoffFactor"] > 1, name
+        # the object store (checkpoint mirror for resume) comes from the Secret and ConfigMap
+        assert config["secretAsEnv"][0]["secretName"] == secrets.S3_CREDENTIALS_SECRET
+        assert config["configMapAsEnv"][0]["configMapName"] == secrets.STORAGE_CONFIG_MAP
+
+
+@pytest.mark.parametrize("pipeline", ["full", "retrain"])
+def test_every_task_has_image_requests_and_run_id(compiled, pipeline):
+    _, spec, platform = compiled[pipeline]
+    executors = spec["deploymentSpec"]["executors"]
+    assert executors
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] in IMAGES.all(), f"{name}: {container['image']}"
+        assert not container["image"].endswith(":latest")
+        assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryRequest"], name
+        gpu = "accelerator" in container["resources"]
+        assert container["image"] == (IMAGES.train if gpu else IMAGES.base), name
+        # the KFP run id for MLflow tags comes from the pod label, never a parameter
+        assert {"name": "KFP_RUN_ID", "fieldPath": RUN_ID_FIELD_PATH} in k8s(platform, name)["fieldPathAsEnv"], name
+
+
+@pytest.mark.parametrize("pipeline", ["full", "retrain"])
+def test_no_credentials_in_yaml(compiled, pipeline):
+    text, _, platform = compiled[pipeline]
+    for value in PLANTED.values():
+        assert value not in text
+    for pattern in CREDENTIAL_PATTERNS:
+        assert not pattern.search(text), pattern.pattern
+    # secrets are referenced by name only
+    for name, config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        for use in config.get("secretAsEnv", []):
+            assert set(use) <= {"secretName", "secretNameParameter", "keyToEnv", "optional"}, name
+            assert use["secretName"] == secrets.S3_CREDENTIALS_SECRET
+
+
+def test_dataset_hash_keys_every_cached_task(compiled):
+    _, spec, _ = compiled["full"]
+    cached = [(name, t) for _, name, t in tasks(spec) if t.get("cachingOptions", {}).get("enableCache")]
+    executors = {executor_of(spec, t) for _, t in cached}
+    assert executors == {"exec-prepare-data", "exec-train-model", "exec-train-model-2"}
+    for name, task in cached:
+        source = task["inputs"]["parameters"]["dataset_hash"]["componentInputParameter"]
+        assert source in ("dataset_version", "pipelinechannel--dataset_version"), name
+    # the pipeline's own parameter is what feeds them, and it is required (no default)
+    assert "defaultValue" not in spec["root"]["inputDefinitions"]["parameters"]["dataset_version"]
+
+
+def test_retrain_caches_on_the_merged_version(compiled):
+    _, spec, _ = compiled["retrain"]
+    cached = [(name, t) for _, name, t in tasks(spec) if t.get("cachingOptions", {}).get("enableCache")]
+    assert {executor_of(spec, t) for _, t in cached} == {"exec-prepare-data", "exec-train-model"}
+    for name, task in cached:
+        binding = task["inputs"]["parameters"]["dataset_hash"]
+        # the new version's hash, from the merge task (directly or through the loop's channel)
+        producer = binding.get("taskOutputParameter", {}).get("producerTask") or binding.get("componentInputParameter")
+        assert "merge-inbox" in producer, name
+
+
+def test_compile_cli_takes_images_from_arguments(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", "--registry", "reg.example.com/x", "--version", "abc1234",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    text = (tmp_path / "full.yaml").read_text()
+    assert "reg.example.com/x/trashseg-train:abc1234" in text and (tmp_path / "retrain.yaml").is_file()
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", "--version", "latest", "--out", str(tmp_path / "no")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert refused.returncode == 2 and "never 'latest'" in refused.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_images_reject_bad_tags():
+    for tag in ("latest", "", "a b", "-x"):
+        with pytest.raises(ValueError, match="tag"):
+            Images("ghcr.io/trashseg", tag)
+    with pytest.raises(ValueError, match="registry"):
+        Images("Ghcr.io/Trash/", "abc")

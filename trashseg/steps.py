@@ -1,0 +1,411 @@
+"""Pipeline steps as plain functions: what each KFP component calls (one call per component).
+
+Each function takes local paths and plain values and does one step of the pipelines
+(pipelines/full.py, pipelines/retrain.py) by calling the library: pulling a dataset
+version, training with checkpoints mirrored to the object store, registering a bundle...
+Nothing here imports kfp; components/ hold only typed signatures around these calls, and
+the component tests call them with real files.
+
+The KFP run id reaches every MLflow run through the `KFP_RUN_ID` environment variable
+(trashseg.tracking reads it): the pipelines set it on every task, the local runner sets
+it for its whole run. Passing it as a parameter instead would make every run's cache key
+unique and disable KFP's caching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trashseg.errors import ConfigError, DataError
+from trashseg.tracking import KFP_RUN_ID_ENV, TrackingConfig
+
+log = logging.getLogger(__name__)
+
+# Which training output a model is used from: the best validation checkpoint when there
+# is one, else the last.
+CHECKPOINT_PREFERENCE = ("best.pt", "last.pt")
+# New labelled batches are merged into this annotation file of a dataset version, so the
+# version's val.json, the holdout every model is compared on, stays fixed.
+MERGE_INTO = "train.json"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a step records to MLflow, and which pipeline stage it is."""
+
+    tracking_uri: str
+    experiment: str
+    stage: str
+
+    def tracking(self) -> TrackingConfig:
+        return TrackingConfig(uri=self.tracking_uri or None, experiment=self.experiment)
+
+    def tags(self) -> dict[str, str]:
+        return {"kfp.stage": self.stage}
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def prepare_step(
+    data_store: str,
+    dataset_version: str,
+    out_dir: str | Path,
+    *,
+    report_path: str | Path,
+    stats_html_path: str | Path,
+    val_fraction: float,
+    seed: int,
+) -> str:
+    """Pull dataset version `dataset_version` from `data_store`, prepare it into `out_dir`.
+
+    The version is the content hash; the prepared data is re-hashed and must match, so a
+    cache hit on this parameter can only ever mean the same data. Returns the hash.
+    """
+    from trashseg.data.prepare import REPORT_MARKDOWN, prepare_dataset
+    from trashseg.reporting import stats_html
+    from trashseg.storage import open_store, pull_dataset
+
+    check_version(dataset_version)
+    store = open_store(data_store)
+    with tempfile.TemporaryDirectory(prefix="trashseg-pull-") as work:
+        source = Path(work) / "source"
+        pull_dataset(store, dataset_version, source)
+        result = prepare_dataset(source, out_dir, val_fraction=val_fraction, seed=seed)
+    if result.dataset_hash != dataset_version:
+        raise DataError(
+            f"dataset version {dataset_version} of {data_store} hashes to {result.dataset_hash} after download; "
+            "the stored version was altered — push the dataset again and use the new version"
+        )
+    shutil.copyfile(Path(out_dir) / REPORT_MARKDOWN, report_path)
+    stats_html(Path(out_dir) / "stats", stats_html_path, title=f"Dataset {dataset_version[:12]}")
+    return result.dataset_hash
+
+
+def check_version(dataset_version: str) -> None:
+    if dataset_version == "latest" or len(dataset_version) != 64 or not all(c in "0123456789abcdef" for c in dataset_version):
+        raise ConfigError(
+            f"dataset version {dataset_version!r} is not a content hash (64 hex digits); pipelines take the exact "
+            "version (see `trashseg data versions`), never 'latest', so KFP's cache keys on the data itself"
+        )
+
+
+def holdout_id(dataset_dir: str | Path, split: str = "val") -> str:
+    """Content hash of a split's annotation file and masks: scores are compared only on equal ids."""
+    from trashseg.data.layout import PreparedDataset
+
+    dataset = PreparedDataset(dataset_dir)
+    digest = hashlib.sha256(dataset.split_file(split).read_bytes())
+    for sample in dataset.samples(split):
+        if not sample.mask.is_file():
+            raise DataError(f"holdout split {split!r} of {dataset.root} has no mask for {sample.file_name}")
+        digest.update(sample.file_name.encode() + b"\0" + sample.mask.read_bytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainStepResult:
+    val_miou: float  # NaN when no validation ran
+    metrics: dict[str, float]
+    model_metadata: dict[str, str] = field(default_factory=dict)
+
+
+def model_checkpoint(model_dir: str | Path) -> Path:
+    model_dir = Path(model_dir)
+    for name in CHECKPOINT_PREFERENCE:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise DataError(f"{model_dir} holds no checkpoint ({' or '.join(CHECKPOINT_PREFERENCE)}); it is not a training output")
+
+
+def train_step(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    *,
+    architecture: str,
+    iterations: int,
+    image_size: int,
+    dataset_hash: str,
+    settings: Sequence[str],
+    checkpoint_store: str,
+    run: RunContext,
+    pseudo_dataset_dir: str | Path | None = None,
+    pseudo_ratio: float = 0.0,
+    init_bundle_dir: str | Path | None = None,
+) -> TrainStepResult:
+    """Train one architecture into `model_dir`.
+
+    `settings`: `key=value` overrides of TrainConfig. With `checkpoint_store` and a KFP run
+    id, checkpoints are mirrored to `<store>/<run id>/<stage>-<architecture>/` every
+    `checkpoint_interval` iterations, and a retried task resumes from there (training in
+    chunks is exact: resume reaches the same weights). `init_bundle_dir`: a registered
+    bundle whose weights for this architecture initialise the model (fine-tuning).
+    """
+    from trashseg.config import load_config
+    from trashseg.training import LAST_CHECKPOINT, TrainConfig, load_checkpoint_state, train
+
+    overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
+    if pseudo_dataset_dir is not None:
+        overrides.append(f"pseudo_ratio={pseudo_ratio}")
+    config = dataclasses.replace(load_config(TrainConfig, None, overrides), tracking=run.tracking())
+    tags = {**run.tags(), "dataset.version": dataset_hash}
+    model_dir = Path(model_dir)
+    # A fixed path: the resolved config (which holds it) must be equal when a retry resumes.
+    init_dir = Path(tempfile.gettempdir()) / "trashseg-init" / f"{run.stage}-{architecture}"
+    if init_bundle_dir is not None:
+        config = dataclasses.replace(config, pretrained=_export_bundle_weights(init_bundle_dir, architecture, init_dir))
+        tags["init.bundle"] = str(init_bundle_dir)
+    mirror = _checkpoint_mirror(checkpoint_store)
+    prefix = f"{run.stage}-{architecture}"
+    resume = mirror is not None and mirror.exists(f"{prefix}/last.pt")
+    if resume:
+        log.info("resuming %s from the checkpoint mirrored at %s", architecture, mirror.uri(prefix))
+        mirror.get_folder(prefix, model_dir)
+    done = _completed_iterations(model_dir) if resume else 0
+    # Without a mirror, one call; with one, a call per checkpoint interval, each
+    # followed by an upload, so a preempted node loses at most one interval.
+    chunk = config.checkpoint_interval if mirror is not None else config.iterations
+    while done < config.iterations:
+        stop = min(done + chunk, config.iterations)
+        done = train(
+            config, dataset_dir, model_dir, pseudo_dataset=pseudo_dataset_dir, resume=done > 0, tags=tags,
+            stop_after=stop,
+        ).iterations
+        if mirror is not None:
+            mirror.put_folder(model_dir, prefix)
+    # Read back from the checkpoint: a retry may find training already complete in the mirror.
+    final = load_checkpoint_state(model_dir / LAST_CHECKPOINT)
+    best = final["best_miou"] if final["best_miou"] is not None else math.nan
+    metrics = {"iterations": float(final["iteration"])}
+    if not math.isnan(best):
+        metrics["val_miou"] = best
+    metadata = {
+        "architecture": architecture,
+        "checkpoint": model_checkpoint(model_dir).name,
+        "dataset_version": dataset_hash,
+        "mlflow_run_id": final.get("mlflow_run_id") or "",
+    }
+    return TrainStepResult(best, metrics, metadata)
+
+
+def _checkpoint_mirror(checkpoint_store: str):
+    """The store under which this run's checkpoints are mirrored, or None (no store or no run id)."""
+    from trashseg.storage import open_store
+
+    run_id = os.environ.get(KFP_RUN_ID_ENV, "")
+    if not checkpoint_store or not run_id:
+        if checkpoint_store:
+            log.warning("%s is not set: checkpoints are not mirrored to %s", KFP_RUN_ID_ENV, checkpoint_store)
+        return None
+    return open_store(f"{checkpoint_store.rstrip('/')}/{run_id}")
+
+
+def _completed_iterations(model_dir: Path) -> int:
+    from trashseg.training import LAST_CHECKPOINT, load_checkpoint_state
+
+    return int(load_checkpoint_state(model_dir / LAST_CHECKPOINT)["iteration"])
+
+
+def _export_bundle_weights(bundle_dir: str | Path, architecture: str, out_dir: str | Path) -> str:
+    """Save a bundle model's weights as a transformers folder, which TrainConfig.pretrained loads."""
+    from trashseg.predict import load_checkpoint
+    from trashseg.registry import ModelBundle
+
+    model, _ = load_checkpoint(model_checkpoint(ModelBundle.open(bundle_dir).model_dir(architecture)))
+    model.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def predict_step(model_path: str | Path, dataset_dir: str | Path, split: str, out_dir: str | Path, *, architecture: str = "") -> int:
+    """Predict `split` with a training output folder, or with `architecture` of a bundle."""
+    from trashseg.predict import predict
+    from trashseg.registry import ModelBundle
+
+    model_dir = ModelBundle.open(model_path).model_dir(architecture) if architecture else Path(model_path)
+    return len(predict(model_checkpoint(model_dir), dataset_dir, split, out_dir).file_names)
+
+
+# ---------------------------------------------------------------------------- recipe
+
+
+@dataclass(frozen=True)
+class EnsembleStepResult:
+    val_miou: float
+    selected_stage: str
+    metrics: dict[str, float]
+
+
+def final_predictions(ensemble_dir: str | Path, split: str) -> Path:
+    path = Path(ensemble_dir) / "final" / split
+    if not path.is_dir():
+        raise DataError(f"{ensemble_dir} has no final predictions for split {split!r} ({path}); run the ensemble first")
+    return path
+
+
+def ensemble_step(
+    val_dirs: Sequence[str | Path],
+    test_dirs: Sequence[str | Path],
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    report_md: str | Path,
+    report_html: str | Path,
+    settings: Sequence[str],
+) -> EnsembleStepResult:
+    """The recipe (vote, CRF, consensus, gating) into `out_dir`; reports copied out."""
+    from trashseg.config import load_config
+    from trashseg.ensemble import EnsembleConfig, run_recipe
+
+    config = load_config(EnsembleConfig, None, settings)
+    result = run_recipe(val_dirs, test_dirs, dataset_dir, out_dir, config)
+    shutil.copyfile(result.report_files["markdown"], report_md)
+    shutil.copyfile(result.report_files["html"], report_html)
+    selected = result.scores[result.selected_stage]
+    metrics = {f"val_miou/{stage}": s.miou for stage, s in result.scores.items() if not math.isnan(s.miou)}
+    metrics["val_miou"] = selected.miou
+    metrics["val_pixel_accuracy"] = selected.pixel_accuracy
+    return EnsembleStepResult(selected.miou, result.selected_stage, metrics)
+
+
+def pseudo_label_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *, settings: Sequence[str]) -> int:
+    """Pseudo-label dataset from the ensemble's final predictions; returns the images kept."""
+    from trashseg.config import load_config
+    from trashseg.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
+
+    config = load_config(PseudoLabelConfig, None, settings)
+    result = make_pseudo_labels(final_predictions(ensemble_dir, config.split), dataset_dir, out_dir, config)
+    return len(result.kept)
+
+
+def submission_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_path: str | Path, *, split: str = "test") -> int:
+    """Write the CSV from the ensemble's final test predictions and validate it; returns rows."""
+    from trashseg.data.layout import PreparedDataset
+    from trashseg.submission import validate_submission, write_submission_from_predictions
+
+    annotations = PreparedDataset(dataset_dir).split_file(split)
+    rows = write_submission_from_predictions(final_predictions(ensemble_dir, split), annotations, out_path)
+    validate_submission(out_path, annotations)
+    return rows
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def bundle_step(model_dirs: Sequence[str | Path], dataset_dir: str | Path, bundle_dir: str | Path, *, dataset_hash: str) -> list[str]:
+    """One bundle of a round's training outputs, each found by the architecture in its config."""
+    from trashseg.data.layout import PreparedDataset
+    from trashseg.registry import write_bundle
+
+    models: dict[str, str | Path] = {}
+    for model_dir in model_dirs:
+        architecture = json.loads((Path(model_dir) / "config.json").read_text())["architecture"]
+        if architecture in models:
+            raise DataError(f"two trained models of architecture {architecture!r} given ({models[architecture]}, {model_dir})")
+        models[architecture] = model_dir
+    classes = PreparedDataset(dataset_dir).classes()
+    return list(write_bundle(models, bundle_dir, dataset_hash=dataset_hash, class_names=classes.names).architectures)
+
+
+def register_step(
+    bundle_dir: str | Path,
+    dataset_dir: str | Path,
+    decision_path: str | Path,
+    *,
+    score: float,
+    model_name: str,
+    min_improvement: float,
+    run: RunContext,
+) -> bool:
+    """Register the bundle as challenger; promote it if better on the val holdout."""
+    from trashseg.registry import register_and_promote
+
+    decision = register_and_promote(
+        bundle_dir,
+        model_name=model_name,
+        score=score,
+        holdout_id=holdout_id(dataset_dir),
+        tracking=run.tracking(),
+        run_tags=run.tags(),
+        min_improvement=min_improvement,
+    )
+    Path(decision_path).write_text(decision.to_markdown())
+    log.info("%s", decision.reason)
+    return decision.promoted
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    version: str
+    dataset_version: str
+    architectures: list[str]
+
+
+def fetch_champion_step(model_name: str, tracking_uri: str, out_dir: str | Path) -> ChampionInfo:
+    from trashseg.registry import TAG_DATASET, fetch_champion
+
+    champion = fetch_champion(model_name, out_dir, tracking_uri=tracking_uri)
+    return ChampionInfo(champion.version, champion.tags[TAG_DATASET], list(champion.bundle.architectures))
+
+
+# ---------------------------------------------------------------------------- retraining
+
+
+@dataclass(frozen=True)
+class InboxCheck:
+    base_version: str  # the dataset version the champion was trained on
+    batches: list[str]  # complete inbox batches that version does not include
+
+
+def check_inbox_step(data_store: str, model_name: str, tracking_uri: str) -> InboxCheck:
+    """New labelled batches since the champion's dataset version."""
+    from trashseg.registry import CHAMPION, TAG_DATASET, RegistryError, find_champion
+    from trashseg.storage import new_batches, open_store
+
+    champion = find_champion(model_name, tracking_uri)
+    if champion is None:
+        raise RegistryError(
+            f"registered model {model_name!r} has no {CHAMPION!r} at {tracking_uri}; run the full pipeline first"
+        )
+    base = champion.tags[TAG_DATASET]
+    batches = new_batches(open_store(data_store), base)
+    log.info("champion v%s was trained on %s; new inbox batches: %s", champion.version, base, batches or "none")
+    return InboxCheck(base, batches)
+
+
+def merge_inbox_step(data_store: str, base_version: str) -> str:
+    """Merge every new inbox batch into `base_version`; returns the new version (its hash)."""
+    from trashseg.storage import absorb_inbox, open_store
+
+    with tempfile.TemporaryDirectory(prefix="trashseg-merge-") as work:
+        manifest = absorb_inbox(open_store(data_store), base_version, work, into=MERGE_INTO)
+    if manifest is None:
+        raise DataError(f"no new inbox batches for dataset version {base_version} in {data_store}; nothing to merge")
+    return manifest.version
+
+
+def record_status_step(pipeline: str, state: str, error: str, summary_path: str | Path, *, run: RunContext, details: str = "") -> str:
+    """An MLflow run holding how a pipeline run ended, and the same as Markdown."""
+    from trashseg.tracking import TrackedRun
+
+    summary = f"## {pipeline}: {state}\n\n" + (f"{details}\n\n" if details else "") + (f"Error: `{error}`\n" if error else "")
+    Path(summary_path).write_text(summary)
+    tags = {**run.tags(), "trashseg.step": "status", "pipeline": pipeline, "pipeline.state": state}
+    with TrackedRun(run.tracking(), Path(summary_path).parent, run_name=f"{pipeline}-{state.lower()}", tags=tags) as tracked:
+        tracked.log_artifact(summary_path)
+    return state
