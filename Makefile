@@ -114,3 +114,31 @@ manifests: tools ## Render every kustomize overlay into build/manifests/
 deploy: tools ## Apply an overlay to the current kube context: make deploy OVERLAY=dev
 	@[ -d manifests/overlays/$(OVERLAY) ] || { echo "error: no overlay '$(OVERLAY)'; choose one of: $(OVERLAYS)" >&2; exit 1; }
 	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)
+
+##@ Pipelines
+
+# make demo: full.py through kfp.local on generated sample data (tiny models, CPU); MLflow
+# in $(DEMO_OUT)/mlflow.db. make submit/schedule talk to KFP_HOST (see README, "Running on
+# a cluster"); PARAMS are pipeline parameters, e.g. PARAMS="dataset_version=<hash>".
+DEMO_OUT ?= runs/demo
+GPUS ?= 1
+EXPERIMENT ?= trashseg
+KFP_HOST ?= http://localhost:8080
+CRON ?= 0 0 3 * * *
+PARAMS ?=
+
+.PHONY: demo
+demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few minutes)
+	$(PY) -m pipelines.local demo --out $(DEMO_OUT)
+
+.PHONY: compile
+compile: setup ## Compile build/full.yaml and build/retrain.yaml with images $(REGISTRY)/…:$(VERSION)
+	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --out $(BUILD)
+
+.PHONY: submit
+submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… PARAMS="dataset_version=…"
+	$(PY) -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --package $(BUILD)/full.yaml $(PARAMS)
+
+.PHONY: schedule
+schedule: compile ## Recurring retrain.yaml run: make schedule CRON="0 0 3 * * *" (UTC, 6 fields)
+	$(PY) -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --package $(BUILD)/retrain.yaml --cron "$(CRON)" $(PARAMS)
