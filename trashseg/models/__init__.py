@@ -24,7 +24,7 @@ from trashseg.models.mask2former import (
     mask2former_dinat_config,
     mask2former_swin_config,
 )
-from trashseg.models.segformer import SEGFORMER_VARIANTS, SegformerSegmentation, segformer_config
+from trashseg.models.segformer import SegformerSegmentation, segformer_config
 from trashseg.models.upernet import UperNetSegmentation, upernet_config
 
 __all__ = [
@@ -54,59 +54,45 @@ class ArchitectureSpec:
         return self.wrapper(self.name, num_classes, network)
 
 
-def _table() -> dict[str, ArchitectureSpec]:
-    entries: list[tuple[str, str, Callable[..., PretrainedConfig], type[SegmentationModel]]] = []
-    for size in ("t", "b", "l"):
-        entries.append(
-            (
-                f"mask2former-swin-{size}",
-                "mask2former",
-                partial(mask2former_swin_config, size),
-                Mask2FormerSegmentation,
-            )
-        )
-    entries.append(
-        (
-            "mask2former-dinat-l",
-            "mask2former",
-            partial(mask2former_dinat_config, "l"),
-            Mask2FormerSegmentation,
-        )
-    )
-    for backbone in ("swin", "convnext"):
-        for size in ("t", "b", "l"):
-            entries.append(
-                (
-                    f"upernet-{backbone}-{size}",
-                    "upernet",
-                    partial(upernet_config, backbone, size),
-                    UperNetSegmentation,
-                )
-            )
-    for variant in SEGFORMER_VARIANTS:
-        entries.append(
-            (
-                f"segformer-{variant}",
-                "segformer",
-                partial(segformer_config, variant),
-                SegformerSegmentation,
-            )
-        )
-    table = {}
-    for name, family, config, wrapper in entries:
-        for tiny in (False, True):
-            full_name = f"{name}-tiny" if tiny else name
-            table[full_name] = ArchitectureSpec(
-                full_name, family, partial(_call_config, config, tiny), wrapper, tiny
-            )
-    return table
+_M2F, _UPER, _SEG = Mask2FormerSegmentation, UperNetSegmentation, SegformerSegmentation
+
+# name -> (family, config builder taking (num_classes, tiny=...), wrapper). Every entry also gets
+# a "<name>-tiny" twin built from the same builder with tiny=True.
+_FULL_SIZE = {
+    "mask2former-swin-t": ("mask2former", partial(mask2former_swin_config, "t"), _M2F),
+    "mask2former-swin-b": ("mask2former", partial(mask2former_swin_config, "b"), _M2F),
+    "mask2former-swin-l": ("mask2former", partial(mask2former_swin_config, "l"), _M2F),
+    "mask2former-dinat-l": ("mask2former", partial(mask2former_dinat_config, "l"), _M2F),
+    "upernet-swin-t": ("upernet", partial(upernet_config, "swin", "t"), _UPER),
+    "upernet-swin-b": ("upernet", partial(upernet_config, "swin", "b"), _UPER),
+    "upernet-swin-l": ("upernet", partial(upernet_config, "swin", "l"), _UPER),
+    "upernet-convnext-t": ("upernet", partial(upernet_config, "convnext", "t"), _UPER),
+    "upernet-convnext-b": ("upernet", partial(upernet_config, "convnext", "b"), _UPER),
+    "upernet-convnext-l": ("upernet", partial(upernet_config, "convnext", "l"), _UPER),
+    "segformer-b0": ("segformer", partial(segformer_config, "b0"), _SEG),
+    "segformer-b1": ("segformer", partial(segformer_config, "b1"), _SEG),
+    "segformer-b2": ("segformer", partial(segformer_config, "b2"), _SEG),
+    "segformer-b3": ("segformer", partial(segformer_config, "b3"), _SEG),
+    "segformer-b4": ("segformer", partial(segformer_config, "b4"), _SEG),
+    "segformer-b5": ("segformer", partial(segformer_config, "b5"), _SEG),
+}
 
 
 def _call_config(config: Callable[..., PretrainedConfig], tiny: bool, num_classes: int):
     return config(num_classes, tiny=tiny)
 
 
-ARCHITECTURES: dict[str, ArchitectureSpec] = _table()
+def _with_tiny_twins() -> dict[str, ArchitectureSpec]:
+    table = {}
+    for name, (family, config, wrapper) in _FULL_SIZE.items():
+        for tiny in (False, True):
+            spec_name = f"{name}-tiny" if tiny else name
+            make_config = partial(_call_config, config, tiny)
+            table[spec_name] = ArchitectureSpec(spec_name, family, make_config, wrapper, tiny)
+    return table
+
+
+ARCHITECTURES: dict[str, ArchitectureSpec] = _with_tiny_twins()
 
 
 def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -> SegmentationModel:

@@ -16,7 +16,6 @@ _SEGFORMER_SIZES = {
     "b4": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 8, 27, 3], decoder_hidden_size=768),
     "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], decoder_hidden_size=768),
 }
-SEGFORMER_VARIANTS = tuple(_SEGFORMER_SIZES)
 
 
 def segformer_config(variant: str, num_classes: int, *, tiny: bool) -> SegformerConfig:
