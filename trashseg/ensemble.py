@@ -347,10 +347,11 @@ def run_recipe(
         for name, prediction in zip(names, sets, strict=True):
             _check_prediction_set(prediction, name, split, samples[split], classes.names)
     consensus_ids = _consensus_model_ids(names, config)
-    if config.pinned_stage and config.pinned_stage not in (*names, *ENSEMBLE_STAGES):
+    candidates = (*names, *_enabled_stages(config))
+    if config.pinned_stage and config.pinned_stage not in candidates:
         raise ConfigError(
-            f"pinned_stage {config.pinned_stage!r} is not a stage or model; "
-            f"choose from {', '.join((*names, *ENSEMBLE_STAGES))}"
+            f"pinned_stage {config.pinned_stage!r} is not a model or an enabled stage; "
+            f"choose from {', '.join(candidates)}"
         )
 
     if config.weights:
@@ -679,6 +680,18 @@ def _check_target(file_name: str, target: np.ndarray, prediction: np.ndarray) ->
             f"{file_name!r}: ground-truth mask is {target.shape[1]}x{target.shape[0]} but the "
             f"predictions are {prediction.shape[1]}x{prediction.shape[0]}; predict at the image's resolution"
         )
+
+
+def _enabled_stages(config: EnsembleConfig) -> tuple[str, ...]:
+    refined = config.crf_enabled or config.consensus_enabled
+    enabled = {
+        SOFT_VOTE: True,
+        HARD_VOTE: True,
+        CRF: config.crf_enabled,
+        CONSENSUS: config.consensus_enabled,
+        GATING: config.gating_enabled and refined,
+    }
+    return tuple(stage for stage in ENSEMBLE_STAGES if enabled[stage])
 
 
 def _best_stage(scores: dict[str, SegmentationScores], stages: Sequence[str]) -> str:

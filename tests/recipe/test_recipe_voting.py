@@ -202,8 +202,9 @@ def test_recipe_on_constructed_predictions(tmp_path):
         assert pinned.scores[stage].matrix == result.scores[stage].matrix
     final_val = PredictionSet.open(pinned.final_dirs["val"])
     np.testing.assert_array_equal(final_val.mask("val/0.png"), PredictionSet.open(tmp_path / "out" / "stages" / "hard_vote" / "val").mask("val/0.png"))
-    with pytest.raises(ConfigError, match="pinned_stage 'nope' is not a stage or model; choose from arch0"):
-        run_recipe(val_dirs, test_dirs, tmp_path / "data", tmp_path / "out3", EnsembleConfig(pinned_stage="nope"))
+    with pytest.raises(ConfigError, match="pinned_stage 'crf' is not a model or an enabled stage; choose from arch0"):
+        run_recipe(val_dirs, test_dirs, tmp_path / "data", tmp_path / "out3",
+                   EnsembleConfig(pinned_stage="crf", crf_enabled=False))
     with pytest.raises(DataError, match="not the same models in the same order"):
         run_recipe(val_dirs, test_dirs[::-1], tmp_path / "data", tmp_path / "out4", config)
     # An error inside a worker reaches the caller, naming the image.
