@@ -61,7 +61,9 @@ def test_checkpoint_of_another_family_is_rejected(tmp_path):
         build_model("upernet-convnext-t-tiny", NUM_CLASSES, pretrained=str(tmp_path))
 
 
-def write_dinat_checkpoint(folder, config: DinatConfig, backbone_state: dict) -> dict:
+def write_dinat_checkpoint(
+    folder, config: DinatConfig, backbone_state: dict, file_name: str = "model.safetensors"
+) -> dict:
     """A checkpoint laid out as transformers' DinatForImageClassification saves it: "dinat."
     prefixed backbone tensors, one relative position bias per layer, a final norm and a head."""
     config.save_pretrained(folder)
@@ -79,11 +81,15 @@ def write_dinat_checkpoint(folder, config: DinatConfig, backbone_state: dict) ->
     width = config.embed_dim * 2 ** (len(config.depths) - 1)
     weights["dinat.layernorm.weight"] = torch.randn(width)
     weights["classifier.weight"] = torch.randn(3, width)
-    save_file(weights, str(folder / "model.safetensors"))
+    if file_name == "model.safetensors":
+        save_file(weights, str(folder / file_name))
+    else:  # the older format some published DiNAT checkpoints ship
+        torch.save(weights, folder / file_name)
     return weights
 
 
-def test_dinat_imagenet_checkpoint_initialises_the_backbone_by_name(tmp_path, caplog):
+@pytest.mark.parametrize("file_name", ["model.safetensors", "pytorch_model.bin"])
+def test_dinat_imagenet_checkpoint_initialises_the_backbone_by_name(file_name, tmp_path, caplog):
     torch.manual_seed(0)
     reference = build_model("mask2former-dinat-l-tiny", NUM_CLASSES)
     backbone = reference.network.model.pixel_level_module.encoder
@@ -99,7 +105,9 @@ def test_dinat_imagenet_checkpoint_initialises_the_backbone_by_name(tmp_path, ca
         "encoder.levels.0.downsample.reduction.weight",
         "hidden_states_norms.stage1.weight",
     } <= set(backbone.state_dict())
-    weights = write_dinat_checkpoint(tmp_path, DinatConfig(**DINAT_TINY), backbone.state_dict())
+    weights = write_dinat_checkpoint(
+        tmp_path, DinatConfig(**DINAT_TINY), backbone.state_dict(), file_name
+    )
 
     with caplog.at_level(logging.WARNING, logger="trashseg"):
         model = build_model("mask2former-dinat-l-tiny", NUM_CLASSES, pretrained=str(tmp_path))

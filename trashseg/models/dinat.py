@@ -324,10 +324,7 @@ def load_dinat_weights(backbone: DinatBackbone, pretrained: str) -> None:
     Relative position biases (no natten 0.21 equivalent) and tensors without a counterpart are
     skipped and logged; a checkpoint providing under half of the backbone's tensors is refused.
     """
-    from safetensors.torch import load_file
-    from transformers.utils import cached_file
-
-    weights = load_file(cached_file(pretrained, "model.safetensors"))
+    weights = _read_weights(pretrained)
     own = backbone.state_dict()
     loaded, skipped = {}, []
     for key, tensor in weights.items():
@@ -355,3 +352,25 @@ def load_dinat_weights(backbone: DinatBackbone, pretrained: str) -> None:
         json.dumps(sorted(set(skipped) - set(relative_biases))[:20]),
         json.dumps(not_loaded[:20]),
     )
+
+
+def _read_weights(pretrained: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors from model.safetensors, or from the older pytorch_model.bin that
+    some published DiNAT checkpoints still ship."""
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    safetensors_file = cached_file(
+        pretrained, "model.safetensors", _raise_exceptions_for_missing_entries=False
+    )
+    if safetensors_file is not None:
+        return load_file(safetensors_file)
+    torch_file = cached_file(
+        pretrained, "pytorch_model.bin", _raise_exceptions_for_missing_entries=False
+    )
+    if torch_file is None:
+        raise ConfigError(
+            f"DiNAT checkpoint {pretrained!r} has neither model.safetensors nor pytorch_model.bin; "
+            "expected a transformers checkpoint folder or hub id."
+        )
+    return torch.load(torch_file, map_location="cpu", weights_only=True)
