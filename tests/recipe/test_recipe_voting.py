@@ -8,6 +8,8 @@ from recipe_builders import one_hot, write_dataset, write_predictions
 from trashseg.crf import CrfConfig, dense_crf
 from trashseg.data.layout import PreparedDataset
 from trashseg.ensemble import (
+    EnsembleConfig,
+    GatingDecision,
     apply_gating,
     consensus_overwrite,
     decide_gating,
@@ -121,7 +123,7 @@ def test_consensus_area_limit_keeps_only_small_components():
         consensus_overwrite(refined, [agreed, agreed], k=3, num_classes=4)
 
 
-def test_gating_picks_the_better_source_per_class():
+def test_gating_picks_the_better_source_per_class(tmp_path):
     truth = np.zeros((10, 10), np.uint8)
     truth[0:4, 0:4] = 1
     truth[6:10, 6:10] = 2
@@ -139,6 +141,8 @@ def test_gating_picks_the_better_source_per_class():
     assert decision.use_ensemble == (False, True, False)
     assert decision.to_dict()["classes"]["one"]["source"] == "soft_vote"
     assert decision.to_dict()["classes"]["two"]["source"] == "consensus"
+    decision.save(tmp_path / "gating.json")
+    assert GatingDecision.load(tmp_path / "gating.json") == decision
     gated, from_ensemble = apply_gating(ensemble, refined, decision.use_ensemble)
     np.testing.assert_array_equal(gated, truth)  # each class from its better source
     assert from_ensemble[0:4, 0:4].all() and not from_ensemble[6:10, 6:10].any()
@@ -211,3 +215,16 @@ def test_recipe_on_constructed_predictions(tmp_path):
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(PreparedDataset(tmp_path / "data").mask_path("val/1.png"))
     with pytest.raises(DataError, match="'val/1.png': ground-truth mask is 32x32 but the predictions are 64x64"):
         run_recipe(val_dirs, test_dirs, tmp_path / "data", tmp_path / "out5", EnsembleConfig(weights=(1, 1, 1), workers=2))
+
+
+def test_ensemble_config_is_validated():
+    from trashseg.config import load_config
+
+    with pytest.raises(ConfigError, match="consensus_k must be >= 1, got 0"):
+        EnsembleConfig(consensus_k=0)
+    with pytest.raises(ConfigError, match=r"weights must be >= 0 and not all 0, got \[0.0, 0.0\]"):
+        EnsembleConfig(weights=(0.0, 0.0))
+    with pytest.raises(ConfigError, match="unknown key.*consensus_kk.*valid keys are: background_class"):
+        load_config(EnsembleConfig, None, ["consensus_kk=2"])
+    config = load_config(EnsembleConfig, None, ["crf.iterations=3", "weights=[2,1]", "pinned_stage=crf"])
+    assert config.crf.iterations == 3 and config.weights == (2.0, 1.0)
