@@ -1,0 +1,80 @@
+"""Pseudo-label mixing, gradient accumulation, AMP, the architectures command, and CUDA."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trashseg.cli import main
+from trashseg.config import from_mapping
+from trashseg.data.layout import PreparedDataset
+from trashseg.errors import DataError
+from trashseg.training import TrainConfig, _KeySampler, _Stream, train
+
+
+def _tiny(**changes):
+    values = dict(architecture="segformer-b0-tiny", image_size=48, batch_size=2, iterations=2, warmup_iters=0,
+                  eval_interval=0, log_interval=1, num_workers=0, tracking={"enabled": False})
+    values.update(changes)
+    return from_mapping(TrainConfig, values)
+
+
+def _pseudo_copy(sample_dataset, root):
+    """A pseudo-label dataset in the shared layout: uncertain pixels are 255 (ignore)."""
+    shutil.copytree(sample_dataset, root)
+    dataset = PreparedDataset(root)
+    for sample in dataset.samples("train"):
+        mask = np.array(Image.open(sample.mask))
+        mask[: mask.shape[0] // 2] = 255
+        Image.fromarray(mask).save(sample.mask)
+    return root
+
+
+def test_each_batch_mixes_labelled_and_pseudo_samples_in_ratio():
+    streams = [_Stream(list(range(10)), per_batch=3, weights=None), _Stream(list(range(4)), per_batch=1, weights=None)]
+    batches = list(_KeySampler(streams, seed=0, start=0, end=5, grad_accum=1, rank=0, world=1))
+    assert all([key[0] for key in batch] == [0, 0, 0, 1] for batch in batches)
+    pseudo = [key[1] for batch in batches for key in batch if key[0] == 1]
+    assert sorted(pseudo[:4]) == [0, 1, 2, 3], "the pseudo stream cycles through its own images"
+
+
+def test_training_with_pseudo_labels_grad_accumulation_and_bf16(sample_dataset, tmp_path):
+    pseudo = _pseudo_copy(sample_dataset, tmp_path / "pseudo")
+    config = _tiny(batch_size=4, pseudo_ratio=0.5, grad_accum=2, amp="bf16", checkpoint_interval=1)
+    result = train(config, sample_dataset, tmp_path / "run", pseudo_dataset=pseudo)
+    state = torch.load(result.last_checkpoint, weights_only=True)
+    assert state["iteration"] == 2 and state["config"]["pseudo_ratio"] == 0.5
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_pseudo_dataset_with_other_classes_is_rejected(sample_dataset, tmp_path):
+    pseudo = tmp_path / "pseudo"
+    shutil.copytree(sample_dataset, pseudo)
+    records = json.loads((pseudo / "classes.json").read_text())
+    records[1]["name"] = "Trash"
+    (pseudo / "classes.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match="pseudo-label dataset .* has classes .*'Trash'"):
+        train(_tiny(batch_size=2, pseudo_ratio=0.5), sample_dataset, tmp_path / "run", pseudo_dataset=pseudo)
+
+
+def test_architectures_command_lists_names_with_parameter_counts(capsys):
+    assert main(["architectures"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: line.split()[1] for line in lines}
+    assert "segformer-b0-tiny" in table and "mask2former-swin-l" in table
+    assert float(table["mask2former-swin-l"].rstrip("M")) > float(table["mask2former-swin-t"].rstrip("M")) > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_in_bf16_and_prediction(sample_dataset, tmp_path):
+    from trashseg.predict import predict
+
+    result = train(_tiny(iterations=3, eval_interval=3, amp="auto"), sample_dataset, tmp_path / "run")
+    assert result.best_miou is not None
+    predictions = predict(result.best_checkpoint, sample_dataset, "val", tmp_path / "pred", tta_flip=True)
+    probs = predictions.probs(predictions.file_names[0])
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=0.03)
