@@ -435,6 +435,8 @@ def train(
 
     `stop_after` ends the run after that many optimizer steps (a time-boxed or preempted
     run) while keeping the schedule of `config.iterations`; `resume=True` continues it.
+    `pseudo_dataset` is a prepared dataset of pseudo-labelled images (its `train` split,
+    255 = ignore); `config.pseudo_ratio` of every batch is drawn from it.
     """
     from trashseg.models import build_model
 

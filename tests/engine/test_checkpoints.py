@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from trashseg.cli import main
 from trashseg.config import from_mapping
 from trashseg.errors import ConfigError
 from trashseg.predict import load_checkpoint
@@ -74,3 +75,15 @@ def test_existing_run_is_never_overwritten_and_resume_checks_the_config(sample_d
     assert (tmp_path / "last.pt").read_bytes() == before
     with pytest.raises(ConfigError, match="lr: 0.001 -> 0.01"):
         train(_config(architecture="segformer-b0-tiny", iterations=2, eval_interval=0, lr=1e-2), sample_dataset, tmp_path, resume=True)
+
+
+def test_cli_time_boxed_run_then_resume(sample_dataset, tmp_path, capsys):
+    common = ["train", "--data", str(sample_dataset), "--out", str(tmp_path), "--set", "architecture=segformer-b0-tiny",
+              "--set", "image_size=48", "--set", "iterations=2", "--set", "warmup_iters=0", "--set", "eval_interval=0",
+              "--set", "num_workers=0", "--set", "tracking.enabled=false"]
+    assert main([*common, "--stop-after", "1"]) == 0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 1
+    assert main([*common, "--resume"]) == 0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2
+    out = capsys.readouterr().out
+    assert json.loads(out[out.rindex("{\n") :])["last_checkpoint"] == str(tmp_path / "last.pt")

@@ -90,3 +90,4 @@ def test_two_process_ddp_run_on_cpu(sample_dataset, tmp_path):
     assert meta.architecture == "segformer-b0-tiny" and model.num_classes == 11
     # only rank 0 logs progress lines
     assert done.stderr.count("train segformer-b0-tiny 3/3") == 1
+    assert json.loads(done.stdout)["last_checkpoint"] == str(out / "last.pt")

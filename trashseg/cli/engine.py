@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--pseudo", help="pseudo-label dataset folder mixed in at config pseudo_ratio")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     train.add_argument(
+        "--stop-after", type=int, metavar="N",
+        help="end after N iterations keeping the full schedule (a time-boxed run; continue with --resume)",
+    )
+    train.add_argument(
         "--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)"
     )
     train.set_defaults(func=run_train)
@@ -71,13 +75,18 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import os
+
     from trashseg.config import load_config
     from trashseg.training import TrainConfig, train
 
     config = load_config(TrainConfig, args.config, args.overrides)
     result = train(
-        config, args.data, args.out, pseudo_dataset=args.pseudo, resume=args.resume, tags=_parse_tags(args.tag)
+        config, args.data, args.out, pseudo_dataset=args.pseudo, resume=args.resume, tags=_parse_tags(args.tag),
+        stop_after=args.stop_after,
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(json.dumps({
         "output_dir": str(result.output_dir),
         "last_checkpoint": str(result.last_checkpoint),
