@@ -340,6 +340,18 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _gather_rng_states(dist_info: _Dist) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (so each rank resumes its own stream)."""
+    state = _rng_state()
+    if dist_info.world == 1:
+        return [state]
+    import torch.distributed as dist
+
+    states: list = [None] * dist_info.world
+    dist.all_gather_object(states, state)
+    return states
+
+
 def _dataset_hash(dataset: PreparedDataset) -> str | None:
     import json
 
@@ -518,7 +530,14 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) != dist_info.world:
+            log.warning(
+                "%s was written by %d process(es), this run has %d: model-side randomness (dropout, point "
+                "sampling) restarts from rank 0's state, so the result will not match an uninterrupted run",
+                last_path, len(per_rank), dist_info.world,
+            )
+        _set_rng_state(per_rank[dist_info.rank] if len(per_rank) == dist_info.world else per_rank[0])
         start, best_miou, best_iteration = state["iteration"], state["best_miou"], state["best_iteration"]
         run_id = state.get("mlflow_run_id")
         if start >= end:
@@ -576,7 +595,7 @@ def train(
                 tracked.log_config(config)
             run_id = tracked.run_id
 
-    def checkpoint_state(iteration: int, full: bool) -> dict[str, Any]:
+    def checkpoint_state(iteration: int, full: bool, rng_states: list | None = None) -> dict[str, Any]:
         state = {
             "format": CHECKPOINT_FORMAT,
             "architecture": config.architecture,
@@ -597,7 +616,8 @@ def train(
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict(),
-                rng=_rng_state(),
+                rng=rng_states[0],
+                rng_per_rank=rng_states,
             )
         return state
 
@@ -671,8 +691,9 @@ def train(
                         save_checkpoint(best_path, checkpoint_state(done, full=False))
                 _barrier(dist_info)
             if done % config.checkpoint_interval == 0 or done == end:
+                rng_states = _gather_rng_states(dist_info)
                 if dist_info.is_main:
-                    save_checkpoint(last_path, checkpoint_state(done, full=True))
+                    save_checkpoint(last_path, checkpoint_state(done, full=True, rng_states=rng_states))
                 _barrier(dist_info)
         status = "FINISHED" if end == config.iterations else "KILLED"
     finally:

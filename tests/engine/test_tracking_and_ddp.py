@@ -71,23 +71,34 @@ def test_local_sqlite_default_and_batched_metrics(sample_dataset, tmp_path, monk
         assert len(client.get_metric_history(tracked.run_id, "b")) == 3
 
 
-def test_two_process_ddp_run_on_cpu(sample_dataset, tmp_path):
-    out = tmp_path / "ddp"
+def _torchrun_train(dataset, out, *extra):
     trashseg = str(Path(sys.executable).parent / "trashseg")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
-        trashseg, "train", "--data", str(sample_dataset), "--out", str(out),
+        trashseg, "train", "--data", str(dataset), "--out", str(out),
         "--set", "architecture=segformer-b0-tiny", "--set", "image_size=48", "--set", "batch_size=2",
         "--set", "iterations=3", "--set", "warmup_iters=1", "--set", "eval_interval=3", "--set", "num_workers=0",
-        "--set", "log_interval=1", "--set", "tracking.enabled=false",
+        "--set", "log_interval=1", "--set", "tracking.enabled=false", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
-    state = torch.load(out / "last.pt", weights_only=True)
+    return done
+
+
+def test_two_process_ddp_run_on_cpu_trains_and_resumes_exactly(sample_dataset, tmp_path):
+    done = _torchrun_train(sample_dataset, tmp_path / "ddp")
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and state["iteration"] == 3
-    model, meta = load_checkpoint(out / "best.pt")
+    assert len(state["rng_per_rank"]) == 2
+    model, meta = load_checkpoint(tmp_path / "ddp" / "best.pt")
     assert meta.architecture == "segformer-b0-tiny" and model.num_classes == 11
-    # only rank 0 logs progress lines
+    # only rank 0 logs progress and reports
     assert done.stderr.count("train segformer-b0-tiny 3/3") == 1
-    assert json.loads(done.stdout)["last_checkpoint"] == str(out / "last.pt")
+    assert json.loads(done.stdout)["last_checkpoint"] == str(tmp_path / "ddp" / "last.pt")
+
+    _torchrun_train(sample_dataset, tmp_path / "split", "--stop-after", "1")
+    _torchrun_train(sample_dataset, tmp_path / "split", "--resume")
+    resumed = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    for key, tensor in state["model"].items():
+        assert torch.equal(tensor, resumed["model"][key]), key
