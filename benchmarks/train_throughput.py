@@ -3,7 +3,8 @@
 Prints, per architecture, images/s and peak memory of forward+backward (AdamW step
 included), then inference images/s with and without AMP and TTA (flip x 3 scales).
 On a GPU it runs the full-size models at 512x512 in bf16; on CPU the `-tiny` variants
-(default 128x128 to keep it short; `--size 512` for the stated size).
+(default 128x128 to keep it short; `--size 512` for the stated size). Figures are
+medians of per-step times; on a shared CPU, OMP_NUM_THREADS=1 gives steadier numbers.
 
     python benchmarks/train_throughput.py [--size N] [--batch-size B] [--steps S] [--only NAME ...]
 """
@@ -85,13 +86,8 @@ def train_throughput(model, device, size, batch_size, steps, amp_dtype) -> tuple
     model.train()
     step()  # warm-up: allocator, kernels, lazy init
     with PeakMemory(device) as memory:
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        elapsed = time.perf_counter() - start
-    return steps * batch_size / elapsed, memory.mib
+        seconds = _timed(step, steps, device)
+    return batch_size / seconds, memory.mib
 
 
 def inference_throughput(model, device, size, batch_size, steps, amp_dtype, tta: bool) -> float:
@@ -101,12 +97,19 @@ def inference_throughput(model, device, size, batch_size, steps, amp_dtype, tta:
                   amp_dtype=amp_dtype, flip=tta, scales=TTA_SCALES if tta else (1.0,))
     model.eval()
     predict_probabilities(model, images, **kwargs)
-    _sync(device)
-    start = time.perf_counter()
+    return batch_size / _timed(lambda: predict_probabilities(model, images, **kwargs), steps, device)
+
+
+def _timed(fn, steps: int, device: torch.device) -> float:
+    """Median seconds of one call: robust to the odd step slowed by other load on shared machines."""
+    times = []
     for _ in range(steps):
-        predict_probabilities(model, images, **kwargs)
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def main() -> None:
@@ -114,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512 if gpu else 128)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5 if gpu else 2)
+    parser.add_argument("--steps", type=int, default=5 if gpu else 3)
     parser.add_argument("--only", nargs="*", help="architecture names (default: all; tiny variants on CPU)")
     args = parser.parse_args()
 
