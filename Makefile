@@ -132,7 +132,7 @@ demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few 
 	$(PY) -m pipelines.local demo --out $(DEMO_OUT)
 
 .PHONY: compile
-compile: setup ## Compile build/full.yaml and build/retrain.yaml with images $(REGISTRY)/…:$(VERSION)
+compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task)
 	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --out $(BUILD)
 
 .PHONY: submit

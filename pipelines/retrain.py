@@ -81,7 +81,7 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                 ).set_display_name("prepare")
                 dataset = prepared.outputs["dataset"]
                 finetuned = train_round(
-                    settings, champion.outputs["architectures"], dataset, merged.output, iterations, image_size,
+                    settings, champion.outputs["Output"], dataset, merged.output, iterations, image_size,
                     train_settings, checkpoint_store, tracking_uri, experiment, stage="finetune",
                     init_bundle=champion.outputs["bundle"],
                 )
