@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -81,7 +82,11 @@ def _torchrun_train(dataset, out, *extra):
         "--set", "log_interval=1", "--set", "tracking.enabled=false", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    except subprocess.TimeoutExpired as error:
+        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
+        pytest.fail(f"torchrun did not finish in 300 s; its log ends:\n{stderr[-4000:]}")
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
