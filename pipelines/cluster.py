@@ -3,8 +3,9 @@
 Everything a task needs from the cluster is set through these helpers, so every task of
 both pipelines gets the same treatment: its image from `components.images`, CPU/memory
 requests, the KFP run id as `KFP_RUN_ID` (from the pod's `pipeline/runid` label, so it
-never enters a cache key), and, only where the task touches the object store, the S3
-settings and credentials from the ConfigMap/Secret named in `trashseg.secrets`.
+never enters a cache key), and, only where the task needs them, the S3 settings and
+credentials (ConfigMap and Secret) and the optional MLflow credentials (Secret), all named
+in `trashseg.secrets`.
 GPU tasks also get the accelerator request, GPU tolerations and node selector, and
 /dev/shm as a memory-backed emptyDir (PyTorch DataLoader workers share tensors there;
 the container default of 64 MiB is far too small).
@@ -63,6 +64,14 @@ def object_store_access(task: PipelineTask) -> PipelineTask:
     return task
 
 
+def mlflow_access(task: PipelineTask) -> PipelineTask:
+    """MLflow client credentials from their Secret, when the cluster has one (optional)."""
+    kubernetes.use_secret_as_env(
+        task, secrets.MLFLOW_CREDENTIALS_SECRET, secrets.MLFLOW_CREDENTIALS_SECRET_TO_ENV, optional=True
+    )
+    return task
+
+
 def cpu_task(
     task: PipelineTask,
     settings: ClusterSettings,
@@ -70,6 +79,7 @@ def cpu_task(
     cpu: str | None = None,
     memory: str | None = None,
     object_store: bool = False,
+    mlflow: bool = False,
     cache: bool = False,
 ) -> PipelineTask:
     task.set_container_image(settings.images.base)
@@ -78,11 +88,13 @@ def cpu_task(
     run_id_env(task)
     if object_store:
         object_store_access(task)
+    if mlflow:
+        mlflow_access(task)
     return task
 
 
 def gpu_task(
-    task: PipelineTask, settings: ClusterSettings, *, retries: bool, cache: bool, object_store: bool
+    task: PipelineTask, settings: ClusterSettings, *, retries: bool, cache: bool, object_store: bool, mlflow: bool
 ) -> PipelineTask:
     task.set_container_image(settings.images.train)
     task.set_cpu_request(settings.train_cpu).set_memory_request(settings.train_memory)
@@ -101,6 +113,8 @@ def gpu_task(
     run_id_env(task)
     if object_store:
         object_store_access(task)
+    if mlflow:
+        mlflow_access(task)
     return task
 
 

@@ -62,6 +62,7 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
         status = cpu_task(
             record_status(pipeline="full", tracking_uri=tracking_uri, experiment=experiment),
             settings,
+            mlflow=True,
         )
         with dsl.ExitHandler(status, name="full-run"):
             prepared = cpu_task(

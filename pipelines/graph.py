@@ -29,14 +29,14 @@ def train_round(
                 dataset_hash=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
                 tracking_uri=tracking_uri, experiment=experiment, stage=stage, **extra,
             ),
-            settings, retries=True, cache=True, object_store=True,
+            settings, retries=True, cache=True, object_store=True, mlflow=True,
         ).set_display_name(f"train-{stage}")
         model = trained.outputs["model"]
         predictions = {}
         for split in ("val", "test"):
             predictions[split] = gpu_task(
                 predict(model=model, dataset=dataset, split=split),
-                settings, retries=False, cache=False, object_store=False,
+                settings, retries=False, cache=False, object_store=False, mlflow=False,
             ).set_display_name(f"predict-{stage}-{split}")
         cpu_task(
             evaluate(predictions=predictions["val"].outputs["predictions"], dataset=dataset, split="val", title=architecture),
@@ -81,8 +81,9 @@ def finish_round(
         ).set_display_name("submission")
     cpu_task(
         register_model(
-            bundle=stage_outputs["bundle"], dataset=dataset, score=ensembled.outputs["Output"], model_name=model_name, min_improvement=min_improvement,
-            tracking_uri=tracking_uri, experiment=experiment,
+            bundle=stage_outputs["bundle"], dataset=dataset, score=ensembled.outputs["Output"], model_name=model_name,
+            min_improvement=min_improvement, tracking_uri=tracking_uri, experiment=experiment,
         ),
         settings,
+        mlflow=True,
     ).set_display_name("register")

@@ -56,12 +56,14 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
         status = cpu_task(
             record_status(pipeline="retrain", tracking_uri=tracking_uri, experiment=experiment),
             settings,
+            mlflow=True,
         )
         with dsl.ExitHandler(status, name="retrain-run"):
             inbox = cpu_task(
                 check_inbox(data_store=data_store, model_name=model_name, tracking_uri=tracking_uri),
                 settings,
                 object_store=True,
+                mlflow=True,
             ).set_display_name("check-inbox")
             with dsl.If(inbox.outputs["new_batches"] > 0, name="new-data"):
                 merged = cpu_task(
@@ -72,6 +74,7 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                 champion = cpu_task(
                     fetch_champion(model_name=model_name, tracking_uri=tracking_uri),
                     settings,
+                    mlflow=True,
                 ).set_display_name("fetch-champion")
                 prepared = cpu_task(
                     prepare_data(source=data_store, dataset_hash=merged.output, val_fraction=val_fraction, seed=split_seed),
@@ -96,6 +99,7 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                         base_version=inbox.outputs["base_version"], tracking_uri=tracking_uri, experiment=experiment
                     ),
                     settings,
+                    mlflow=True,
                 ).set_display_name("no-new-data")
 
     return retrain_pipeline

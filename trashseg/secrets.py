@@ -9,6 +9,8 @@ environment variables.
     ConfigMap trashseg-storage       TRASHSEG_S3_ENDPOINT, TRASHSEG_S3_SECURE, AWS_REGION,
                                      TRASHSEG_BUCKET
     Secret trashseg-postgres         POSTGRES_USER, POSTGRES_PASSWORD (MLflow's database only)
+    Secret trashseg-mlflow-credentials  MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
+                                     (optional: only for an MLflow server with authentication)
 
 Each Secret/ConfigMap key is named like the environment variable it becomes, so the
 mappings below are identities; they exist so callers never spell a name twice.
@@ -36,6 +38,12 @@ STORAGE_CONFIG_MAP_TO_ENV = {
 # MLflow's PostgreSQL credentials; read only by the database and the tracking server.
 POSTGRES_SECRET = "trashseg-postgres"
 POSTGRES_SECRET_KEYS = ("POSTGRES_USER", "POSTGRES_PASSWORD")
+
+# Optional MLflow client credentials, for a tracking server behind authentication (the
+# in-cluster one below has none). Pipeline tasks that talk to MLflow read this Secret
+# when it exists (`use_secret_as_env(..., optional=True)`); MLflow reads the env vars.
+MLFLOW_CREDENTIALS_SECRET = "trashseg-mlflow-credentials"
+MLFLOW_CREDENTIALS_SECRET_TO_ENV = {name: name for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
 
 # The in-cluster tracking server (manifests/base/mlflow.yaml). Clients need no S3
 # credentials: the server proxies artifacts to the object store.
