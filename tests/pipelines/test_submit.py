@@ -60,3 +60,97 @@ def test_cron_needs_six_fields():
     assert check_cron("0  0 3 * * *") == "0 0 3 * * *"
     with pytest.raises(SubmitError, match="has 5 fields; KFP needs 6"):
         check_cron("0 3 * * *")
+
+
+CREATED = "2026-01-01T00:00:00Z"
+
+
+class RecordingKfpApi:
+    """A KFP API endpoint on 127.0.0.1 that answers what `kfp run create` and the recurring-run
+    client call, and records each request; lets the tests read what would reach a cluster."""
+
+    def __init__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, body, status=200):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                api.requests.append(("GET", self.path, None))
+                path = self.path.split("?")[0]
+                if path == "/apis/v2beta1/healthz":
+                    return self._reply({"multi_user": False})
+                if path == "/apis/v2beta1/experiments":
+                    return self._reply({"experiments": [], "total_size": 0})
+                if path.startswith("/apis/v2beta1/runs/"):
+                    return self._reply({"run_id": path.rsplit("/", 1)[1], "display_name": "r", "state": "PENDING", "created_at": CREATED})
+                return self._reply({"error": "not found"}, 404)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                api.requests.append(("POST", self.path, body))
+                if self.path == "/apis/v2beta1/experiments":
+                    return self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
+                if self.path == "/apis/v2beta1/runs":
+                    return self._reply({"run_id": "run-1", "display_name": body["display_name"], "state": "PENDING", "created_at": CREATED})
+                if self.path == "/apis/v2beta1/recurringruns":
+                    return self._reply({"recurring_run_id": "rr-1", "display_name": body["display_name"], "created_at": CREATED})
+                return self._reply({"error": "not found"}, 404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def posted(self, path):
+        return [body for method, p, body in self.requests if method == "POST" and p == path]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def kfp_api():
+    api = RecordingKfpApi()
+    yield api
+    api.close()
+
+
+def test_submit_runs_kfp_run_create_with_the_parameters(packages, kfp_api):
+    code = main(["run", "--host", kfp_api.url, "--experiment", "nightly", "--package", str(packages["full"]),
+                 "dataset_version=" + "a" * 64, "iterations=10"])
+    assert code == 0
+    assert kfp_api.posted("/apis/v2beta1/experiments")[0]["display_name"] == "nightly"
+    (run,) = kfp_api.posted("/apis/v2beta1/runs")
+    assert run["experiment_id"] == "exp-1"
+    assert run["runtime_config"]["parameters"] == {"dataset_version": "a" * 64, "iterations": 10}
+    # the compiled package travels whole: the pipeline and its Kubernetes settings
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "trashseg-full"
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-train-model"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_schedule_creates_one_recurring_run_without_catch_up(packages, kfp_api):
+    code = main(["schedule", "--host", kfp_api.url, "--experiment", "retrain", "--package", str(packages["retrain"]),
+                 "--cron", "0 0 3 * * *"])
+    assert code == 0
+    (recurring,) = kfp_api.posted("/apis/v2beta1/recurringruns")
+    assert recurring["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert int(recurring["max_concurrency"]) == 1 and recurring["no_catchup"] is True
+    assert recurring["experiment_id"] == "exp-1" and recurring["mode"] == "ENABLE"
+    assert recurring["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "trashseg-retrain"
