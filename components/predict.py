@@ -12,9 +12,8 @@ def predict(
     dataset: Input[Dataset],
     split: str,
     predictions: Output[Dataset],
-    architecture: str = "",
 ) -> int:
-    """`model`: a train_model output, or a bundle plus `architecture`. Returns the image count."""
+    """`model`: a train_model output. Returns the number of images predicted."""
     from trashseg.steps import predict_step
 
-    return predict_step(model.path, dataset.path, split, predictions.path, architecture=architecture)
+    return predict_step(model.path, dataset.path, split, predictions.path)

@@ -32,16 +32,17 @@ log = logging.getLogger("trashseg.local")
 DEMO_ARCHITECTURES = ["segformer-b0-tiny", "upernet-convnext-t-tiny"]
 DEMO_SAMPLE_IMAGES = 40
 DEMO_IMAGE_SIZE = 64
-DEMO_ITERATIONS = 150
+DEMO_ITERATIONS = 300
 # A high learning rate without weight decay: tiny random-init models learn the sample
-# classes in a few hundred steps (tests/engine/test_learning.py uses the same recipe).
+# classes in a few hundred steps (tests/engine/test_learning.py uses the same recipe);
+# measured here: val mIoU ~0.18 for both after 300 steps, ~2.4x the majority class.
 DEMO_TRAIN_SETTINGS = [
-    "batch_size=4",
-    "lr=1e-3",
+    "batch_size=8",
+    "lr=3e-3",
     "weight_decay=0.0",
     "warmup_iters=10",
     "eval_interval=0",
-    "log_interval=25",
+    "log_interval=50",
     "num_workers=0",
     "augment.scale_range=[0.75,1.25]",
 ]
@@ -185,24 +186,22 @@ def run_retrain(
 
 def summary(run: LocalRun) -> str:
     db = run.tracking_uri[len("sqlite:///"):]
-    lines = [
-        "",
-        f"pipeline run {run.kfp_run_id}: every task's outputs are under {run.run_dir}",
-    ]
+    lines = ["", f"pipeline run {run.kfp_run_id}: every task's outputs are under", f"  {run.run_dir}/"]
     for label, prefix, name in (
         ("submission CSV", "make-submission", "submission"),
-        ("stage report (Markdown)", "ensemble-crf", "report"),
-        ("stage report (HTML)", "ensemble-crf", "report_html"),
+        ("stage reports (Markdown)", "ensemble-crf", "report"),
+        ("stage reports (HTML)", "ensemble-crf", "report_html"),
         ("evaluation pages (HTML)", "evaluate", "report"),
         ("registry decision", "register-model", "decision"),
         ("run status", "record-status", "summary"),
     ):
-        for path in run.outputs(prefix, name):
-            lines.append(f"  {label:26s} {path}")
+        paths = run.outputs(prefix, name)
+        if paths:
+            lines.append(f"  {label}:")
+            lines += [f"    {path.relative_to(run.run_dir)}" for path in paths]
     lines += [
-        f"  {'MLflow runs':26s} {run.tracking_uri} (tagged kfp.run_id={run.kfp_run_id})",
-        "",
-        "Browse the MLflow runs and the model registry:",
+        f"MLflow runs (tagged kfp.run_id={run.kfp_run_id}) and the model registry: {run.tracking_uri}",
+        "Browse them with:",
         f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000   # then open http://127.0.0.1:5000",
     ]
     return "\n".join(lines)

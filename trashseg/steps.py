@@ -232,12 +232,10 @@ def _export_bundle_weights(bundle_dir: str | Path, architecture: str, out_dir: s
 # ---------------------------------------------------------------------------- inference
 
 
-def predict_step(model_path: str | Path, dataset_dir: str | Path, split: str, out_dir: str | Path, *, architecture: str = "") -> int:
-    """Predict `split` with a training output folder, or with `architecture` of a bundle."""
+def predict_step(model_dir: str | Path, dataset_dir: str | Path, split: str, out_dir: str | Path) -> int:
+    """Predict `split` with a training output folder's checkpoint; returns the image count."""
     from trashseg.predict import predict
-    from trashseg.registry import ModelBundle
 
-    model_dir = ModelBundle.open(model_path).model_dir(architecture) if architecture else Path(model_path)
     return len(predict(model_checkpoint(model_dir), dataset_dir, split, out_dir).file_names)
 
 
