@@ -96,6 +96,9 @@ def init_local(out: Path, tracking_uri: str) -> str:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
     run_id = f"local-{uuid.uuid4().hex[:12]}"
     os.environ[KFP_RUN_ID_ENV] = run_id  # inherited by every task subprocess
+    # Two tasks share the cores (LOCAL_SETTINGS.parallelism): one torch thread each avoids
+    # oversubscription, which slows both by far more than the lost intra-op parallelism.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     return run_id
 
 

@@ -33,7 +33,9 @@ MODEL = "trashseg-e2e"
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KFP_RUN_ID", "unset")  # the runner sets its own; restored afterwards
+        # the runner sets both for its tasks; restored afterwards
+        patch.setenv("KFP_RUN_ID", "unset")
+        patch.setenv("OMP_NUM_THREADS", "1")
         run = run_full(
             out, **TINY, sample_images=16, pseudo_round=True, pseudo_ratio=0.5, model_name=MODEL,
             pseudo_settings=["tau=0.05", "min_confident_fraction=0.0"],
