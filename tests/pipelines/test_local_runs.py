@@ -93,6 +93,7 @@ def test_retrain_without_new_data_ends_early(full_run):
     out, first = full_run
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KFP_RUN_ID", "unset")
+        patch.setenv("OMP_NUM_THREADS", "1")
         run = run_retrain(out, **_retrain_settings(), model_name=MODEL)
     assert not list(run.run_dir.glob("**/train-model*"))
     (note,) = run.outputs("record-no-new-data", "summary")
@@ -112,6 +113,7 @@ def test_retrain_with_new_batch_promotes_only_if_better(full_run, tmp_path):
     push_batch(_labelled_batch(tmp_path / "b1", seed=11), store, "batch-1")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KFP_RUN_ID", "unset")
+        patch.setenv("OMP_NUM_THREADS", "1")
         # any score beats the champion's by more than -1: promoted
         better = run_retrain(out, **_retrain_settings(), model_name=MODEL, min_improvement=-1.0)
     champion = client.get_model_version_by_alias(MODEL, CHAMPION)
@@ -130,6 +132,7 @@ def test_retrain_with_new_batch_promotes_only_if_better(full_run, tmp_path):
     push_batch(_labelled_batch(tmp_path / "b2", seed=12), store, "batch-2")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KFP_RUN_ID", "unset")
+        patch.setenv("OMP_NUM_THREADS", "1")
         # nothing beats it by more than 1 (mIoU <= 1): kept as challenger
         worse = run_retrain(out, **_retrain_settings(), model_name=MODEL, min_improvement=1.0)
     challenger = client.get_model_version_by_alias(MODEL, CHALLENGER)
