@@ -45,10 +45,11 @@ class CheckpointMeta:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on `device`, CheckpointMeta) from a `last.pt` or `best.pt`."""
+    """(model in eval mode on `device`, CheckpointMeta) from a `.pt` file or a training output folder."""
     from trashseg.models import build_model
-    from trashseg.training import load_checkpoint_state
+    from trashseg.training import load_checkpoint_state, resolve_checkpoint
 
+    path = resolve_checkpoint(path)
     state = load_checkpoint_state(path, map_location="cpu")
     classes = ClassTable.from_json(state["classes"])
     model = build_model(state["architecture"], classes.num_classes)

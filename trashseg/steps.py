@@ -31,9 +31,6 @@ from trashseg.tracking import KFP_RUN_ID_ENV, TrackingConfig
 
 log = logging.getLogger(__name__)
 
-# Which training output a model is used from: the best validation checkpoint when there
-# is one, else the last.
-CHECKPOINT_PREFERENCE = ("best.pt", "last.pt")
 # New labelled batches are merged into this annotation file of a dataset version, so the
 # version's val.json, the holdout every model is compared on, stays fixed.
 MERGE_INTO = "train.json"
@@ -123,14 +120,6 @@ class TrainStepResult:
     model_metadata: dict[str, str] = field(default_factory=dict)
 
 
-def model_checkpoint(model_dir: str | Path) -> Path:
-    model_dir = Path(model_dir)
-    for name in CHECKPOINT_PREFERENCE:
-        if (model_dir / name).is_file():
-            return model_dir / name
-    raise DataError(f"{model_dir} holds no checkpoint ({' or '.join(CHECKPOINT_PREFERENCE)}); it is not a training output")
-
-
 def train_step(
     dataset_dir: str | Path,
     model_dir: str | Path,
@@ -155,7 +144,13 @@ def train_step(
     bundle whose weights for this architecture initialise the model (fine-tuning).
     """
     from trashseg.config import load_config
-    from trashseg.training import LAST_CHECKPOINT, TrainConfig, load_checkpoint_state, train
+    from trashseg.training import (
+        LAST_CHECKPOINT,
+        TrainConfig,
+        load_checkpoint_state,
+        resolve_checkpoint,
+        train,
+    )
 
     overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
     if pseudo_dataset_dir is not None:
@@ -194,7 +189,7 @@ def train_step(
         metrics["val_miou"] = best
     metadata = {
         "architecture": architecture,
-        "checkpoint": model_checkpoint(model_dir).name,
+        "checkpoint": resolve_checkpoint(model_dir).name,
         "dataset_version": dataset_hash,
         "mlflow_run_id": final.get("mlflow_run_id") or "",
     }
@@ -224,7 +219,7 @@ def _export_bundle_weights(bundle_dir: str | Path, architecture: str, out_dir: s
     from trashseg.predict import load_checkpoint
     from trashseg.registry import ModelBundle
 
-    model, _ = load_checkpoint(model_checkpoint(ModelBundle.open(bundle_dir).model_dir(architecture)))
+    model, _ = load_checkpoint(ModelBundle.open(bundle_dir).model_dir(architecture))
     model.save_pretrained(out_dir)
     return str(out_dir)
 
@@ -236,7 +231,7 @@ def predict_step(model_dir: str | Path, dataset_dir: str | Path, split: str, out
     """Predict `split` with a training output folder's checkpoint; returns the image count."""
     from trashseg.predict import predict
 
-    return len(predict(model_checkpoint(model_dir), dataset_dir, split, out_dir).file_names)
+    return len(predict(model_dir, dataset_dir, split, out_dir).file_names)
 
 
 # ---------------------------------------------------------------------------- recipe

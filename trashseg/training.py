@@ -375,10 +375,21 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a training output folder's best.pt (else its last.pt)."""
     path = Path(path)
+    if path.is_dir():
+        path = next((path / name for name in ("best.pt", "last.pt") if (path / name).is_file()), path / "best.pt")
     if not path.is_file():
-        raise DataError(f"checkpoint {path} not found; train first (`trashseg train`) or pass an existing .pt file")
+        raise DataError(
+            f"checkpoint {path} not found; train first (`trashseg train`), or pass a .pt file "
+            "or a training output folder"
+        )
+    return path
+
+
+def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
+    path = resolve_checkpoint(path)
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a trashseg checkpoint (format {CHECKPOINT_FORMAT}); it was not written by `trashseg train`")

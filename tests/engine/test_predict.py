@@ -78,3 +78,10 @@ def test_cli_predict_evaluate_round_trip(trained_checkpoint, sample_dataset, tmp
     assert json.loads((tmp_path / "m.json").read_text())["class_names"][10] == "Clothing"
     assert main(["predict", "--checkpoint", str(trained_checkpoint), "--data", str(sample_dataset),
                  "--out", str(pred), "--tta-scales", "1,x"]) == 2
+
+
+def test_a_training_output_folder_loads_its_best_checkpoint(trained_checkpoint, tmp_path):
+    _, from_folder = load_checkpoint(trained_checkpoint.parent)
+    assert from_folder.path == trained_checkpoint.parent / "best.pt" == trained_checkpoint
+    with pytest.raises(DataError, match="training output folder"):
+        load_checkpoint(tmp_path)  # an empty folder: neither best.pt nor last.pt
