@@ -30,12 +30,13 @@ log = logging.getLogger("trashseg.local")
 # of the recipe; tiny Mask2Former trains ~5x slower per step on CPU (its matching loss),
 # so the demo leaves it to the GPU runs (the end-to-end test still runs it).
 DEMO_ARCHITECTURES = ["segformer-b0-tiny", "upernet-convnext-t-tiny"]
-DEMO_SAMPLE_IMAGES = 40
-DEMO_IMAGE_SIZE = 64
-DEMO_ITERATIONS = 300
+DEMO_SAMPLE_IMAGES = 80
+DEMO_IMAGE_SIZE = 96
+DEMO_ITERATIONS = 600
 # A high learning rate without weight decay: tiny random-init models learn the sample
 # classes in a few hundred steps (tests/engine/test_learning.py uses the same recipe);
-# measured here: val mIoU ~0.18 for both after 300 steps, ~2.4x the majority class.
+# measured here (80 images at 96 px, 600 steps, ~2.5 min for the whole demo on 2 cores):
+# val mIoU 0.59 and 0.65 per model, 0.69 for the gated ensemble; all-background scores ~0.08.
 DEMO_TRAIN_SETTINGS = [
     "batch_size=8",
     "lr=3e-3",
