@@ -213,3 +213,21 @@ def evaluate(
     path.write_text(json.dumps({"split": split, **scores.to_dict()}, indent=2) + "\n")
     log.info("%s on %s: mIoU %.4f, pixel accuracy %.4f", prediction_dir, split, scores.miou, scores.pixel_accuracy)
     return scores
+
+
+def majority_class_scores(dataset_dir: str | Path, split: str = "val") -> SegmentationScores:
+    """Scores of the trivial predictor that paints every pixel the split's most common class.
+
+    The floor any trained model must clear: a model that learned only the class prior
+    scores about this.
+    """
+    from trashseg.training import read_mask
+
+    dataset = PreparedDataset(dataset_dir)
+    classes = dataset.classes()
+    masks = [read_mask(sample.mask, classes.num_classes) for sample in dataset.samples(split)]
+    counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)[: classes.num_classes]
+    matrix = ConfusionMatrix(classes.num_classes, classes.names)
+    for mask in masks:
+        matrix.update(np.full_like(mask, counts.argmax()), mask)
+    return matrix.compute()
