@@ -1,5 +1,6 @@
 """Shared test fixtures. Tests stay fast on 2 CPU cores: tiny models, small generated data."""
 
+import contextlib
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -44,48 +45,62 @@ def sample_dataset(tmp_path_factory):
     return root / "prepared"
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts); yields its URI."""
-    import shutil
+@contextlib.contextmanager
+def _running_mlflow_server(root, artifacts_destination: str, env: dict | None = None, timeout_s: float = 120):
+    """Run a real `mlflow server` on 127.0.0.1 (SQLite backend in `root`, proxied artifacts
+    at `artifacts_destination`) until the block ends; yields its URI."""
+    import signal
     import subprocess
     import sys
     import time
     import urllib.request
-    from pathlib import Path
 
-    root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    mlflow = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    log_file = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [
-            mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-        ],
-        stdout=log_file, stderr=subprocess.STDOUT, cwd=root,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {process.returncode}: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not healthy after 120 s: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        process.terminate()
+    log_path = root / "mlflow-server.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                "--serve-artifacts", "--artifacts-destination", artifacts_destination,
+            ],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=root,
+            start_new_session=True,  # its own process group: the server and its workers stop together
+        )
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log_file.close()
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"mlflow server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server not healthy after {timeout_s} s:\n{log_path.read_text()[-2000:]}")
+                time.sleep(0.5)
+            yield uri
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def start_mlflow_server():
+    """`with start_mlflow_server(root, artifacts_destination, env) as uri:` a real server."""
+    return _running_mlflow_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied local artifacts); yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with _running_mlflow_server(root, str(root / "artifacts")) as uri:
+        yield uri

@@ -7,15 +7,10 @@ over HTTP with none, and its artifacts land in the bucket.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from cluster_helpers import FAKE_KEY, FAKE_SECRET, S3_REGION, free_port, new_bucket, s3_settings
+from cluster_helpers import FAKE_KEY, FAKE_SECRET, S3_REGION, new_bucket, s3_settings
 
 from trashseg.storage import S3Store
 
@@ -23,9 +18,9 @@ SERVER_START_TIMEOUT_S = 90
 
 
 @pytest.fixture
-def mlflow_server_on_s3(moto_endpoint, tmp_path):
+def mlflow_server_on_s3(start_mlflow_server, moto_endpoint, tmp_path):
+    """The server alone gets S3 credentials and the endpoint, as on the cluster."""
     bucket = new_bucket(moto_endpoint)
-    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))},
         "MLFLOW_S3_ENDPOINT_URL": f"http://{moto_endpoint}",
@@ -33,39 +28,8 @@ def mlflow_server_on_s3(moto_endpoint, tmp_path):
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
         "AWS_DEFAULT_REGION": S3_REGION,
     }
-    log = open(tmp_path / "mlflow-server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--serve-artifacts", "--artifacts-destination", f"s3://{bucket}/mlflow"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-        start_new_session=True,  # its own process group: the server and its workers stop together
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited with {server.returncode}:\n{(tmp_path / 'mlflow-server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S}s:\n"
-                            f"{(tmp_path / 'mlflow-server.log').read_text()}")
-            time.sleep(0.5)
+    with start_mlflow_server(tmp_path, f"s3://{bucket}/mlflow", env) as url:
         yield url, bucket
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def test_run_artifacts_land_in_the_bucket(mlflow_server_on_s3, moto_endpoint, tmp_path, monkeypatch):
