@@ -14,8 +14,6 @@ from cluster_helpers import FAKE_KEY, FAKE_SECRET, S3_REGION, new_bucket, s3_set
 
 from trashseg.storage import S3Store
 
-SERVER_START_TIMEOUT_S = 90
-
 
 @pytest.fixture
 def mlflow_server_on_s3(start_mlflow_server, moto_endpoint, tmp_path):
