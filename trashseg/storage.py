@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from trashseg import secrets
+from trashseg.data.prepare import dataset_hash
 from trashseg.errors import ConfigError, DataError, UserError
 from trashseg.progress import Progress
 
@@ -654,13 +655,6 @@ class DatasetManifest:
         return sum(f.size for f in self.files)
 
 
-def dataset_version(folder: str | Path) -> str:
-    """The content hash that names a dataset version (annotation files and image bytes)."""
-    from trashseg.data.prepare import dataset_hash
-
-    return dataset_hash(Path(folder))
-
-
 def _version_prefix(version: str) -> str:
     return _join(DATASETS_PREFIX, version)
 
@@ -679,7 +673,7 @@ def push_dataset(
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} does not exist or is not a folder")
-    version = dataset_version(folder)
+    version = dataset_hash(folder)
     manifest_key = _join(_version_prefix(version), MANIFEST_NAME)
     if store.exists(manifest_key):
         log.info("dataset version %s already in %s; nothing to upload", version, store.uri())

@@ -8,6 +8,7 @@ from cluster_helpers import FAKE_KEY, FAKE_SECRET, make_batch, make_dataset
 
 from trashseg import storage
 from trashseg.cli import main
+from trashseg.data.prepare import dataset_hash
 
 
 def test_push_versions_pull_inbox_on_local_store(tmp_path, capsys):
@@ -15,7 +16,7 @@ def test_push_versions_pull_inbox_on_local_store(tmp_path, capsys):
     folder = make_dataset(tmp_path / "ds")
     assert main(["data", "push", str(folder), "--store", store]) == 0
     version = capsys.readouterr().out.strip()
-    assert version == storage.dataset_version(folder)
+    assert version == dataset_hash(folder)
 
     assert main(["data", "versions", "--store", store]) == 0
     assert capsys.readouterr().out.startswith(version)

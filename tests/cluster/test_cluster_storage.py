@@ -19,6 +19,7 @@ from cluster_helpers import (
 )
 
 from trashseg import storage
+from trashseg.data.prepare import dataset_hash
 from trashseg.errors import ConfigError, DataError
 from trashseg.storage import (
     IntegrityError,
@@ -169,7 +170,7 @@ def test_interrupted_local_write_leaves_no_object(tmp_path, monkeypatch):
 def test_dataset_versions_push_pull(store, tmp_path):
     folder = make_dataset(tmp_path / "ds")
     manifest = storage.push_dataset(folder, store)
-    assert manifest.version == storage.dataset_version(folder)
+    assert manifest.version == dataset_hash(folder)
     local_files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     assert {f.key for f in manifest.files} == set(local_files)
     for f in manifest.files:
@@ -182,7 +183,7 @@ def test_dataset_versions_push_pull(store, tmp_path):
     storage.pull_dataset(store, "latest", pulled)
     for rel, path in local_files.items():
         assert (pulled / rel).read_bytes() == path.read_bytes()
-    assert storage.dataset_version(pulled) == manifest.version
+    assert dataset_hash(pulled) == manifest.version
 
     write_image(folder / "batch_01/0000.jpg", seed=99)
     second = storage.push_dataset(folder, store)
@@ -216,7 +217,7 @@ def test_interrupted_dataset_push_publishes_no_version(store, tmp_path, monkeypa
     monkeypatch.undo()
     assert storage.list_versions(store) == []
     assert not any(k.endswith("manifest.json") for k in store.keys())
-    assert storage.push_dataset(folder, store).version == storage.dataset_version(folder)  # resumable
+    assert storage.push_dataset(folder, store).version == dataset_hash(folder)  # resumable
 
 
 def test_inbox_new_batches_and_merge(store, tmp_path):
