@@ -121,5 +121,8 @@ class ClassTable:
     def load(cls, path: str | Path) -> ClassTable:
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"class table {path} not found; it is written by `trashseg masks`/prepare")
+            raise DataError(
+                f"class table {path} not found: is {path.parent} a prepared dataset? "
+                "Create one with `trashseg prepare SOURCE OUT`"
+            )
         return cls.from_json(json.loads(path.read_text()))
