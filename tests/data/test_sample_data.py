@@ -47,7 +47,7 @@ def test_splits_hold_every_class_and_test_is_unlabelled(sample):
         else:
             assert categories == set(range(1, 11)), f"{split} lacks {set(range(1, 11)) - categories}"
     assert sizes == {"train": 28, "val": 6, "test": 6}
-    assert all(im["file_name"].startswith(f"images/{s}/") for s in sizes for im in load_coco(sample / f"{s}.json").images)
+    assert all(im["file_name"].startswith(f"{s}/") for s in sizes for im in load_coco(sample / f"{s}.json").images)
 
 
 def test_rare_classes_are_rarer_and_overlaps_small_objects_and_crowds_occur(tmp_path):

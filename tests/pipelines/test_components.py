@@ -205,7 +205,7 @@ def test_register_then_retrain_components(world, tmp_path, monkeypatch):
     batch = tmp_path / "batch"
     generate_sample_dataset(tmp_path / "more", images=4, size=48, seed=9)
     (batch / "images").mkdir(parents=True)
-    (tmp_path / "more" / "images").rename(batch / "images" / "images")  # file_names are images/<split>/...
+    (tmp_path / "more" / "train").rename(batch / "images" / "train")  # file_names are train/...
     (tmp_path / "more" / "train.json").rename(batch / "annotations.json")
     push_batch(batch, world.store, "batch-1")
     found = check_inbox.python_func(data_store=store, model_name="components", tracking_uri=world.tracking_uri)

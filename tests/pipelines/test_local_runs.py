@@ -151,6 +151,6 @@ def _labelled_batch(folder: Path, seed: int) -> Path:
     generated = folder / "generated"
     generate_sample_dataset(generated, images=4, size=48, seed=seed)
     (folder / "batch" / "images").mkdir(parents=True)
-    shutil.move(generated / "images", folder / "batch" / "images" / "images")  # file_name = images/<split>/...
+    shutil.move(generated / "train", folder / "batch" / "images" / "train")  # file_name = train/...
     shutil.move(generated / "train.json", folder / "batch" / "annotations.json")
     return folder / "batch"

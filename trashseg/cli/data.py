@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample = subparsers.add_parser(
         "sample-data",
         help="write a deterministic synthetic COCO trash dataset",
-        description="Write OUT/{train,val,test}.json and JPEGs under OUT/images/<split>/ "
+        description="Write OUT/{train,val,test}.json and JPEGs under OUT/<split>/ "
         "(70/15/15 split; test has no annotations). Same arguments give byte-identical files.",
     )
     sample.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")

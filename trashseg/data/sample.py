@@ -2,7 +2,7 @@
 
     OUT/train.json, OUT/val.json   images + polygon (a few crowd RLE) annotations
     OUT/test.json                  images only, `annotations: []` (like the real test set)
-    OUT/images/<split>/<id>.jpg    JPEGs; file_name is relative to OUT
+    OUT/<split>/<id>.jpg           JPEGs; file_name (`<split>/<id>.jpg`) is relative to OUT
 
 Each of the 10 foreground classes of the default taxonomy has its own shape, colour and
 texture (with mild jitter), bold enough that tiny models learn them in a few CPU epochs.
@@ -161,7 +161,7 @@ def generate_sample_dataset(
         for index in range(sizes[split]):
             # One generator per image: any image can be reproduced on its own.
             rng = np.random.default_rng([seed, image_id])
-            file_name = f"images/{split}/{index:06d}.jpg"
+            file_name = f"{split}/{index:06d}.jpg"  # relative to OUT, like the reference data's batch folders
             picture, objects = _draw_image(rng, size, _object_classes(rng, index))
             target = out_dir / file_name
             target.parent.mkdir(parents=True, exist_ok=True)
