@@ -66,3 +66,19 @@ def test_bad_override_and_missing_file_are_explained(tmp_path):
         load_config(Outer, tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="missing 1 required"):
         load_config(Outer, None, [])
+
+
+def test_parse_assignments_keeps_equals_in_values_and_names_the_flag():
+    from trashseg.config import parse_assignments
+
+    assert parse_assignments(["a=1", "b=x=y", "a=2"]) == {"a": "2", "b": "x=y"}
+    with pytest.raises(ConfigError, match=r"--tag 'team' must look like key=value \(e.g. team=vision\)"):
+        parse_assignments(["team"], what="--tag", example="team=vision")
+
+
+def test_train_cli_rejects_a_malformed_tag_before_training(tmp_path, caplog):
+    from trashseg.cli import main
+
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--tag", "oops"]) == 2
+    assert "--tag 'oops' must look like key=value" in caplog.text
+    assert not (tmp_path / "run").exists()

@@ -64,16 +64,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4)")
+    for key, raw in parse_assignments(overrides).items():
         target = data
         *parents, leaf = key.split(".")
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = yaml.safe_load(raw) if raw else ""
     return from_mapping(cls, data)
+
+
+def parse_assignments(items: Iterable[str], *, what: str = "override", example: str = "lr=1e-4") -> dict[str, str]:
+    """`key=value` strings -> {key: raw value} (a value may itself hold '='; the last key wins)."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r} must look like key=value (e.g. {example})")
+        pairs[key] = value
+    return pairs
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -57,16 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     architectures.set_defaults(func=run_architectures)
 
 
-def _parse_tags(items: list[str]) -> dict[str, str]:
-    tags = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--tag {item!r} must look like key=value")
-        tags[key] = value
-    return tags
-
-
 def _parse_scales(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
@@ -77,12 +67,12 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 def run_train(args: argparse.Namespace) -> int:
     import os
 
-    from trashseg.config import load_config
+    from trashseg.config import load_config, parse_assignments
     from trashseg.training import TrainConfig, train
 
     config = load_config(TrainConfig, args.config, args.overrides)
     result = train(
-        config, args.data, args.out, pseudo_dataset=args.pseudo, resume=args.resume, tags=_parse_tags(args.tag),
+        config, args.data, args.out, pseudo_dataset=args.pseudo, resume=args.resume, tags=parse_assignments(args.tag, what="--tag", example="team=vision"),
         stop_after=args.stop_after,
     )
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
