@@ -22,11 +22,14 @@ from pathlib import Path
 
 import yaml
 
+from trashseg.config import parse_assignments
+from trashseg.errors import UserError
+
 HEALTH_PATH = "/apis/v2beta1/healthz"
 PROBE_TIMEOUT_S = 5.0
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     """Something to tell the user, with the fix; exits with status 2."""
 
 
@@ -49,16 +52,6 @@ def check_endpoint(host: str, timeout: float = PROBE_TIMEOUT_S) -> None:
             "Set KFP_HOST to your cluster's pipelines API, or port-forward it first: "
             "kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 (then KFP_HOST=http://localhost:8080)"
         ) from None
-
-
-def parse_params(items: list[str]) -> dict[str, str]:
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SubmitError(f"pipeline parameter {item!r} must look like key=value (e.g. dataset_version=<hash>)")
-        params[key] = value
-    return params
 
 
 def check_params(package: Path, params: dict[str, str]) -> None:
@@ -134,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--name", default="trashseg-retrain", help="recurring run name")
     args = parser.parse_args(argv)
     try:
-        params = parse_params(args.params)
+        params = parse_assignments(args.params, what="pipeline parameter", example="dataset_version=<hash>")
         if args.action == "run":
             return submit_run(args.host, args.experiment, args.package, params)
         return schedule_run(args.host, args.experiment, args.package, args.cron, params, args.name)
-    except SubmitError as error:
+    except UserError as error:  # SubmitError, or a malformed key=value (ConfigError)
         print(f"error: {error}", file=sys.stderr)
         return 2
 
