@@ -53,3 +53,13 @@ def test_prediction_set_rejects_wrong_class_count_and_missing_folder(tmp_path):
         created.add("x.jpg", np.zeros((3, 4, 4)))
     with pytest.raises(DataError, match="not a prediction folder"):
         PredictionSet.open(tmp_path / "missing")
+
+
+def test_a_real_class_at_category_zero_gets_its_own_class_id():
+    # The public 60-class trash dataset has "Aluminium foil" at COCO id 0.
+    table = ClassTable.from_categories([{"id": 17, "name": "c"}, {"id": 0, "name": "Aluminium foil"}, {"id": 5, "name": "b"}])
+    assert table.names == ("Background", "Aluminium foil", "b", "c")
+    assert table.category_to_class == {0: 1, 5: 2, 17: 3}
+    assert not table.is_identity
+    assert "COCO category 0 -> class 1 (Aluminium foil)" in table.mapping_lines()
+    assert ClassTable.default().is_identity

@@ -34,10 +34,14 @@ def test_image_root_defaults_to_annotation_folder_and_can_be_overridden(write_da
     assert load_coco(path, image_root=images_folder).report.skipped == []
 
 
-def test_file_without_annotations_key_is_a_valid_test_set(write_dataset):
+def test_file_without_annotations_key_is_a_valid_test_set_only_when_unlabelled(write_dataset):
     data = valid_coco()
     del data["annotations"]
-    dataset = load_coco(write_dataset(data))
+    path = write_dataset(data)
+    with pytest.raises(DataError, match="missing key 'annotations'.*--unlabelled"):
+        load_coco(path)  # a training file without annotations is not "0 annotations"
+    dataset = load_coco(path, unlabelled=True)
+    assert "unlabelled" in dataset.report.summary()
     assert not dataset.has_annotations
     assert len(dataset.images) == 2 and dataset.annotations == []
     assert "annotations" not in dataset.subset([1])

@@ -19,9 +19,10 @@ def test_validate_data_names_both_broken_records_and_exits_zero(write_dataset, c
     report = tmp_path / "report.json"
     assert main(["validate-data", str(path), "--report", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "skipped annotation 11: polygon 0 has 2 point(s)" in out
-    assert "skipped annotation 12: bbox [0, 0, 100, 40] lies outside" in out
+    assert "e.g. annotation 11: polygon 0 has 2 point(s)" in out
+    assert "e.g. annotation 12: bbox [0, 0, 100, 40] lies outside" in out
     assert "skipped 2 record(s)" in out
+    assert f"listed in {report}" in out
     assert [s["id"] for s in json.loads(report.read_text())["skipped"]] == [11, 12]
 
 

@@ -24,13 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate = subparsers.add_parser(
         "validate-data",
         help="check a COCO annotation file and list every problem",
-        description="Print every problem with its record id and reason. Exit status 2 when the "
-        "file is unusable (fatal problems); 0 when it is usable, with the records that would be "
-        "skipped listed.",
+        description="Print the problems found, counted per reason with the first examples "
+        "(--report FILE lists every record with its reason). Exit status 2 when the file is "
+        "unusable (fatal problems, or no image left after skipping); 0 when it is usable.",
     )
     validate.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
     _image_root_option(validate)
-    validate.add_argument("--report", type=Path, help="also write the report as JSON to this path")
+    validate.add_argument("--report", type=Path, help="also write the full report as JSON to this path")
+    validate.add_argument(
+        "--unlabelled", action="store_true", help="the file is an unlabelled test set (no 'annotations' key needed)"
+    )
     validate.set_defaults(func=validate_data)
 
     masks = subparsers.add_parser(
@@ -94,6 +97,28 @@ def _image_root_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _load_usable(annotations: Path, image_root: Path | None, *, report_path: Path | None, unlabelled: bool = False):
+    """Load and validate; print the summary; raise `DataError` when no image is left.
+
+    The terminal gets counts per reason and a few examples (a dataset without its images
+    would otherwise print one line per image and per annotation); `report_path` is where
+    the full list is written."""
+    from trashseg.data.coco import load_coco
+    from trashseg.errors import DataError
+
+    dataset = load_coco(annotations, image_root, unlabelled=unlabelled)  # fatal problems -> exit 2
+    report = dataset.report
+    reason = report.nothing_usable()
+    if report_path is not None:
+        report.save(report_path)
+    print(report.terminal_summary(full_report=report_path))
+    if not dataset.class_table.is_identity:
+        print("class ids (0 is Background):\n  " + "\n  ".join(dataset.class_table.mapping_lines()))
+    if reason:
+        raise DataError(f"{annotations}: nothing usable remains: {reason}")
+    return dataset
+
+
 def sample_data(args: argparse.Namespace) -> int:
     from trashseg.data.sample import generate_sample_dataset
 
@@ -104,38 +129,28 @@ def sample_data(args: argparse.Namespace) -> int:
 
 
 def validate_data(args: argparse.Namespace) -> int:
-    from trashseg.data.coco import load_coco
-
-    dataset = load_coco(args.annotations, args.image_root)  # fatal problems raise DataError -> exit 2
-    report = dataset.report
-    for record in report.skipped:
-        print(f"skipped {record}")
-    print(report.summary())
-    if args.report:
-        report.save(args.report)
+    _load_usable(args.annotations, args.image_root, report_path=args.report, unlabelled=args.unlabelled)
     return 0
 
 
 def write_masks_command(args: argparse.Namespace) -> int:
-    from trashseg.data.coco import load_coco
     from trashseg.data.layout import PreparedDataset
     from trashseg.data.masks import write_masks
 
-    dataset = load_coco(args.annotations, args.image_root)
     out = PreparedDataset(args.out)
     out.root.mkdir(parents=True, exist_ok=True)
+    dataset = _load_usable(args.annotations, args.image_root, report_path=out.report_file)
     count = write_masks(dataset, out)
     dataset.class_table.save(out.classes_file)
-    dataset.report.save(out.report_file)
-    print(f"wrote {count} masks under {out.root / 'masks'}; {dataset.report.summary()}")
+    print(f"wrote {count} masks under {out.root / 'masks'}")
     return 0
 
 
 def split_command(args: argparse.Namespace) -> int:
-    from trashseg.data.coco import load_coco
     from trashseg.data.splits import kfold_splits, train_val_split, write_kfold, write_split
 
-    dataset = load_coco(args.annotations, args.image_root)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    dataset = _load_usable(args.annotations, args.image_root, report_path=Path(args.out) / "report.json")
     if args.folds is not None:
         splits = kfold_splits(dataset, args.folds, args.seed)
         write_kfold(dataset, splits, args.out)
@@ -145,19 +160,16 @@ def split_command(args: argparse.Namespace) -> int:
         split = train_val_split(dataset, args.val_fraction, args.seed)
         write_split(dataset, split, args.out)
         print(f"train {len(split.train)} images, val {len(split.val)} images")
-    dataset.report.save(Path(args.out) / "report.json")
-    print(dataset.report.summary())
     return 0
 
 
 def stats_command(args: argparse.Namespace) -> int:
-    from trashseg.data.coco import load_coco
     from trashseg.data.stats import dataset_stats, write_stats
 
-    dataset = load_coco(args.annotations, args.image_root)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    dataset = _load_usable(args.annotations, args.image_root, report_path=Path(args.out) / "report.json")
     written = write_stats(dataset_stats(dataset), args.out)
-    dataset.report.save(Path(args.out) / "report.json")
-    print(f"wrote {', '.join(p.name for p in written)} to {args.out}; {dataset.report.summary()}")
+    print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     return 0
 
 
@@ -167,5 +179,8 @@ def prepare_command(args: argparse.Namespace) -> int:
     result = prepare_dataset(
         args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, image_root=args.image_root
     )
-    print(f"prepared {result.root}: images {result.images}, skipped {result.skipped}, hash {result.dataset_hash}")
+    print(
+        f"prepared {result.root}: images {result.images}, skipped {result.skipped} "
+        f"(every record with its reason: {result.root / 'report.json'}), hash {result.dataset_hash}"
+    )
     return 0

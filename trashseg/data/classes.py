@@ -1,8 +1,12 @@
 """Class tables: class id -> name, built from a COCO file's `categories`.
 
-Class 0 is always Background. COCO categories are sorted by id and numbered 1..N, so
-the reference taxonomy (category ids 1..10) keeps its ids; a category with id 0 is taken
-as the background itself. Nothing outside `DEFAULT_TAXONOMY` assumes a class count.
+Class 0 is always Background. The other COCO categories are sorted by id and numbered
+1..N, whatever their ids (0, 5, 17 -> 1, 2, 3), so the reference taxonomy (category ids
+1..10) keeps its ids. A category id can be 0 and still be a real class (one public trash
+dataset has "Aluminium foil" there); only a category *named* Background is taken as the
+background itself. The mapping is recorded per class (`category_id`) in classes.json, and
+everything downstream of the masks uses class ids. Nothing outside `DEFAULT_TAXONOMY`
+assumes a class count.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import numpy as np
 from trashseg.errors import DataError
 
 BACKGROUND = "Background"
+# Category names taken as the background itself (lower case; "backgroud" is a misspelling
+# seen in published trash datasets).
+BACKGROUND_NAMES = frozenset({"background", "backgroud"})
 
 # The reference trash dataset (DESIGN.md), in class-id order.
 DEFAULT_TAXONOMY: tuple[str, ...] = (
@@ -72,17 +79,29 @@ class ClassTable:
 
     @classmethod
     def from_categories(cls, categories: Sequence[Mapping]) -> ClassTable:
-        background_name = BACKGROUND
+        background: Mapping | None = None
         foreground = []
         for category in sorted(categories, key=lambda c: c["id"]):
-            if category["id"] == 0:
-                background_name = str(category["name"])
+            if str(category["name"]).strip().lower() in BACKGROUND_NAMES and background is None:
+                background = category
             else:
                 foreground.append(category)
         return cls(
-            names=(background_name, *(str(c["name"]) for c in foreground)),
-            category_ids=(None, *(int(c["id"]) for c in foreground)),
+            names=(str(background["name"]) if background else BACKGROUND, *(str(c["name"]) for c in foreground)),
+            category_ids=(int(background["id"]) if background else None, *(int(c["id"]) for c in foreground)),
         )
+
+    def mapping_lines(self) -> list[str]:
+        """'COCO category 0 -> class 1 (Aluminium foil)' for every class, for reports."""
+        return [
+            f"COCO category {cat} -> class {idx} ({name})" if cat is not None else f"(no category) -> class {idx} ({name})"
+            for idx, (name, cat) in enumerate(zip(self.names, self.category_ids, strict=True))
+        ]
+
+    @property
+    def is_identity(self) -> bool:
+        """True when every COCO category id equals its class id (the reference layout)."""
+        return all(cat in (None, idx) for idx, cat in enumerate(self.category_ids))
 
     @classmethod
     def default(cls) -> ClassTable:

@@ -5,14 +5,21 @@ Every problem is reported with its record id and reason, all of them at once:
 - fatal problems make the file unusable and raise `DataError` listing every one (nothing
   is written): unreadable JSON, missing required keys or wrong types, duplicate ids,
   file_names that leave the image root or are shared by two images,
-  annotations with an unknown category or image id;
+  annotations with an unknown category or image id, no `annotations` key in a labelled file;
 - recoverable problems skip the record and list it in a `ValidationReport`: polygons with
-  fewer than 3 points, empty or zero-area segmentations, bboxes outside the image, image
-  files missing or unreadable, image sizes on disk that differ from the JSON. The
-  annotations of a skipped image are skipped too, each listed with that reason.
+  fewer than 3 points, non-finite or far-outside coordinates, malformed RLE, empty or
+  zero-area segmentations, bboxes outside the image, images larger than `MAX_IMAGE_PIXELS`,
+  image files missing, unreadable or too large to decode, image sizes on disk that differ
+  from the JSON. The annotations of a skipped image are skipped too, each listed with that
+  reason.
+
+Geometry is checked before pycocotools sees it: its polygon rasteriser allocates for the
+unclipped perimeter (a NaN or 1e8 coordinate asks for gigabytes) and its RLE decoder
+writes past its buffer when the runs sum to more than height*width.
 
 The kept records are served through a `pycocotools.coco.COCO` index. A file without an
-`annotations` key (a test set) is valid.
+`annotations` key is valid only when loaded with `unlabelled=True` (a test set); the
+report then carries a note saying so.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +46,12 @@ REQUIRED_ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation")
 REQUIRED_CATEGORY_KEYS = ("id", "name")
 # COCO bboxes are floats drawn by annotators; a box may overshoot the border by rounding.
 BBOX_TOLERANCE_PX = 1.0
+# Polygon vertices may lie outside the image (pycocotools clips them) but not farther than
+# this many image sizes: beyond that the rasteriser's memory grows with the coordinate.
+POLYGON_MARGIN = 1.0
+# Largest width*height accepted (PIL's own decompression-bomb limit): masks are decoded
+# at full size, one byte per pixel.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class ValidationReport:
     skipped: list[SkippedRecord] = field(default_factory=list)
     images_total: int = 0
     annotations_total: int = 0
+    notes: list[str] = field(default_factory=list)  # facts a reader must know, e.g. "unlabelled"
 
     def skip(self, kind: str, record_id: int, reason: str) -> None:
         self.skipped.append(SkippedRecord(kind, record_id, reason))
@@ -77,6 +92,7 @@ class ValidationReport:
             "annotations_total": self.annotations_total,
             "images_skipped": len(self.skipped_images),
             "annotations_skipped": len(self.skipped_annotations),
+            "notes": list(self.notes),
             "skipped": [{"kind": s.kind, "id": s.id, "reason": s.reason} for s in self.skipped],
         }
 
@@ -87,18 +103,72 @@ class ValidationReport:
             skipped=[SkippedRecord(s["kind"], s["id"], s["reason"]) for s in data["skipped"]],
             images_total=data["images_total"],
             annotations_total=data["annotations_total"],
+            notes=list(data.get("notes", [])),
         )
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
+    @property
+    def images_kept(self) -> int:
+        return self.images_total - len(self.skipped_images)
+
     def summary(self) -> str:
         return (
-            f"{self.source}: kept {self.images_total - len(self.skipped_images)}/{self.images_total} images, "
+            f"{self.source}: kept {self.images_kept}/{self.images_total} images, "
             f"{self.annotations_total - len(self.skipped_annotations)}/{self.annotations_total} annotations; "
             f"skipped {len(self.skipped)} record(s)"
+            + "".join(f"; note: {note}" for note in self.notes)
         )
+
+    def reason_counts(self) -> list[tuple[str, str, int, list[SkippedRecord]]]:
+        """(kind, reason pattern, count, records) per kind of problem, most frequent first.
+
+        A pattern is the reason with paths and numbers blanked, so 1,500 "image file X is
+        missing" lines group as one."""
+        groups: dict[tuple[str, str], list[SkippedRecord]] = {}
+        for record in self.skipped:
+            groups.setdefault((record.kind, reason_pattern(record.reason)), []).append(record)
+        ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+        return [(kind, pattern, len(records), records) for (kind, pattern), records in ordered]
+
+    def terminal_summary(self, *, examples: int = 3, full_report: str | Path | None = None) -> str:
+        """Counts per reason with the first few examples, instead of one line per record."""
+        lines = []
+        for kind, pattern, count, records in self.reason_counts():
+            lines.append(f"skipped {count} {kind}(s): {pattern}")
+            lines += [f"  e.g. {record}" for record in records[:examples]]
+            if count > examples:
+                lines.append(f"  ... and {count - examples} more")
+        if self.skipped:
+            where = f"in {full_report}" if full_report else "with --report FILE"
+            lines.append(f"every skipped record with its reason is listed {where}")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def nothing_usable(self) -> str | None:
+        """Why no image survived validation, or None when some did."""
+        if self.images_total and self.images_kept:
+            return None
+        if not self.images_total:
+            return f"{self.source} lists no images"
+        missing = sum("is missing" in s.reason for s in self.skipped_images)
+        if missing == self.images_total:
+            return (
+                f"all {self.images_total:,} image files are missing; check --image-root "
+                "(file_names are relative to it; default: the annotation file's folder)"
+            )
+        return f"all {self.images_total:,} images were skipped; see the reasons above"
+
+
+def reason_pattern(reason: str) -> str:
+    """`reason` with file paths and numbers replaced by placeholders (for grouping)."""
+    import re
+
+    text = re.sub(r"image file \S+", "image file <path>", reason)
+    text = re.sub(r"its image \d+", "its image <id>", text)
+    return re.sub(r"(?<![A-Za-z])-?\d+(\.\d+)?(e[+-]?\d+)?", "<n>", text)
 
 
 @dataclass
@@ -176,14 +246,21 @@ def load_coco(
     image_root: str | Path | None = None,
     *,
     check_files: bool = True,
+    unlabelled: bool = False,
 ) -> CocoDataset:
     """Validate and load `path`. Image file_names are relative to `image_root`
     (default: the annotation file's folder). `check_files=False` skips the on-disk checks
-    (for work that needs only the JSON)."""
+    (for work that needs only the JSON). `unlabelled=True` accepts a file without an
+    `annotations` key (a test set); otherwise that key is required."""
     path = Path(path)
     data = read_json(path)
     image_root = Path(image_root) if image_root is not None else path.parent
     fatal = _fatal_problems(data)
+    if "annotations" not in data and not unlabelled:
+        fatal.append(
+            "top level: missing key 'annotations'; a training or validation file needs its "
+            "annotations (for an unlabelled test file, use --unlabelled / load it as the test split)"
+        )
     if fatal:
         raise DataError(
             f"annotation file {path} cannot be used: {len(fatal)} problem(s):\n  "
@@ -197,9 +274,11 @@ def load_coco(
         images_total=len(data["images"]),
         annotations_total=len(data.get("annotations", [])),
     )
+    if not has_annotations:
+        report.notes.append("no 'annotations' key: loaded as an unlabelled test file (no masks)")
     kept_images = []
     for image in data["images"]:
-        reason = _image_file_problem(image, image_root) if check_files else None
+        reason = _image_size_problem(image) or (_image_file_problem(image, image_root) if check_files else None)
         if reason:
             report.skip("image", image["id"], reason)
         else:
@@ -249,6 +328,11 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    # math.isfinite would overflow on a huge JSON integer; integers are always finite.
+    return _is_number(value) and (not isinstance(value, float) or math.isfinite(value))
 
 
 def _fatal_problems(data: dict[str, Any]) -> list[str]:
@@ -337,17 +421,25 @@ def _check_records(records: list, kind: str, required: tuple[str, ...], problems
     return seen
 
 
+def _image_size_problem(image: dict) -> str | None:
+    pixels = image["width"] * image["height"]
+    if pixels > MAX_IMAGE_PIXELS:
+        return (
+            f"image is {image['width']}x{image['height']} ({pixels:,} pixels) in the JSON, more than "
+            f"{MAX_IMAGE_PIXELS:,}; downscale it and its annotations"
+        )
+    return None
+
+
 def _image_file_problem(image: dict, image_root: Path) -> str | None:
-    from PIL import Image, UnidentifiedImageError
+    from trashseg.data.images import open_image
 
     file = image_root / image["file_name"]
-    if not file.is_file():
-        return f"image file {file} is missing"
     try:
-        with Image.open(file) as opened:
+        with open_image(file) as opened:
             width, height = opened.size
-    except (UnidentifiedImageError, OSError) as error:
-        return f"image file {file} is unreadable ({error})"
+    except DataError as error:
+        return str(error)
     if (width, height) != (image["width"], image["height"]):
         return (
             f"image file {file} is {width}x{height} on disk but {image['width']}x{image['height']} "
@@ -370,6 +462,9 @@ def annotation_problem(annotation: dict, image: dict) -> str | None:
                 return f"polygon {index} has an odd number of coordinates ({len(polygon)})"
             if len(polygon) < 6:
                 return f"polygon {index} has {len(polygon) // 2} point(s); a polygon needs at least 3"
+        reason = polygon_coordinate_problem(segmentation, height, width)
+        if reason:
+            return reason
     elif isinstance(segmentation, dict):
         reason = _rle_problem(segmentation, height, width)
         if reason:
@@ -383,8 +478,8 @@ def annotation_problem(annotation: dict, image: dict) -> str | None:
 
     bbox = annotation.get("bbox")
     if bbox is not None:
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            return f"bbox must be [x, y, width, height], got {bbox!r}"
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite_number(v) for v in bbox)):
+            return f"bbox must be [x, y, width, height] of finite numbers, got {bbox!r}"
         x, y, w, h = bbox
         tol = BBOX_TOLERANCE_PX
         if w < 0 or h < 0 or x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
@@ -405,23 +500,73 @@ def _rle_problem(rle: dict, height: int, width: int) -> str | None:
         if sum(counts) != height * width:
             return f"uncompressed RLE counts sum to {sum(counts)}, expected height*width = {height * width}"
     elif isinstance(counts, str):
-        from pycocotools import mask as mask_utils
-
-        try:
-            mask_utils.area({"counts": counts.encode("ascii"), "size": size})
-            decode_rle({"counts": counts.encode("ascii"), "size": size})
-        except (ValueError, UnicodeEncodeError) as error:
-            return f"compressed RLE counts are invalid ({error})"
+        runs = compressed_rle_runs(counts)
+        if runs is None:
+            return "compressed RLE counts are not a valid COCO RLE string"
+        if any(run < 0 for run in runs):
+            return "compressed RLE counts decode to a negative run length"
+        if sum(runs) != height * width:
+            return f"compressed RLE counts cover {sum(runs)} pixels, expected height*width = {height * width}"
     else:
         return f"RLE counts must be a list (uncompressed) or a string (compressed), got {type(counts).__name__}"
     return None
 
 
+def polygon_coordinate_problem(polygons: list, height: int, width: int) -> str | None:
+    """Why these polygons must not be rasterised (non-finite or far-outside vertices), or None."""
+    for index, polygon in enumerate(polygons):
+        xs, ys = polygon[0::2], polygon[1::2]
+        for axis, values, size in (("x", xs, width), ("y", ys, height)):
+            bad = next((v for v in values if not _is_finite_number(v)), None)
+            if bad is not None:
+                return f"polygon {index} has a non-finite {axis} coordinate ({bad})"
+            low, high = -POLYGON_MARGIN * size, (1 + POLYGON_MARGIN) * size
+            far = next((v for v in values if not low <= v <= high), None)
+            if far is not None:
+                return (
+                    f"polygon {index} has {axis} coordinate {far:g}, far outside the image "
+                    f"(0..{size}; accepted {low:g}..{high:g})"
+                )
+    return None
+
+
+def compressed_rle_runs(counts: str) -> list[int] | None:
+    """The run lengths of a COCO compressed RLE string (pycocotools' `rleFrString`), or
+    None when it is not one. Decoded here so bad runs are caught before pycocotools,
+    whose decoder does not check them, writes a mask from them."""
+    runs: list[int] = []
+    position, length = 0, len(counts)
+    while position < length:
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= length:
+                return None
+            char = ord(counts[position]) - 48
+            if not 0 <= char < 64:
+                return None
+            value |= (char & 0x1F) << (5 * shift)
+            more = bool(char & 0x20)
+            position += 1
+            shift += 1
+            if not more and char & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
 def segmentation_rle(segmentation: list | dict, height: int, width: int) -> dict:
-    """One compressed RLE for a polygon list or an (un)compressed RLE segmentation."""
+    """One compressed RLE for a polygon list or an (un)compressed RLE segmentation.
+
+    Polygons are checked first (cheaply) even here: a caller that skipped validation gets
+    a `DataError`, never a rasteriser that exhausts memory."""
     from pycocotools import mask as mask_utils
 
     if isinstance(segmentation, list):
+        reason = polygon_coordinate_problem(segmentation, height, width)
+        if reason:
+            raise DataError(f"segmentation cannot be rasterised: {reason}")
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     if isinstance(segmentation["counts"], list):
         return mask_utils.frPyObjects(segmentation, height, width)

@@ -131,7 +131,8 @@ def prepare_dataset(
         write_masks(load_coco(out.split_file(name), out.root / "images"), out)
 
     reports = {name: ds.report.to_dict() for name, ds in datasets.items()}
-    out.report_file.write_text(json.dumps({"files": reports}, indent=2) + "\n")
+    report = {"classes": class_table.to_json(), "files": reports}
+    out.report_file.write_text(json.dumps(report, indent=2) + "\n")
 
     labelled_images = [im for name in ("train", "val") for im in splits[name]["images"]]
     annotations_by_image: dict[int, list[dict]] = {}
@@ -183,11 +184,13 @@ def _load_all(source: Path, image_root: str | Path | None) -> dict[str, CocoData
         if not path.is_file():
             continue
         try:
-            datasets[path.stem] = load_coco(path, image_root if image_root is not None else source)
+            datasets[path.stem] = load_coco(
+                path, image_root if image_root is not None else source, unlabelled=path.stem == "test"
+            )
         except DataError as error:
             errors.append(str(error))
     if not errors:
-        errors += _cross_file_problems(datasets)
+        errors += _cross_file_problems(datasets) + _unusable_problems(datasets)
     if errors:
         raise DataError("\n".join(errors) + "\nNothing was written.")
     return datasets
@@ -212,6 +215,21 @@ def _cross_file_problems(datasets: dict[str, CocoDataset]) -> list[str]:
                     f"image {image['file_name']!r} is in both {other}.json and {name}.json; "
                     "an image must belong to one split"
                 )
+    return problems
+
+
+def _unusable_problems(datasets: dict[str, CocoDataset]) -> list[str]:
+    """Splits that validation emptied: training on them would fail later, or learn nothing."""
+    problems = []
+    for name, ds in datasets.items():
+        reason = ds.report.nothing_usable()
+        if reason:
+            problems.append(f"{ds.path}: nothing usable remains: {reason}")
+        elif name == "train" and not ds.annotations:
+            kept = "none of its annotations passed validation" if ds.report.annotations_total else "it has no annotations"
+            problems.append(
+                f"{ds.path}: {kept}; a training split needs labelled objects (every mask would be background)"
+            )
     return problems
 
 
@@ -241,9 +259,19 @@ def markdown_report(result: PrepareResult, datasets: dict[str, CocoDataset], sta
         "|---|---:|---:|",
     ]
     lines += [f"| {name} | {n} | {result.annotations[name]} |" for name, n in result.images.items()]
-    lines += ["", "## Classes (train + val)", "", "| id | class | instances | images | pixel share |", "|---:|---|---:|---:|---:|"]
+    category_of = dict(enumerate(datasets["train"].class_table.category_ids))
     lines += [
-        f"| {c['id']} | {c['name']} | {c['instances']} | {c['images']} | {100 * c['pixel_share']:.2f}% |"
+        "",
+        "## Classes (train + val)",
+        "",
+        "Class ids are contiguous after Background (0); the COCO category id each came from is listed.",
+        "",
+        "| id | COCO category id | class | instances | images | pixel share |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {c['id']} | {_category_cell(category_of.get(c['id']))} | {c['name']} | {c['instances']} | "
+        f"{c['images']} | {100 * c['pixel_share']:.2f}% |"
         for c in stats["classes"]
     ]
     skipped = [(name, s) for name, ds in datasets.items() for s in ds.report.skipped]
@@ -255,6 +283,10 @@ def markdown_report(result: PrepareResult, datasets: dict[str, CocoDataset], sta
     if len(skipped) > MAX_MARKDOWN_SKIPPED:
         lines.append(f"- ... and {len(skipped) - MAX_MARKDOWN_SKIPPED} more (all in report.json)")
     return "\n".join(lines) + "\n"
+
+
+def _category_cell(category_id: int | None) -> str:
+    return "-" if category_id is None else str(category_id)
 
 
 def read_dataset_meta(root: str | Path) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from trashseg.data.classes import ClassTable
 from trashseg.data.coco import CocoDataset, segmentation_area
+from trashseg.data.images import read_rgb
 from trashseg.data.masks import semantic_mask
 from trashseg.progress import Progress
 
@@ -56,8 +56,7 @@ def compute_stats(
         counts = np.bincount(mask.ravel(), minlength=n)
         pixels += counts
         images_with += counts > 0
-        with Image.open(image_path(image)) as opened:
-            rgb = np.asarray(opened.convert("RGB"), dtype=np.float64).reshape(-1, 3)
+        rgb = read_rgb(image_path(image)).astype(np.float64).reshape(-1, 3)
         for channel in range(3):
             colour_sums[:, channel] += np.bincount(mask.ravel(), weights=rgb[:, channel], minlength=n)
         progress.update(1)
