@@ -82,3 +82,83 @@ def test_train_cli_rejects_a_malformed_tag_before_training(tmp_path, caplog):
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--tag", "oops"]) == 2
     assert "--tag 'oops' must look like key=value" in caplog.text
     assert not (tmp_path / "run").exists()
+
+
+def _train_cli(tmp_path, caplog, *extra):
+    """Run `trashseg train` in-process up to config validation: exit code and logged error."""
+    import logging
+
+    from trashseg.cli import main
+
+    with caplog.at_level(logging.ERROR, logger="trashseg"):
+        code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *extra])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    assert "Traceback" not in caplog.text
+    return code, caplog.text
+
+
+def test_yaml_syntax_error_in_config_is_a_clear_error(tmp_path, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 1e-4\naugment: {scale_range: [0.5, 2.0\n")
+    code, text = _train_cli(tmp_path, caplog, "--config", str(bad))
+    assert code == 2
+    assert f"config file {bad} is not valid YAML" in text and "line 2" in text
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00lr")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(Outer, binary)
+    with pytest.raises(ConfigError, match=r"override classes=\[a, is not valid YAML"):
+        load_config(Outer, None, ["name=x", "classes=[a,"])
+
+
+def test_override_of_a_value_and_of_a_key_below_it_conflict(tmp_path, caplog):
+    code, text = _train_cli(tmp_path, caplog, "--set", "lr=1e-4", "--set", "lr.x=2")
+    assert code == 2
+    assert "override lr.x=2: lr is the value '1e-4', not a section with keys" in text
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("weight_decay=nan", "weight_decay: 'nan' is not a finite number"),
+        ("grad_clip=nan", "grad_clip: 'nan' is not a finite number"),
+        ("poly_power=inf", "poly_power: 'inf' is not a finite number"),
+        ("lr=1e30", "lr=1e+30: expected a learning rate in (0, 1]"),
+        ("lr=1e400", "lr: '1e400' is not a finite number"),
+        ("augment.hflip=.nan", "augment.hflip: nan is not a finite number"),
+    ],
+)
+def test_non_finite_and_absurd_floats_are_refused_at_config_validation(tmp_path, caplog, override, message):
+    code, text = _train_cli(tmp_path, caplog, "--set", override)
+    assert code == 2
+    assert message in text
+
+
+def test_every_stage_config_refuses_non_finite_floats():
+    from trashseg.crf import CrfConfig
+    from trashseg.ensemble import EnsembleConfig
+    from trashseg.pseudo_labels import PseudoLabelConfig
+
+    with pytest.raises(ConfigError, match="tau: 'nan' is not a finite number"):
+        load_config(PseudoLabelConfig, None, ["tau=nan"])
+    with pytest.raises(ConfigError, match=r"weights\[1\]: inf is not a finite number"):
+        load_config(EnsembleConfig, None, ["weights=[1, .inf]"])
+    with pytest.raises(ConfigError, match="crf.bilateral_sxy: 'nan' is not a finite number"):
+        load_config(EnsembleConfig, None, ["crf.bilateral_sxy=nan"])
+    with pytest.raises(ConfigError, match="gaussian_compat: 'inf'"):
+        load_config(CrfConfig, None, ["gaussian_compat=inf"])
+
+
+def test_train_config_range_checks_refuse_nan_when_built_directly():
+    from trashseg.training import TrainConfig
+
+    for name in ("weight_decay", "grad_clip", "poly_power", "lr"):
+        with pytest.raises(ConfigError, match=name):
+            TrainConfig(architecture="segformer-b0", **{name: float("nan")})
+
+
+def test_promotion_margin_must_be_finite():
+    from trashseg.registry import decide_promotion
+
+    with pytest.raises(ConfigError, match="min_improvement=nan"):
+        decide_promotion(0.5, "h", None, {}, min_improvement=float("nan"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -60,17 +61,39 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML or JSON file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _parse_yaml(_read_text(path), f"config file {path}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded
     for key, raw in parse_assignments(overrides).items():
         target = data
         *parents, leaf = key.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(raw) if raw else ""
+            if not isinstance(target, dict):
+                section = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    f"override {key}={raw}: {section} is the value {target!r}, not a section with keys; "
+                    f"set either {section}=VALUE or {section}.KEY=VALUE"
+                )
+        target[leaf] = _parse_yaml(raw, f"override {key}={raw}") if raw else ""
     return from_mapping(cls, data)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error}); pass a YAML or JSON file") from None
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        # The parser's message names line and column; one line of it is enough.
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"{what} is not valid YAML: {detail}") from None
 
 
 def parse_assignments(items: Iterable[str], *, what: str = "override", example: str = "lr=1e-4") -> dict[str, str]:
@@ -122,17 +145,27 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
     if hint is float:
-        # YAML 1.1 reads exponents without a dot (1e-4) as strings.
-        try:
-            return float(value) if isinstance(value, str) else _not_a_number(value, where)
-        except ValueError:
-            _not_a_number(value, where)
+        return _finite_float(value, where)
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _finite_float(value: Any, where: str) -> float:
+    """A float field's value. NaN and infinity are refused for every field: each compares
+    False with any bound, so they would slip past range checks and surface much later
+    (as a NaN loss, or a schedule that never decays)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        _not_a_number(value, where)
+    try:
+        # YAML 1.1 reads exponents without a dot (1e-4) as strings.
+        number = float(value)
+    except (ValueError, OverflowError):
+        _not_a_number(value, where)
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; give a real value (e.g. 0.01)")
+    return number
 
 
 def _not_a_number(value: Any, where: str) -> typing.NoReturn:

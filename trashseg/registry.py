@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trashseg.errors import DataError, UserError
+from trashseg.errors import ConfigError, DataError, UserError
 from trashseg.tracking import TrackingConfig
 
 CHAMPION = "champion"
@@ -129,6 +129,8 @@ def decide_promotion(
     min_improvement: float = 0.0,
 ) -> tuple[bool, float | None, str]:
     """(promote?, the champion score compared against, why). Pure: no registry access."""
+    if not 0 <= min_improvement < math.inf:  # NaN would make every comparison False
+        raise ConfigError(f"min_improvement={min_improvement}: expected a finite value >= 0, e.g. 0.005")
     if not math.isfinite(score):
         return False, None, f"this version's holdout score is {score}; only a finite score can be promoted"
     if champion_version is None:

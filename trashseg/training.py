@@ -49,6 +49,8 @@ BEST_CHECKPOINT = "best.pt"
 # Fields that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = frozenset({"checkpoint_interval", "eval_interval", "log_interval", "num_workers", "tracking"})
 LABELLED_STREAM, PSEUDO_STREAM = 0, 1
+# AdamW's step is about lr per weight: beyond 1 every weight is replaced by noise.
+MAX_LR = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,17 +96,18 @@ class TrainConfig:
             )
         if self.image_size < 32:
             raise ConfigError(f"image_size={self.image_size}: expected >= 32 pixels")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr={self.lr}: expected a positive learning rate, e.g. 1e-4")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay={self.weight_decay}: expected >= 0")
-        if self.poly_power <= 0:
-            raise ConfigError(f"poly_power={self.poly_power}: expected > 0 (1.0 = linear decay)")
+        # Written as `not (in range)` so NaN, which fails every comparison, is refused too.
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(f"lr={self.lr}: expected a learning rate in (0, {MAX_LR:g}], e.g. 1e-4")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay={self.weight_decay}: expected a finite value >= 0, e.g. 0.01")
+        if not 0 < self.poly_power < math.inf:
+            raise ConfigError(f"poly_power={self.poly_power}: expected a finite value > 0 (1.0 = linear decay)")
         if self.warmup_iters >= self.iterations:
             raise ConfigError(
                 f"warmup_iters={self.warmup_iters} must be below iterations={self.iterations}; lower warmup_iters"
             )
-        if self.grad_clip is not None and self.grad_clip <= 0:
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise ConfigError(f"grad_clip={self.grad_clip}: expected a positive max norm, or null for no clipping")
         if not 0.0 <= self.pseudo_ratio < 1.0:
             raise ConfigError(f"pseudo_ratio={self.pseudo_ratio}: expected a fraction in [0, 1)")
