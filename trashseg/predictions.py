@@ -55,8 +55,14 @@ class PredictionSet:
         meta_path = root / META_FILE
         if not meta_path.is_file():
             raise DataError(f"{root} is not a prediction folder (no {META_FILE}); create it with `trashseg predict`")
-        meta = json.loads(meta_path.read_text())
-        return cls(root, meta["class_names"], meta["file_names"], meta["dtype"], meta.get("source", {}))
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            return cls(root, meta["class_names"], meta["file_names"], meta["dtype"], meta.get("source", {}))
+        except (ValueError, KeyError, TypeError) as error:  # not JSON, or not our meta
+            raise DataError(
+                f"{meta_path} is not a trashseg prediction meta file ({type(error).__name__}: {error}); "
+                "recreate the folder with `trashseg predict`"
+            ) from None
 
     def probs_path(self, file_name: str) -> Path:
         return self.root / "probs" / (file_name + ".npz")
@@ -104,3 +110,42 @@ class PredictionSet:
         """Write the meta file last, so a folder with meta is complete."""
         meta = {"class_names": self.class_names, "file_names": self.file_names, "dtype": self.dtype, "source": self.source}
         (self.root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def dataset_version_of(dataset_root: str | Path) -> str | None:
+    """The content hash a prepared dataset was made from (its dataset.json), if it records one."""
+    from trashseg.data.prepare import DATASET_FILE
+
+    try:
+        return json.loads((Path(dataset_root) / DATASET_FILE).read_bytes()).get("hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def recorded_dataset_versions(source: dict) -> set[str]:
+    """Every dataset version a prediction folder's `source` names, nested ensemble members
+    included: the recorded `dataset_version`, else that of the recorded `dataset` folder
+    when it is still readable here."""
+    versions: set[str] = set()
+    for record in _source_records(source):
+        version = record.get("dataset_version")
+        if version is None and isinstance(record.get("dataset"), str):
+            version = dataset_version_of(record["dataset"])
+        if isinstance(version, str):
+            versions.add(version)
+    return versions
+
+
+def recorded_splits(source: dict) -> set[str]:
+    """The splits a prediction folder's `source` (and its ensemble members) were made from."""
+    return {r["split"] for r in _source_records(source) if isinstance(r.get("split"), str)}
+
+
+def _source_records(source: dict) -> list[dict]:
+    records, stack = [], [source]
+    while stack:
+        record = stack.pop()
+        if isinstance(record, dict):
+            records.append(record)
+            stack.extend(v for v in record.values() if isinstance(v, dict))
+    return records

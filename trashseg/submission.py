@@ -10,7 +10,7 @@ file's image order. Maps of any size are resized to 256x256 by nearest neighbour
 from __future__ import annotations
 
 import csv
-import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,10 @@ _TOKENS = _TOKEN_BYTES.view(np.uint32).reshape(256)
 
 
 _DELETE_DIGITS_AND_SPACES = str.maketrans("", "", "0123456789 ")
+_NOT_DIGIT_OR_SPACE = re.compile(r"[^0-9 ]")
+# Longest field accepted: a row of 65,536 three-digit ids with spaces, plus slack. A longer
+# one is not a submission row, and the csv module refuses it without saying which row.
+MAX_FIELD_CHARS = 4 * VALUES_PER_ROW + 1024
 
 
 class SubmissionError(DataError):
@@ -116,15 +120,51 @@ def write_submission_from_predictions(
     from trashseg.predictions import PredictionSet
 
     predictions = PredictionSet.open(prediction_dir)
+    check_predictions_match(predictions, annotation_file)
     names = annotation_image_names(annotation_file)
     missing = sorted(set(names) - set(predictions.file_names))
     if missing:
         raise SubmissionError(
-            f"{prediction_dir} has no prediction for {len(missing)} test image(s): "
-            f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}; "
+            f"{prediction_dir} has no prediction for {len(missing)} test image(s): {_first(missing)}; "
             f"predict the whole split of {annotation_file}"
         )
     return write_submission(path, ((name, predictions.mask(name)) for name in names))
+
+
+def check_predictions_match(predictions, annotation_file: str | Path) -> None:
+    """Refuse predictions made for another dataset or split than `annotation_file`'s.
+
+    File names alone cannot tell two datasets apart (every export has 0001.jpg), so the
+    dataset version and split recorded in predictions.json are compared with those of the
+    prepared dataset that holds the annotation file (DATASET/splits/<split>.json). A bare
+    COCO file outside a prepared dataset has nothing to compare against."""
+    from trashseg.predictions import recorded_dataset_versions, recorded_splits
+
+    annotation_file = Path(annotation_file)
+    if annotation_file.parent.name != "splits":
+        return
+    expected_split = annotation_file.stem
+    splits = recorded_splits(predictions.source)
+    if splits and splits != {expected_split}:
+        raise SubmissionError(
+            f"{predictions.root} holds predictions of split(s) {sorted(splits)}, not {expected_split!r} "
+            f"({annotation_file}); predict the {expected_split} split"
+        )
+    expected_version = _dataset_version(annotation_file.parent.parent)
+    versions = recorded_dataset_versions(predictions.source)
+    if expected_version and versions and versions != {expected_version}:
+        raise SubmissionError(
+            f"{predictions.root} was predicted on dataset version(s) {', '.join(v[:12] for v in sorted(versions))}, "
+            f"but {annotation_file} belongs to version {expected_version[:12]}; the file names may match, the "
+            "images do not. Predict this dataset's split with `trashseg predict`"
+        )
+
+
+def _dataset_version(root: Path) -> str | None:
+    from trashseg.data.prepare import DATASET_FILE
+    from trashseg.predictions import dataset_version_of
+
+    return dataset_version_of(root) if (root / DATASET_FILE).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -146,59 +186,58 @@ def read_submission(
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"submission {path} does not exist")
-    # A row is ~130-200 kB of text, beyond the csv module's default field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), 4 * VALUES_PER_ROW + 1024))
     problems: list[str] = []
     maps: dict[str, np.ndarray] = {}
     order: list[str] = []
     row_of: dict[str, int] = {}
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or tuple(header) != HEADER:
-            raise SubmissionError(
-                f"{path}: header is {header!r}, expected {','.join(HEADER)!r} as the first line"
+    for row_number, row in _csv_rows(path):
+        if row_number == 1:
+            if tuple(row) != HEADER:
+                raise SubmissionError(
+                    f"{path}: header is {_preview(row)}, expected {','.join(HEADER)!r} as the first line "
+                    "(comma-separated)"
+                )
+            continue
+        if len(row) != 2:
+            problems.append(
+                f"row {row_number}: {len(row)} fields, expected 2 (image_id,PredictionString)"
             )
-        for row_number, row in enumerate(reader, start=2):  # line numbers as an editor shows them
-            if len(row) != 2:
-                problems.append(
-                    f"row {row_number}: {len(row)} fields, expected 2 (image_id,PredictionString)"
-                )
-                continue
-            image_id, text = row
-            where = f"row {row_number} ({image_id!r})"
-            if image_id in row_of:
-                problems.append(
-                    f"{where}: duplicate image_id, first seen in row {row_of[image_id]}"
-                )
-                continue
-            row_of[image_id] = row_number
-            order.append(image_id)
-            if text.translate(_DELETE_DIGITS_AND_SPACES):  # anything but digits and spaces
-                bad = next(token for token in text.split() if not token.isdigit())
-                problems.append(f"{where}: value {bad!r} is not a class id (a non-negative integer)")
-                continue
-            # Only digits and spaces are left, so this C parser cannot stop early.
-            values = np.fromstring(text, dtype=np.int64, sep=" ")
-            if values.size != VALUES_PER_ROW:
-                problems.append(f"{where}: {values.size} values, expected {VALUES_PER_ROW} (256x256)")
-                continue
-            upper = (num_classes - 1) if num_classes is not None else MAX_CLASS_ID
-            out_of_range = (values < 0) | (values > upper)
-            if out_of_range.any():
-                bad_ids = np.unique(values[out_of_range])[:10].tolist()
-                problems.append(f"{where}: class ids {bad_ids} outside 0..{upper}")
-                continue
-            maps[image_id] = values.astype(np.uint8).reshape(SUBMISSION_SIZE, SUBMISSION_SIZE)
+            continue
+        image_id, text = row
+        where = f"row {row_number} ({_short(image_id)!r})"
+        if image_id in row_of:
+            problems.append(
+                f"{where}: duplicate image_id, first seen in row {row_of[image_id]}"
+            )
+            continue
+        row_of[image_id] = row_number
+        order.append(image_id)
+        if text.translate(_DELETE_DIGITS_AND_SPACES):  # anything but ASCII digits and spaces
+            problems.append(f"{where}: {_bad_character(text)}")
+            continue
+        # Only digits and spaces are left, so this C parser cannot stop early.
+        values = np.fromstring(text, dtype=np.int64, sep=" ")
+        if values.size != VALUES_PER_ROW:
+            problems.append(f"{where}: {values.size} values, expected {VALUES_PER_ROW} (256x256)")
+            continue
+        upper = (num_classes - 1) if num_classes is not None else MAX_CLASS_ID
+        out_of_range = (values < 0) | (values > upper)
+        if out_of_range.any():
+            bad_ids = np.unique(values[out_of_range])[:10].tolist()
+            problems.append(f"{where}: class ids {bad_ids} outside 0..{upper}")
+            continue
+        maps[image_id] = values.astype(np.uint8).reshape(SUBMISSION_SIZE, SUBMISSION_SIZE)
     if expected_file_names is not None:
         expected = list(expected_file_names)
         expected_set = set(expected)
         missing = [name for name in expected if name not in row_of]
         unknown = [name for name in order if name not in expected_set]
         if missing:
-            problems.append(f"missing rows for {len(missing)} test image(s): {', '.join(missing)}")
-        for name in unknown:
-            problems.append(f"row {row_of[name]} ({name!r}): image_id is not a test image")
+            problems.append(f"missing rows for {len(missing)} test image(s): {_first(missing)}")
+        for name in unknown[:_LISTED]:
+            problems.append(f"row {row_of[name]} ({_short(name)!r}): image_id is not a test image")
+        if len(unknown) > _LISTED:
+            problems.append(f"... and {len(unknown) - _LISTED} more rows whose image_id is not a test image")
         if not missing and not unknown and order != expected:
             first = next(i for i, (a, b) in enumerate(zip(order, expected, strict=True)) if a != b)
             problems.append(
@@ -214,6 +253,61 @@ def read_submission(
     return Submission(order, maps)
 
 
+def _csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row; `SubmissionError` for what is not a text CSV."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        try:
+            row_number = 0
+            for row_number, row in enumerate(reader, start=1):  # line numbers as an editor shows them
+                yield row_number, row
+            if row_number == 0:
+                raise SubmissionError(f"{path} is empty; expected the header {','.join(HEADER)!r} and one row per image")
+        except UnicodeDecodeError as error:
+            raise SubmissionError(
+                f"{path} is not a UTF-8 text CSV ({error.reason} at byte {error.start}); is it a binary file?"
+            ) from None
+        except csv.Error as error:
+            # e.g. "field larger than field limit" or "line contains NUL"
+            raise SubmissionError(
+                f"{path}: row {reader.line_num} cannot be read as CSV ({error}); a row is "
+                f"image_id,PredictionString with at most {MAX_FIELD_CHARS:,} characters per field"
+            ) from None
+
+
+def _bad_character(text: str) -> str:
+    match = _NOT_DIGIT_OR_SPACE.search(text)
+    char, position = match.group(), match.start()
+    token = text[max(0, text.rfind(" ", 0, position) + 1) : position + 1 + 20].split(" ")[0]
+    hint = ""
+    if char.isspace():
+        hint = "; separate class ids with single spaces (not tabs or other whitespace)"
+    elif char.isdigit():
+        hint = "; class ids are written with ASCII digits 0-9"
+    return (
+        f"value {token[:40]!r} is not a class id (a non-negative integer): character {char!r} "
+        f"(U+{ord(char):04X}) at position {position}{hint}"
+    )
+
+
+_LISTED = 20  # names listed in one problem; the count says how many there are
+
+
+def _first(names: Sequence[str]) -> str:
+    listed = ", ".join(_short(name) for name in names[:_LISTED])
+    return listed + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _preview(row: list[str]) -> str:
+    text = repr(row)
+    return text if len(text) <= 120 else text[:120] + "...]"
+
+
 def validate_submission(path: str | Path, annotation_file: str | Path) -> Submission:
     """Validate against a test annotation file: its images (in order) and its categories."""
     annotations = _read_annotations(annotation_file)
@@ -223,19 +317,27 @@ def validate_submission(path: str | Path, annotation_file: str | Path) -> Submis
             f"{annotation_file} has no 'categories'; the valid class ids come from them"
         )
     classes = ClassTable.from_categories(categories)
-    names = [image["file_name"] for image in annotations["images"]]
+    names = annotation_image_names(annotation_file)
     return read_submission(path, expected_file_names=names, num_classes=classes.num_classes)
 
 
 def _read_annotations(annotation_file: str | Path) -> dict:
-    path = Path(annotation_file)
-    if not path.is_file():
-        raise DataError(f"annotation file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"annotation file {path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict) or "images" not in data:
-        raise DataError(f"annotation file {path} has no 'images' list; expected a COCO file")
+    """The COCO file's top level, checked as far as a submission needs: images with file_names."""
+    from trashseg.data.coco import read_json
+
+    data = read_json(annotation_file)  # DataError for a missing, binary or non-JSON file
+    images = data.get("images")
+    if not isinstance(images, list) or not all(
+        isinstance(image, dict) and isinstance(image.get("file_name"), str) for image in images
+    ):
+        raise DataError(
+            f"annotation file {annotation_file} needs an 'images' list whose entries each have a "
+            "'file_name' string; expected a COCO file"
+        )
+    categories = data.get("categories")
+    if categories is not None and not (
+        isinstance(categories, list) and all(isinstance(c, dict) and "id" in c and "name" in c for c in categories)
+    ):
+        raise DataError(f"annotation file {annotation_file}: 'categories' must be a list of {{id, name}} objects")
     return data
 

@@ -129,3 +129,86 @@ def test_cli_writes_and_validates_from_a_prediction_folder(tmp_path, capsys):
     assert "valid, 2 row(s)" in capsys.readouterr().out
     out.write_text(out.read_text().replace("x/2.jpg", "x/3.jpg"))
     assert main(["validate-submission", str(out), "--annotations", str(annotations)]) == 2
+
+
+def _validate_cli(csv_path, annotations, caplog):
+    """`trashseg validate-submission` in-process: (exit code, logged error), never a traceback."""
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="trashseg"):
+        code = main(["validate-submission", str(csv_path), "--annotations", str(annotations)])
+    assert "Traceback" not in caplog.text
+    return code, caplog.text
+
+
+def test_validate_submission_explains_tabs_unicode_digits_huge_fields_and_binary_files(tmp_path, caplog):
+    annotations = _annotations(tmp_path / "test.json", ["a.jpg"])
+    tabs = _write_text(tmp_path / "tabs.csv", ["a.jpg," + "\t".join(["0"] * 65536)])
+    code, text = _validate_cli(tabs, annotations, caplog)
+    assert code == 2 and "character '\\t' (U+0009) at position 1" in text and "not tabs" in text
+    arabic = _write_text(tmp_path / "arabic.csv", ["a.jpg," + " ".join(["\u0663"] * 65536)])
+    code, text = _validate_cli(arabic, annotations, caplog)
+    assert code == 2 and "value '\u0663' is not a class id" in text and "ASCII digits 0-9" in text
+    huge = _write_text(tmp_path / "huge.csv", ["a.jpg," + "0" * 10_000_000])
+    code, text = _validate_cli(huge, annotations, caplog)
+    assert code == 2 and "row 2 cannot be read as CSV (field larger than field limit" in text
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"image_id,PredictionString\n\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)))
+    code, text = _validate_cli(binary, annotations, caplog)
+    assert code == 2 and "is not a UTF-8 text CSV" in text
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(b"image_id,PredictionString\na.jpg,0\x00 0\n")
+    code, text = _validate_cli(nul, annotations, caplog)
+    assert code == 2 and "character '\\x00' (U+0000)" in text
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    assert _validate_cli(empty, annotations, caplog)[1].count("is empty") == 1
+
+
+def test_validate_submission_explains_a_binary_or_malformed_annotation_file(tmp_path, caplog):
+    good_csv = _write_text(tmp_path / "s.csv", [_row("a.jpg")])
+    binary = tmp_path / "test.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    code, text = _validate_cli(good_csv, binary, caplog)
+    assert code == 2 and f"annotation file {binary} is not readable JSON" in text
+    binary.write_text(json.dumps({"images": [{"id": 1}], "categories": []}))
+    code, text = _validate_cli(good_csv, binary, caplog)
+    assert code == 2 and "each have a 'file_name' string" in text
+
+
+def test_submission_refuses_predictions_of_another_dataset_with_the_same_file_names(tmp_path, caplog):
+    import logging
+
+    from trashseg.predictions import PredictionSet
+
+    def prepared(name, version):
+        root = tmp_path / name
+        _annotations((root / "splits").mkdir(parents=True) or root / "splits" / "test.json", ["a.jpg"], classes=3)
+        (root / "dataset.json").write_text(json.dumps({"hash": version}))
+        return root
+
+    ours, theirs = prepared("ours", "a" * 64), prepared("theirs", "b" * 64)
+    predictions = PredictionSet.create(
+        tmp_path / "pred", ["Background", "class 1", "class 2"], source={"dataset": str(theirs), "split": "test"}
+    )
+    predictions.add("a.jpg", np.full((3, 8, 8), 1 / 3, np.float32))
+    predictions.save()
+    out = tmp_path / "sub.csv"
+    args = ["submission", str(tmp_path / "pred"), "--annotations", str(ours / "splits" / "test.json"), "--out", str(out)]
+    with caplog.at_level(logging.ERROR, logger="trashseg"):
+        assert main(args) == 2
+    assert "was predicted on dataset version(s) bbbbbbbbbbbb" in caplog.text
+    assert "belongs to version aaaaaaaaaaaa" in caplog.text
+    assert not out.exists()
+    # The recorded version wins over the folder (pipelines move folders between pods), and an
+    # ensemble's members are checked too.
+    predictions.source = {"stage": "crf", "split": "test", "models": {"m": {"dataset_version": "a" * 64, "split": "test"}}}
+    predictions.save()
+    assert main(args) == 0
+    predictions.source = {"split": "val", "dataset_version": "a" * 64}
+    predictions.save()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="trashseg"):
+        assert main(args) == 2
+    assert "predictions of split(s) ['val'], not 'test'" in caplog.text
