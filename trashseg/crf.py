@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from trashseg.data.images import read_rgb
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import ConfigError, DataError
 from trashseg.predictions import PredictionSet
@@ -95,13 +96,6 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, config: CrfConfig) -> np.nda
     )
     refined = np.array(crf.inference(config.iterations), dtype=np.float32)
     return refined.reshape(num_classes, height, width)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def crf_prediction_set(

@@ -133,12 +133,11 @@ class TrainResult:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from trashseg.data.images import read_rgb
 
     if not path.is_file():
         raise DataError(f"image {path} is missing; re-run prepare for this dataset")
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
+    return np.array(read_rgb(path))
 
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:

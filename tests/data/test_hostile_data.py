@@ -171,3 +171,19 @@ def test_any_category_ids_become_contiguous_class_ids_through_prepare(write_data
     assert json.loads((out / "report.json").read_text())["classes"][1] == {"id": 1, "name": "Aluminium foil", "category_id": 0}
     stats = json.loads((out / "stats" / "stats.json").read_text())
     assert [c["instances"] for c in stats["classes"]] == [0, 2, 2, 1]
+
+
+def test_binary_or_malformed_prepared_files_are_named(tmp_path):
+    from trashseg.data.layout import PreparedDataset
+
+    (tmp_path / "classes.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    with pytest.raises(DataError, match="class table .*classes.json is not readable JSON"):
+        ClassTable.load(tmp_path / "classes.json")
+    (tmp_path / "classes.json").write_text('[{"id": 0}]')
+    with pytest.raises(DataError, match="class table .* is malformed"):
+        ClassTable.load(tmp_path / "classes.json")
+    dataset = PreparedDataset(tmp_path)
+    dataset.split_file("test").parent.mkdir(parents=True)
+    dataset.split_file("test").write_text('{"images": [{"id": 1}]}')
+    with pytest.raises(DataError, match="split file .* is malformed"):
+        dataset.samples("test")

@@ -44,7 +44,7 @@ def test_pool_matches_single_process_and_removes_noise(tmp_path):
 def test_a_failure_in_a_worker_names_the_image(tmp_path):
     dataset, items = _case(tmp_path)
     dataset.image_path("img/1.png").write_bytes(b"not an image")
-    with pytest.raises(CrfError, match="DenseCRF failed on image 'img/1.png': UnidentifiedImageError"):
+    with pytest.raises(CrfError, match="DenseCRF failed on image 'img/1.png': DataError: image file .*1.png is unreadable"):
         crf_prediction_set(tmp_path / "pred", dataset.root, tmp_path / "out", CrfConfig(workers=2, chunk_size=1))
     # A wrong-sized image fails with what was expected.
     from PIL import Image

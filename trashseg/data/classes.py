@@ -144,4 +144,13 @@ class ClassTable:
                 f"class table {path} not found: is {path.parent} a prepared dataset? "
                 "Create one with `trashseg prepare SOURCE OUT`"
             )
-        return cls.from_json(json.loads(path.read_text()))
+        from trashseg.data.coco import read_json_value
+
+        records = read_json_value(path, "class table")
+        try:
+            return cls.from_json(records)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise DataError(
+                f"class table {path} is malformed ({type(error).__name__}: {error}); expected a list of "
+                "{id, name, category_id} objects as `trashseg prepare` writes it"
+            ) from None

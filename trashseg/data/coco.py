@@ -225,14 +225,20 @@ def write_coco(data: dict[str, Any], path: str | Path) -> None:
     path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
+def read_json_value(path: str | Path, what: str = "annotation file") -> Any:
+    """Parse a JSON file; `DataError` naming `what` and the path when it is missing or not JSON
+    (binary files included)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"annotation file {path} does not exist; pass the path of a COCO .json file")
+        raise DataError(f"{what} {path} does not exist; pass the path of a .json file")
     try:
-        data = json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"annotation file {path} is not readable JSON ({error}); fix or re-export it") from None
+        raise DataError(f"{what} {path} is not readable JSON ({error}); fix or re-export it") from None
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    data = read_json_value(path)
     if not isinstance(data, dict):
         raise DataError(
             f"annotation file {path}: top level is a {type(data).__name__}, expected a COCO object "

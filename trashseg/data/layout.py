@@ -14,7 +14,6 @@ datasets (same layout) are read exactly like labelled ones.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,5 +73,12 @@ class PreparedDataset:
             raise DataError(
                 f"split {split!r} not found in {self.root} (no {path}); available: {', '.join(self.splits()) or 'none'}"
             )
-        images = json.loads(path.read_text()).get("images", [])
-        return [Sample(im["file_name"], self.image_path(im["file_name"]), self.mask_path(im["file_name"])) for im in images]
+        from trashseg.data.coco import read_json
+
+        try:
+            images = read_json(path).get("images", [])
+            return [Sample(im["file_name"], self.image_path(im["file_name"]), self.mask_path(im["file_name"])) for im in images]
+        except (KeyError, TypeError) as error:
+            raise DataError(
+                f"split file {path} is malformed ({type(error).__name__}: {error}); re-run `trashseg prepare`"
+            ) from None
