@@ -108,13 +108,19 @@ def test_missing_images_are_summarised_and_exit_non_zero(tmp_path, capsys, caplo
     assert "skipped 300 image(s): image file <path> is missing" in out
     assert "skipped 900 annotation(s): its image <id> was skipped" in out
     assert "... and 297 more" in out and "--report FILE" in out
-    assert "all 300 image files are missing; check --image-root" in caplog.text
+    assert f"all 300 image files are missing under {tmp_path}; check --image-root" in caplog.text
     assert "Traceback" not in out + caplog.text
     # prepare stops with the same reason instead of "cannot split 0 image(s)".
     source = tmp_path
     with pytest.raises(DataError, match="all 300 image files are missing"):
         prepare_dataset(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # The other commands that load a file stop the same way, before writing outputs.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="trashseg"):
+        assert main(["masks", str(path), str(tmp_path / "masks")]) == 2
+    assert "nothing usable remains" in caplog.text
+    assert not (tmp_path / "masks" / "masks").exists()
 
 
 def test_annotations_key_is_required_unless_the_file_is_unlabelled(write_dataset, capsys, caplog):

@@ -73,6 +73,7 @@ class ValidationReport:
     images_total: int = 0
     annotations_total: int = 0
     notes: list[str] = field(default_factory=list)  # facts a reader must know, e.g. "unlabelled"
+    image_root: str = ""  # the folder file_names were resolved against
 
     def skip(self, kind: str, record_id: int, reason: str) -> None:
         self.skipped.append(SkippedRecord(kind, record_id, reason))
@@ -93,6 +94,7 @@ class ValidationReport:
             "images_skipped": len(self.skipped_images),
             "annotations_skipped": len(self.skipped_annotations),
             "notes": list(self.notes),
+            "image_root": self.image_root,
             "skipped": [{"kind": s.kind, "id": s.id, "reason": s.reason} for s in self.skipped],
         }
 
@@ -104,6 +106,7 @@ class ValidationReport:
             images_total=data["images_total"],
             annotations_total=data["annotations_total"],
             notes=list(data.get("notes", [])),
+            image_root=data.get("image_root", ""),
         )
 
     def save(self, path: str | Path) -> None:
@@ -156,8 +159,8 @@ class ValidationReport:
         missing = sum("is missing" in s.reason for s in self.skipped_images)
         if missing == self.images_total:
             return (
-                f"all {self.images_total:,} image files are missing; check --image-root "
-                "(file_names are relative to it; default: the annotation file's folder)"
+                f"all {self.images_total:,} image files are missing under {self.image_root or 'the image root'}; "
+                "check --image-root (file_names are relative to it; default: the annotation file's folder)"
             )
         return f"all {self.images_total:,} images were skipped; see the reasons above"
 
@@ -279,6 +282,7 @@ def load_coco(
         source=str(path),
         images_total=len(data["images"]),
         annotations_total=len(data.get("annotations", [])),
+        image_root=str(image_root),
     )
     if not has_annotations:
         report.notes.append("no 'annotations' key: loaded as an unlabelled test file (no masks)")
