@@ -152,7 +152,7 @@ def test_prepare_refuses_a_train_split_without_annotations(write_dataset, tmp_pa
     assert "unlabelled" in report["files"]["test"]["notes"][0]
 
 
-def test_any_category_ids_become_contiguous_class_ids_through_prepare(write_dataset, tmp_path):
+def test_any_category_ids_become_contiguous_class_ids_through_prepare(write_dataset, tmp_path, capsys):
     # A real class at COCO id 0 (like "Aluminium foil" in a public 60-class trash dataset).
     data = valid_coco()
     data["categories"] = [{"id": 0, "name": "Aluminium foil"}, {"id": 5, "name": "bottle"}, {"id": 17, "name": "bag"}]
@@ -166,7 +166,8 @@ def test_any_category_ids_become_contiguous_class_ids_through_prepare(write_data
     ]
     write_dataset(data)
     out = tmp_path / "out"
-    prepare_dataset(tmp_path / "src", out, val_fraction=0.5)
+    assert main(["prepare", str(tmp_path / "src"), str(out), "--val-fraction", "0.5"]) == 0
+    assert "COCO category 0 -> class 1 (Aluminium foil)" in capsys.readouterr().out
     classes = ClassTable.load(out / "classes.json")
     assert classes.names == ("Background", "Aluminium foil", "bottle", "bag")
     assert classes.category_to_class == {0: 1, 5: 2, 17: 3}

@@ -174,6 +174,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
+    from trashseg.data.classes import ClassTable
     from trashseg.data.prepare import prepare_dataset
 
     result = prepare_dataset(
@@ -183,4 +184,7 @@ def prepare_command(args: argparse.Namespace) -> int:
         f"prepared {result.root}: images {result.images}, skipped {result.skipped} "
         f"(every record with its reason: {result.root / 'report.json'}), hash {result.dataset_hash}"
     )
+    classes = ClassTable.load(result.root / "classes.json")
+    if not classes.is_identity:
+        print("class ids (0 is Background):\n  " + "\n  ".join(classes.mapping_lines()))
     return 0
