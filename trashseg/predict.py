@@ -26,6 +26,8 @@ from trashseg.metrics import ConfusionMatrix, SegmentationScores
 from trashseg.predictions import PredictionSet, dataset_version_of
 from trashseg.progress import Progress
 
+MAX_TTA_SCALE = 4.0  # of the training image size
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
@@ -125,8 +127,11 @@ def predict(
 
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: expected >= 1")
-    if not tta_scales or any(s <= 0 for s in tta_scales):
-        raise ConfigError(f"tta_scales={list(tta_scales)}: expected one or more positive factors, e.g. 0.75,1,1.25")
+    # `not 0 < s <= max` also refuses NaN; a huge factor would resize an image past any memory.
+    if not tta_scales or any(not 0 < s <= MAX_TTA_SCALE for s in tta_scales):
+        raise ConfigError(
+            f"tta_scales={list(tta_scales)}: expected one or more factors in (0, {MAX_TTA_SCALE:g}], e.g. 0.75,1,1.25"
+        )
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"amp={amp!r}: expected auto, bf16, fp16 or off")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

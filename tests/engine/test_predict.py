@@ -76,8 +76,11 @@ def test_cli_predict_evaluate_round_trip(trained_checkpoint, sample_dataset, tmp
     out = capsys.readouterr().out
     assert "9 predictions written" in out and "mIoU" in out and "Battery" in out
     assert json.loads((tmp_path / "m.json").read_text())["class_names"][10] == "Clothing"
-    assert main(["predict", "--checkpoint", str(trained_checkpoint), "--data", str(sample_dataset),
-                 "--out", str(pred), "--tta-scales", "1,x"]) == 2
+    # The dataset version is recorded so `submission` can refuse another dataset's predictions.
+    assert len(json.loads((pred / "predictions.json").read_text())["source"]["dataset_version"]) == 64
+    for scales in ("1,x", "nan", "1,1e6"):  # NaN and huge factors fail every bound check
+        assert main(["predict", "--checkpoint", str(trained_checkpoint), "--data", str(sample_dataset),
+                     "--out", str(tmp_path / "bad"), "--tta-scales", scales]) == 2
 
 
 def test_a_training_output_folder_loads_its_best_checkpoint(trained_checkpoint, tmp_path):
