@@ -194,3 +194,14 @@ def test_binary_or_malformed_prepared_files_are_named(tmp_path):
     dataset.split_file("test").write_text('{"images": [{"id": 1}]}')
     with pytest.raises(DataError, match="split file .* is malformed"):
         dataset.samples("test")
+
+
+def test_reasons_group_regardless_of_paths_and_numbers():
+    from trashseg.data.coco import reason_pattern
+
+    first = reason_pattern("image file /d/a.png is unreadable (cannot identify image file '/d/a.png')")
+    second = reason_pattern("image file /d/sub/b.png is unreadable (cannot identify image file '/d/sub/b.png')")
+    assert first == second == "image file <path> is unreadable (cannot identify image file '<path>')"
+    assert reason_pattern("polygon 3 has 2 point(s); a polygon needs at least 3") == (
+        "polygon <n> has <n> point(s); a polygon needs at least <n>"
+    )

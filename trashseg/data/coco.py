@@ -169,7 +169,8 @@ def reason_pattern(reason: str) -> str:
     """`reason` with file paths and numbers replaced by placeholders (for grouping)."""
     import re
 
-    text = re.sub(r"image file \S+", "image file <path>", reason)
+    text = re.sub(r"image file [^\s'\")]+", "image file <path>", reason)
+    text = re.sub(r"(?<![\w.])/[^\s'\")]+", "<path>", text)  # absolute paths inside messages
     text = re.sub(r"its image \d+", "its image <id>", text)
     return re.sub(r"(?<![A-Za-z])-?\d+(\.\d+)?(e[+-]?\d+)?", "<n>", text)
 
