@@ -23,7 +23,7 @@ from trashseg.data.classes import ClassTable
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
-from trashseg.predictions import PredictionSet, dataset_version_of
+from trashseg.predictions import PredictionSet
 from trashseg.progress import Progress
 
 MAX_TTA_SCALE = 4.0  # of the training image size
@@ -154,7 +154,7 @@ def predict(
             "checkpoint": str(Path(checkpoint).resolve()),
             "iteration": meta.iteration,
             "dataset": str(dataset.root.resolve()),
-            "dataset_version": dataset_version_of(dataset.root),  # checked by `submission`
+            "dataset_version": dataset.dataset_version(),  # checked by `submission`
             "split": split,
             "tta_flip": tta_flip,
             "tta_scales": list(tta_scales),

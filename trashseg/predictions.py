@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
 
 ProbabilityDtype = Literal["uint8", "float16"]
@@ -112,16 +113,6 @@ class PredictionSet:
         (self.root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def dataset_version_of(dataset_root: str | Path) -> str | None:
-    """The content hash a prepared dataset was made from (its dataset.json), if it records one."""
-    from trashseg.data.prepare import DATASET_FILE
-
-    try:
-        return json.loads((Path(dataset_root) / DATASET_FILE).read_bytes()).get("hash")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def recorded_dataset_versions(source: dict) -> set[str]:
     """Every dataset version a prediction folder's `source` names, nested ensemble members
     included: the recorded `dataset_version`, else that of the recorded `dataset` folder
@@ -130,7 +121,7 @@ def recorded_dataset_versions(source: dict) -> set[str]:
     for record in _source_records(source):
         version = record.get("dataset_version")
         if version is None and isinstance(record.get("dataset"), str):
-            version = dataset_version_of(record["dataset"])
+            version = PreparedDataset(record["dataset"]).dataset_version()
         if isinstance(version, str):
             versions.add(version)
     return versions

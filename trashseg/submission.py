@@ -138,6 +138,7 @@ def check_predictions_match(predictions, annotation_file: str | Path) -> None:
     dataset version and split recorded in predictions.json are compared with those of the
     prepared dataset that holds the annotation file (DATASET/splits/<split>.json). A bare
     COCO file outside a prepared dataset has nothing to compare against."""
+    from trashseg.data.layout import PreparedDataset
     from trashseg.predictions import recorded_dataset_versions, recorded_splits
 
     annotation_file = Path(annotation_file)
@@ -150,7 +151,7 @@ def check_predictions_match(predictions, annotation_file: str | Path) -> None:
             f"{predictions.root} holds predictions of split(s) {sorted(splits)}, not {expected_split!r} "
             f"({annotation_file}); predict the {expected_split} split"
         )
-    expected_version = _dataset_version(annotation_file.parent.parent)
+    expected_version = PreparedDataset(annotation_file.parent.parent).dataset_version()
     versions = recorded_dataset_versions(predictions.source)
     if expected_version and versions and versions != {expected_version}:
         raise SubmissionError(
@@ -158,13 +159,6 @@ def check_predictions_match(predictions, annotation_file: str | Path) -> None:
             f"but {annotation_file} belongs to version {expected_version[:12]}; the file names may match, the "
             "images do not. Predict this dataset's split with `trashseg predict`"
         )
-
-
-def _dataset_version(root: Path) -> str | None:
-    from trashseg.data.prepare import DATASET_FILE
-    from trashseg.predictions import dataset_version_of
-
-    return dataset_version_of(root) if (root / DATASET_FILE).is_file() else None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,17 @@ class PreparedDataset:
     def classes(self) -> ClassTable:
         return ClassTable.load(self.classes_file)
 
+    def dataset_version(self) -> str | None:
+        """The content hash this dataset was prepared from (dataset.json), or None when it
+        records none (a folder not written by `prepare`, or one that cannot be read here)."""
+        import json
+
+        try:
+            version = json.loads((self.root / "dataset.json").read_bytes()).get("hash")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return version if isinstance(version, str) else None
+
     def splits(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "splits").glob("*.json"))
 
