@@ -25,6 +25,12 @@ from trashseg.models.mask2former import (
     mask2former_swin_config,
 )
 from trashseg.models.segformer import SegformerSegmentation, segformer_config
+from trashseg.models.semask import (
+    SeMaskMask2FormerSegmentation,
+    is_semask_checkpoint,
+    load_swin_weights,
+    mask2former_semask_config,
+)
 from trashseg.models.upernet import UperNetSegmentation, upernet_config
 
 __all__ = [
@@ -55,6 +61,7 @@ class ArchitectureSpec:
 
 
 _M2F, _UPER, _SEG = Mask2FormerSegmentation, UperNetSegmentation, SegformerSegmentation
+_SEMASK = SeMaskMask2FormerSegmentation
 
 # name -> (family, config builder taking (num_classes, tiny=...), wrapper). Every entry also gets
 # a "<name>-tiny" twin built from the same builder with tiny=True.
@@ -63,6 +70,13 @@ _FULL_SIZE = {
     "mask2former-swin-b": ("mask2former", partial(mask2former_swin_config, "b"), _M2F),
     "mask2former-swin-l": ("mask2former", partial(mask2former_swin_config, "l"), _M2F),
     "mask2former-dinat-l": ("mask2former", partial(mask2former_dinat_config, "l"), _M2F),
+    # SeMask-Swin encoders under Mask2Former, with its own pixel decoder or with FaPN's.
+    "mask2former-semask-swin-t": ("semask", partial(mask2former_semask_config, "msdeformattn", "t"), _SEMASK),
+    "mask2former-semask-swin-b": ("semask", partial(mask2former_semask_config, "msdeformattn", "b"), _SEMASK),
+    "mask2former-semask-swin-l": ("semask", partial(mask2former_semask_config, "msdeformattn", "l"), _SEMASK),
+    "mask2former-semask-fapn-swin-t": ("semask", partial(mask2former_semask_config, "fapn", "t"), _SEMASK),
+    "mask2former-semask-fapn-swin-b": ("semask", partial(mask2former_semask_config, "fapn", "b"), _SEMASK),
+    "mask2former-semask-fapn-swin-l": ("semask", partial(mask2former_semask_config, "fapn", "l"), _SEMASK),
     "upernet-swin-t": ("upernet", partial(upernet_config, "swin", "t"), _UPER),
     "upernet-swin-b": ("upernet", partial(upernet_config, "swin", "b"), _UPER),
     "upernet-swin-l": ("upernet", partial(upernet_config, "swin", "l"), _UPER),
@@ -98,7 +112,8 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = _with_tiny_twins()
 def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -> SegmentationModel:
     """Build architecture `name` for `num_classes` classes, randomly initialised or with weights
     from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family;
-    for `mask2former-dinat-*` also a transformers DiNAT checkpoint, which sets the backbone).
+    for `mask2former-dinat-*` also a transformers DiNAT checkpoint, which sets the backbone; for
+    `mask2former-semask-*` also a Swin or Mask2Former-Swin checkpoint, which fills the shared tensors).
 
     Tensors the checkpoint lacks or has in another shape (e.g. a class head for another number of
     classes) are left at random init and logged; a checkpoint providing under half of the
@@ -129,6 +144,11 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
         # An ImageNet DiNAT checkpoint initialises the backbone; the decoder starts random.
         network = spec.wrapper.network_class(config)
         load_dinat_weights(network.model.pixel_level_module.encoder, pretrained)
+        return network
+    if spec.family == "semask" and not is_semask_checkpoint(pretrained):
+        # A Swin or Mask2Former-Swin checkpoint fills the shared tensors; semantic layers start fresh.
+        network = spec.wrapper.network_class(config)
+        load_swin_weights(network, pretrained)
         return network
     network, info = spec.wrapper.network_class.from_pretrained(
         pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True
