@@ -33,14 +33,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoBackbone, AutoConfig, Mask2FormerConfig, SwinConfig
+from transformers import AutoBackbone, AutoConfig, Mask2FormerConfig, SwinConfig, SwinModel
 from transformers.modeling_outputs import BackboneOutput
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerForUniversalSegmentation
 from transformers.models.swin.modeling_swin import SwinBackbone, window_partition, window_reverse
 
 from trashseg.errors import ConfigError
 from trashseg.models.base import cross_entropy, resize_to
-from trashseg.models.dinat import _read_weights
 from trashseg.models.fapn import FaPNPixelDecoder
 from trashseg.models.mask2former import Mask2FormerSegmentation, mask2former_config
 from trashseg.models.upernet import SWIN_SIZES, TINY_SWIN
@@ -236,17 +235,11 @@ def load_swin_weights(network: SeMaskMask2FormerNetwork, pretrained: str) -> Non
 
     A checkpoint filling under half of the Swin encoder's tensors is refused as the wrong model.
     """
-    weights = _read_weights(pretrained)
+    weights = _checkpoint_state(pretrained)
     own = network.state_dict()
-    encoder_prefix = "model.pixel_level_module.encoder."
-    loaded, skipped = {}, []
-    for key, tensor in weights.items():
-        name = _semask_key(key, encoder_prefix)
-        if name in own and own[name].shape == tensor.shape:
-            loaded[name] = tensor
-        else:
-            skipped.append(key)
-    encoder_keys = [k for k in own if k.startswith(encoder_prefix) and ".semantic_layers." not in k]
+    loaded = {k: t for k, t in weights.items() if k in own and own[k].shape == t.shape}
+    skipped = sorted(set(weights) - set(loaded))
+    encoder_keys = [k for k in own if k.startswith(_ENCODER) and ".semantic_layers." not in k]
     encoder_loaded = sum(k in loaded for k in encoder_keys)
     if encoder_loaded < len(encoder_keys) / 2:
         raise ConfigError(
@@ -265,11 +258,19 @@ def load_swin_weights(network: SeMaskMask2FormerNetwork, pretrained: str) -> Non
     )
 
 
-def _semask_key(key: str, encoder_prefix: str) -> str:
-    """A checkpoint key in this network's naming: Mask2Former keys as they are; a plain Swin's
-    ("swin.*" of a classifier/backbone, bare names of a SwinModel) under the encoder's "swin."."""
-    if key.startswith(("model.", "class_predictor.", "criterion.")):
-        return key
-    if key.startswith("hidden_states_norms."):
-        return encoder_prefix + key
-    return encoder_prefix + "swin." + key.removeprefix("swin.")
+_ENCODER = "model.pixel_level_module.encoder."
+
+
+def _checkpoint_state(pretrained: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors named as in this network. transformers loads them, because files
+    keep the published key names (e.g. `attention.self.query`) that it converts on load."""
+    model_type = AutoConfig.from_pretrained(pretrained).model_type
+    if model_type == "mask2former":
+        return Mask2FormerForUniversalSegmentation.from_pretrained(pretrained).state_dict()
+    if model_type == "swin":
+        swin = SwinModel.from_pretrained(pretrained, add_pooling_layer=False)
+        return {f"{_ENCODER}swin.{key}": tensor for key, tensor in swin.state_dict().items()}
+    raise ConfigError(
+        f"checkpoint {pretrained!r} is a {model_type!r} model; a SeMask model starts from a "
+        "SeMask-Mask2Former, Mask2Former-Swin or Swin checkpoint (transformers format)."
+    )
