@@ -109,6 +109,16 @@ def _with_tiny_twins() -> dict[str, ArchitectureSpec]:
 ARCHITECTURES: dict[str, ArchitectureSpec] = _with_tiny_twins()
 
 
+def architecture_spec(name: str) -> ArchitectureSpec:
+    spec = ARCHITECTURES.get(name)
+    if spec is None:
+        raise ConfigError(
+            f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)}. "
+            "Run `trashseg architectures` to list them with parameter counts."
+        )
+    return spec
+
+
 def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -> SegmentationModel:
     """Build architecture `name` for `num_classes` classes, randomly initialised or with weights
     from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family;
@@ -119,12 +129,7 @@ def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -
     classes) are left at random init and logged; a checkpoint providing under half of the
     architecture's tensors is refused as the wrong architecture.
     """
-    spec = ARCHITECTURES.get(name)
-    if spec is None:
-        raise ConfigError(
-            f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)}. "
-            "Run `trashseg architectures` to list them with parameter counts."
-        )
+    spec = architecture_spec(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(
             f"num_classes is {num_classes!r}; expected an integer >= 2 (background plus at least "
@@ -173,12 +178,15 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
     return network
 
 
-def architecture_table(num_classes: int = len(DEFAULT_TAXONOMY)) -> list[tuple[str, int]]:
-    """(name, parameter count) of every architecture, for the default taxonomy's classes unless
-    told otherwise; built on the meta device, so even the largest costs no memory or init time."""
+def architecture_table(
+    num_classes: int = len(DEFAULT_TAXONOMY), names: list[str] | None = None
+) -> list[tuple[str, int]]:
+    """(name, parameter count) of every architecture (or of `names`), for the default taxonomy's
+    classes unless told otherwise; built on the meta device, so even the largest costs no memory
+    or init time."""
     rows = []
-    for name, spec in ARCHITECTURES.items():
+    for name in ARCHITECTURES if names is None else names:
         with torch.device("meta"):
-            model = spec.build(num_classes)
+            model = architecture_spec(name).build(num_classes)
         rows.append((name, model.parameter_count()))
     return rows

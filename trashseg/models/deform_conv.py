@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from trashseg.models.base import full_precision
+
 
 def _torchvision_deform_conv2d():
     try:
@@ -114,7 +116,7 @@ class ModulatedDeformConv2d(nn.Module):
             [2 * self.conv_offset_mask.out_channels // 3, self.conv_offset_mask.out_channels // 3], dim=1
         )
         # Sampling in float32 under autocast: fractional offsets need the mantissa.
-        with torch.autocast(device_type=features.device.type, enabled=False):
+        with full_precision(features.device):
             return modulated_deform_conv2d(
                 features.float(), offset_y_x.float(), mask_logits.float().sigmoid(),
                 self.weight.float(), self.bias.float(), padding=self.padding,
