@@ -245,7 +245,7 @@ def test_mask2former_queries_combine_into_a_per_pixel_distribution():
     assert log_probs.exp().max() > 0.99
 
 
-@pytest.mark.parametrize("name", ["segformer-b0-tiny", "mask2former-dinat-l-tiny"])
+@pytest.mark.parametrize("name", ["segformer-b0-tiny", "mask2former-dinat-l-tiny", "mask2former-semask-fapn-swin-l-tiny"])
 def test_mixed_precision_training_and_float32_predictions(name):
     model = build_model(name, NUM_CLASSES).train()
     images, masks = batch()
