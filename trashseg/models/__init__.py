@@ -62,6 +62,9 @@ class ArchitectureSpec:
 
 _M2F, _UPER, _SEG = Mask2FormerSegmentation, UperNetSegmentation, SegformerSegmentation
 _SEMASK = SeMaskMask2FormerSegmentation
+# SeMask-Swin encoders under Mask2Former, with its own pixel decoder or with FaPN's.
+_SEMASK_M2F = partial(mask2former_semask_config, "msdeformattn")
+_SEMASK_FAPN = partial(mask2former_semask_config, "fapn")
 
 # name -> (family, config builder taking (num_classes, tiny=...), wrapper). Every entry also gets
 # a "<name>-tiny" twin built from the same builder with tiny=True.
@@ -70,13 +73,12 @@ _FULL_SIZE = {
     "mask2former-swin-b": ("mask2former", partial(mask2former_swin_config, "b"), _M2F),
     "mask2former-swin-l": ("mask2former", partial(mask2former_swin_config, "l"), _M2F),
     "mask2former-dinat-l": ("mask2former", partial(mask2former_dinat_config, "l"), _M2F),
-    # SeMask-Swin encoders under Mask2Former, with its own pixel decoder or with FaPN's.
-    "mask2former-semask-swin-t": ("semask", partial(mask2former_semask_config, "msdeformattn", "t"), _SEMASK),
-    "mask2former-semask-swin-b": ("semask", partial(mask2former_semask_config, "msdeformattn", "b"), _SEMASK),
-    "mask2former-semask-swin-l": ("semask", partial(mask2former_semask_config, "msdeformattn", "l"), _SEMASK),
-    "mask2former-semask-fapn-swin-t": ("semask", partial(mask2former_semask_config, "fapn", "t"), _SEMASK),
-    "mask2former-semask-fapn-swin-b": ("semask", partial(mask2former_semask_config, "fapn", "b"), _SEMASK),
-    "mask2former-semask-fapn-swin-l": ("semask", partial(mask2former_semask_config, "fapn", "l"), _SEMASK),
+    "mask2former-semask-swin-t": ("semask", partial(_SEMASK_M2F, "t"), _SEMASK),
+    "mask2former-semask-swin-b": ("semask", partial(_SEMASK_M2F, "b"), _SEMASK),
+    "mask2former-semask-swin-l": ("semask", partial(_SEMASK_M2F, "l"), _SEMASK),
+    "mask2former-semask-fapn-swin-t": ("semask", partial(_SEMASK_FAPN, "t"), _SEMASK),
+    "mask2former-semask-fapn-swin-b": ("semask", partial(_SEMASK_FAPN, "b"), _SEMASK),
+    "mask2former-semask-fapn-swin-l": ("semask", partial(_SEMASK_FAPN, "l"), _SEMASK),
     "upernet-swin-t": ("upernet", partial(upernet_config, "swin", "t"), _UPER),
     "upernet-swin-b": ("upernet", partial(upernet_config, "swin", "b"), _UPER),
     "upernet-swin-l": ("upernet", partial(upernet_config, "swin", "l"), _UPER),
