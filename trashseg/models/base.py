@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -90,3 +91,11 @@ def resize_to(scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return nn.functional.interpolate(
         scores, size=images.shape[-2:], mode="bilinear", align_corners=False
     )
+
+
+def full_precision(device: torch.device):
+    """A context that turns autocast off on `device`; a no-op on devices without autocast (the
+    "meta" device, on which architectures are sized and their FLOPs counted)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
