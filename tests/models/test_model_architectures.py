@@ -17,7 +17,8 @@ NUM_CLASSES = 4
 # Parameters that get no gradient at initialisation for a known reason: transformers' Swin keeps
 # a final LayerNorm that backbone outputs bypass, and deformable attention's offset/weight layers
 # start at zero, so the pixel decoder's level embedding only gets gradients after a step.
-NO_GRADIENT_AT_INIT = ("swin.layernorm.", "decoder.level_embed")
+# OneFormer's contrastive logit scale is unused with its text branch off (trashseg.models.oneformer).
+NO_GRADIENT_AT_INIT = ("swin.layernorm.", "decoder.level_embed", "criterion.logit_scale")
 
 # Published parameter counts in millions (our class heads differ negligibly from the papers').
 PUBLISHED_MILLIONS = {
@@ -36,6 +37,14 @@ PUBLISHED_MILLIONS = {
     "segformer-b3": 47.3,
     "segformer-b4": 64.1,
     "segformer-b5": 84.7,
+    # EoMT-L: 316M in its paper (arXiv 2503.19108); S and B as LightlyTrain's EoMT tables list
+    # them with 200 queries (23.4M, 92.5M).
+    "eomt-dinov2-s": 23.4,
+    "eomt-dinov2-b": 92.5,
+    "eomt-dinov2-l": 316,
+    # OneFormer paper (arXiv 2211.06220), ADE20K table: Swin-L 219M, DiNAT-L 223M.
+    "oneformer-swin-l": 219,
+    "oneformer-dinat-l": 223,
 }
 
 
