@@ -99,7 +99,7 @@ class OneFormerSegmentation(SegmentationModel):
             mask_labels=mask_labels,
             class_labels=class_labels,
         )
-        return output.loss
+        return output.loss.reshape(())  # transformers returns shape (1,)
 
     def _predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         output = self.network(pixel_values=images, task_inputs=self._task_inputs(images))
