@@ -42,6 +42,10 @@ PUBLISHED_MILLIONS = {
     "eomt-dinov2-s": 23.4,
     "eomt-dinov2-b": 92.5,
     "eomt-dinov2-l": 316,
+    # EoMT on DINOv3, LightlyTrain's tables: S 23.4M, B 92.5M, L 315.1M.
+    "eomt-dinov3-s": 23.4,
+    "eomt-dinov3-b": 92.5,
+    "eomt-dinov3-l": 315.1,
     # OneFormer paper (arXiv 2211.06220), ADE20K table: Swin-L 219M, DiNAT-L 223M.
     "oneformer-swin-l": 219,
     "oneformer-dinat-l": 223,

@@ -14,7 +14,7 @@ from trashseg.models.eomt import mask_probability
 from trashseg.models.oneformer import TASK_VOCABULARY, task_token_ids
 
 NUM_CLASSES = 4
-NEW_TINY = ["eomt-dinov2-s-tiny", "oneformer-swin-l-tiny", "oneformer-dinat-l-tiny"]
+NEW_TINY = ["eomt-dinov2-s-tiny", "eomt-dinov3-s-tiny", "oneformer-swin-l-tiny", "oneformer-dinat-l-tiny"]
 
 
 def test_mask_annealing_runs_from_one_to_zero_block_after_block():
@@ -76,6 +76,20 @@ def test_eomt_takes_any_image_size(height, width):
     with torch.no_grad():
         logits = model.predict_logits(images)
     assert logits.shape == (2, NUM_CLASSES, height, width)
+
+
+def test_eomt_dinov3_takes_any_image_size():
+    """DINOv3's rotary embeddings follow the input; the padded grid must match them."""
+    model = build_model("eomt-dinov3-s-tiny", NUM_CLASSES)
+    images, masks = torch.randn(1, 3, 77, 50), torch.randint(0, NUM_CLASSES, (1, 77, 50))
+    loss = model.loss(images, masks)
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.set_training_progress(0, 10)
+    assert model.network.attn_mask_probs.tolist() == [1.0]
+    model.eval()
+    with torch.no_grad():
+        assert model.predict_logits(images).shape == (1, NUM_CLASSES, 77, 50)
 
 
 def test_eomt_position_embeddings_are_unchanged_at_the_native_size():

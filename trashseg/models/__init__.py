@@ -19,7 +19,12 @@ from trashseg.data.classes import DEFAULT_TAXONOMY
 from trashseg.errors import ConfigError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
-from trashseg.models.eomt import EomtSegmentation, eomt_config
+from trashseg.models.eomt import (
+    EomtDinov3Segmentation,
+    EomtSegmentation,
+    eomt_config,
+    eomt_dinov3_config,
+)
 from trashseg.models.mask2former import (
     Mask2FormerSegmentation,
     mask2former_dinat_config,
@@ -81,6 +86,9 @@ _FULL_SIZE = {
     "eomt-dinov2-s": ("eomt", partial(eomt_config, "s"), _EOMT),
     "eomt-dinov2-b": ("eomt", partial(eomt_config, "b"), _EOMT),
     "eomt-dinov2-l": ("eomt", partial(eomt_config, "l"), _EOMT),
+    "eomt-dinov3-s": ("eomt", partial(eomt_dinov3_config, "s"), EomtDinov3Segmentation),
+    "eomt-dinov3-b": ("eomt", partial(eomt_dinov3_config, "b"), EomtDinov3Segmentation),
+    "eomt-dinov3-l": ("eomt", partial(eomt_dinov3_config, "l"), EomtDinov3Segmentation),
     "oneformer-swin-l": ("oneformer", partial(oneformer_config, "swin", "l"), _ONE),
     "oneformer-dinat-l": ("oneformer", partial(oneformer_config, "dinat", "l"), _ONE),
 }

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import EomtConfig, EomtForUniversalSegmentation
+from transformers import (
+    EomtConfig,
+    EomtDinov3Config,
+    EomtDinov3ForUniversalSegmentation,
+    EomtForUniversalSegmentation,
+)
 
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.mask2former import semantic_log_probs, semantic_targets
@@ -48,6 +53,8 @@ DEFAULT_CHECKPOINTS = {
     "eomt-dinov2-s": "tue-mps/coco_panoptic_eomt_small_640_2x",
     "eomt-dinov2-b": "tue-mps/coco_panoptic_eomt_base_640_2x",
     "eomt-dinov2-l": "tue-mps/ade20k_semantic_eomt_large_512",
+    # DINOv3 weights are under Meta's DINOv3 licence; only the L semantic checkpoint was found.
+    "eomt-dinov3-l": "tue-mps/ade_semantic_eomt_large_512_dinov3",
 }
 
 # EoMT's annealing windows as fractions of training, from its COCO configs (12 epochs; block i
@@ -59,6 +66,15 @@ _ANNEAL_START, _ANNEAL_END, _ANNEAL_POWER = 1 / 6, 5 / 6, 0.9
 def eomt_config(variant: str, num_classes: int, *, tiny: bool) -> EomtConfig:
     size = TINY_EOMT if tiny else dict(EOMT_SIZES[variant], num_blocks=4, drop_path_rate=0.0)
     return EomtConfig(**size, num_labels=num_classes)
+
+
+def eomt_dinov3_config(variant: str, num_classes: int, *, tiny: bool) -> EomtDinov3Config:
+    """DINOv3 ViTs: the DINOv2 sizes with a 4x MLP, rotary position embeddings (any grid)."""
+    if tiny:
+        size = dict(TINY_EOMT, intermediate_size=4 * TINY_EOMT["hidden_size"])
+    else:
+        size = dict(EOMT_SIZES[variant], num_blocks=4, intermediate_size=4 * EOMT_SIZES[variant]["hidden_size"])
+    return EomtDinov3Config(**size, num_labels=num_classes)
 
 
 def mask_probability(block: int, num_blocks: int, step: int, total_steps: int) -> float:
@@ -99,6 +115,16 @@ class _ResizableEomt(EomtForUniversalSegmentation):
         return resized.flatten(2).transpose(1, 2)
 
 
+class _ResizableEomtDinov3(EomtDinov3ForUniversalSegmentation):
+    """EoMT on DINOv3, whose rotary position embeddings already follow the input; only the patch
+    grid that reshapes the mask features must too."""
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs):
+        patch = self.config.patch_size
+        self.grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        return super().forward(pixel_values, **kwargs)
+
+
 class EomtSegmentation(SegmentationModel):
     network_class = _ResizableEomt
 
@@ -130,3 +156,7 @@ class EomtSegmentation(SegmentationModel):
         if masks is not None:
             masks = nn.functional.pad(masks, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
         return images, masks
+
+
+class EomtDinov3Segmentation(EomtSegmentation):
+    network_class = _ResizableEomtDinov3
