@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from trashseg.errors import ConfigError
-from trashseg.models import ARCHITECTURES, build_model
-from trashseg.models import eomt, oneformer
+from trashseg.models import ARCHITECTURES, build_model, eomt, oneformer
 from trashseg.models.eomt import mask_probability
 from trashseg.models.oneformer import TASK_VOCABULARY, task_token_ids
 
 NUM_CLASSES = 4
-NEW_TINY = ["eomt-dinov2-s-tiny", "eomt-dinov3-s-tiny", "oneformer-swin-l-tiny", "oneformer-dinat-l-tiny"]
+NEW_TINY = [
+    "eomt-dinov2-s-tiny",
+    "eomt-dinov3-s-tiny",
+    "oneformer-swin-l-tiny",
+    "oneformer-dinat-l-tiny",
+]
 
 
 def test_mask_annealing_runs_from_one_to_zero_block_after_block():
@@ -27,7 +31,7 @@ def test_mask_annealing_runs_from_one_to_zero_block_after_block():
     assert 0.0 < midway[0] < 1.0 and midway[1:] == [1.0, 1.0, 1.0]
     assert [mask_probability(b, blocks, 1000, total) for b in range(blocks)] == [0.0] * blocks
     series = [mask_probability(2, blocks, step, total) for step in range(total)]
-    assert all(later <= earlier for earlier, later in zip(series, series[1:]))
+    assert all(later <= earlier for earlier, later in zip(series, series[1:], strict=False))
 
 
 def test_training_progress_sets_the_networks_mask_probabilities():
@@ -119,7 +123,10 @@ def test_saved_model_loads_back_with_identical_predictions(name, tmp_path):
 
 @pytest.mark.parametrize(
     "name, head",
-    [("eomt-dinov2-s-tiny", "class_predictor.weight"), ("oneformer-swin-l-tiny", "class_embed.weight")],
+    [
+        ("eomt-dinov2-s-tiny", "class_predictor.weight"),
+        ("oneformer-swin-l-tiny", "class_embed.weight"),
+    ],
 )
 def test_other_class_count_keeps_the_body_and_reports_the_new_head(name, head, tmp_path, caplog):
     torch.manual_seed(0)

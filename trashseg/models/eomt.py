@@ -30,9 +30,27 @@ from trashseg.models.mask2former import semantic_log_probs, semantic_targets
 # (see DEFAULT_CHECKPOINTS): COCO panoptic at 640 px (200 queries) for S and B, ADE20K semantic at
 # 512 px (100 queries) for L, so that their position embeddings and queries load unchanged.
 EOMT_SIZES = {
-    "s": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=640, num_queries=200),
-    "b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=640, num_queries=200),
-    "l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=512, num_queries=100),
+    "s": dict(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        image_size=640,
+        num_queries=200,
+    ),
+    "b": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=640,
+        num_queries=200,
+    ),
+    "l": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=512,
+        num_queries=100,
+    ),
 }
 # Two layers, the last one carrying the queries; patch 8 keeps a usable grid on 64-96 px crops.
 TINY_EOMT = dict(
@@ -73,7 +91,11 @@ def eomt_dinov3_config(variant: str, num_classes: int, *, tiny: bool) -> EomtDin
     if tiny:
         size = dict(TINY_EOMT, intermediate_size=4 * TINY_EOMT["hidden_size"])
     else:
-        size = dict(EOMT_SIZES[variant], num_blocks=4, intermediate_size=4 * EOMT_SIZES[variant]["hidden_size"])
+        size = dict(
+            EOMT_SIZES[variant],
+            num_blocks=4,
+            intermediate_size=4 * EOMT_SIZES[variant]["hidden_size"],
+        )
     return EomtDinov3Config(**size, num_labels=num_classes)
 
 
@@ -136,7 +158,9 @@ class EomtSegmentation(SegmentationModel):
     def _loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         images, masks = self._pad(images, masks)
         mask_labels, class_labels = semantic_targets(masks)
-        output = self.network(pixel_values=images, mask_labels=mask_labels, class_labels=class_labels)
+        output = self.network(
+            pixel_values=images, mask_labels=mask_labels, class_labels=class_labels
+        )
         return output.loss
 
     def _predict_logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,17 @@ from trashseg.models.dinat import dinat_backbone_config
 from trashseg.models.mask2former import semantic_log_probs, semantic_targets
 from trashseg.models.upernet import swin_backbone_config
 
-TASK_VOCABULARY = {"<pad>": 0, "<start>": 1, "<end>": 2, "the": 3, "task": 4, "is": 5,
-                   "semantic": 6, "instance": 7, "panoptic": 8}
+TASK_VOCABULARY = {
+    "<pad>": 0,
+    "<start>": 1,
+    "<end>": 2,
+    "the": 3,
+    "task": 4,
+    "is": 5,
+    "semantic": 6,
+    "instance": 7,
+    "panoptic": 8,
+}
 
 # Published semantic decoder of the ADE20K Swin-L / DiNAT-L models (250 queries, 6 deformable
 # pixel-decoder layers, 10 decoder layers, 256 wide), so their queries load unchanged.
@@ -60,11 +69,17 @@ def task_token_ids(task: str, length: int) -> torch.Tensor:
     words = ["the", "task", "is", task]
     if task not in ("semantic", "instance", "panoptic"):
         raise ConfigError(f"OneFormer task is {task!r}; expected semantic, instance or panoptic")
-    ids = [TASK_VOCABULARY["<start>"], *(TASK_VOCABULARY[w] for w in words), TASK_VOCABULARY["<end>"]]
+    ids = [
+        TASK_VOCABULARY["<start>"],
+        *(TASK_VOCABULARY[w] for w in words),
+        TASK_VOCABULARY["<end>"],
+    ]
     return torch.tensor(ids + [TASK_VOCABULARY["<pad>"]] * (length - len(ids)))
 
 
-def oneformer_config(backbone: str, variant: str, num_classes: int, *, tiny: bool) -> OneFormerConfig:
+def oneformer_config(
+    backbone: str, variant: str, num_classes: int, *, tiny: bool
+) -> OneFormerConfig:
     if variant != "l":
         raise ValueError(f"OneFormer is published with {backbone}-L only; got variant {variant!r}")
     backbone_config: PretrainedConfig = (
@@ -84,7 +99,9 @@ def oneformer_config(backbone: str, variant: str, num_classes: int, *, tiny: boo
 class OneFormerSegmentation(SegmentationModel):
     network_class = OneFormerForUniversalSegmentation
 
-    def __init__(self, architecture: str, num_classes: int, network: OneFormerForUniversalSegmentation):
+    def __init__(
+        self, architecture: str, num_classes: int, network: OneFormerForUniversalSegmentation
+    ):
         super().__init__(architecture, num_classes, network)
         # Not a buffer: a constant of the tokenisation, kept out of checkpoints.
         self._task_ids = task_token_ids("semantic", network.config.task_seq_len)
