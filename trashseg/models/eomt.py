@@ -151,6 +151,8 @@ class EomtSegmentation(SegmentationModel):
     network_class = _ResizableEomt
 
     def set_training_progress(self, step: int, total_steps: int) -> None:
+        # The probabilities live in a saved buffer, so checkpoints and mid-training validation see
+        # the current annealing state; a finished run predicts without masks.
         blocks = self.network.config.num_blocks
         probs = [mask_probability(block, blocks, step, total_steps) for block in range(blocks)]
         self.network.attn_mask_probs.copy_(torch.tensor(probs))
