@@ -642,6 +642,7 @@ def train(
         batches = iter(loader)
         window_start, window_loss, window_steps = time.monotonic(), 0.0, 0
         for iteration in range(start, end):
+            model.set_training_progress(iteration, config.iterations)  # e.g. EoMT's mask annealing
             step_loss = 0.0
             for micro in range(config.grad_accum):
                 images, masks = next(batches)

@@ -21,6 +21,7 @@ NUM_CLASSES = 4
 # SeMask's semantic attention is scaled by gamma = 0 at init, so its key, value and output
 # projections wait for gamma's first step (gamma and the class-score projection get gradients);
 # FaPN's alignment offsets feed a zero-initialised offset conv (DCNv2's init), likewise.
+# OneFormer's contrastive logit scale is unused with its text branch off (trashseg.models.oneformer).
 NO_GRADIENT_AT_INIT = (
     "swin.layernorm.",
     "decoder.level_embed",
@@ -28,6 +29,7 @@ NO_GRADIENT_AT_INIT = (
     ".mlp_v.",
     ".mlp_res.",
     "decoder.alignments.",
+    "criterion.logit_scale",
 )
 
 # Published parameter counts in millions (our class heads differ negligibly from the papers').
@@ -47,6 +49,18 @@ PUBLISHED_MILLIONS = {
     "segformer-b3": 47.3,
     "segformer-b4": 64.1,
     "segformer-b5": 84.7,
+    # EoMT-L: 316M in its paper (arXiv 2503.19108); S and B as LightlyTrain's EoMT tables list
+    # them with 200 queries (23.4M, 92.5M).
+    "eomt-dinov2-s": 23.4,
+    "eomt-dinov2-b": 92.5,
+    "eomt-dinov2-l": 316,
+    # EoMT on DINOv3, LightlyTrain's tables: S 23.4M, B 92.5M, L 315.1M.
+    "eomt-dinov3-s": 23.4,
+    "eomt-dinov3-b": 92.5,
+    "eomt-dinov3-l": 315.1,
+    # OneFormer paper (arXiv 2211.06220), ADE20K table: Swin-L 219M, DiNAT-L 223M.
+    "oneformer-swin-l": 219,
+    "oneformer-dinat-l": 223,
 }
 SEMASK = [f"mask2former-semask{decoder}-swin-{size}" for decoder in ("", "-fapn") for size in "tbl"]
 

@@ -19,11 +19,18 @@ from trashseg.data.classes import DEFAULT_TAXONOMY
 from trashseg.errors import ConfigError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
+from trashseg.models.eomt import (
+    EomtDinov3Segmentation,
+    EomtSegmentation,
+    eomt_config,
+    eomt_dinov3_config,
+)
 from trashseg.models.mask2former import (
     Mask2FormerSegmentation,
     mask2former_dinat_config,
     mask2former_swin_config,
 )
+from trashseg.models.oneformer import OneFormerSegmentation, oneformer_config
 from trashseg.models.segformer import SegformerSegmentation, segformer_config
 from trashseg.models.semask import (
     SeMaskMask2FormerSegmentation,
@@ -65,6 +72,7 @@ _SEMASK = SeMaskMask2FormerSegmentation
 # SeMask-Swin encoders under Mask2Former, with its own pixel decoder or with FaPN's.
 _SEMASK_M2F = partial(mask2former_semask_config, "msdeformattn")
 _SEMASK_FAPN = partial(mask2former_semask_config, "fapn")
+_EOMT, _ONE = EomtSegmentation, OneFormerSegmentation
 
 # name -> (family, config builder taking (num_classes, tiny=...), wrapper). Every entry also gets
 # a "<name>-tiny" twin built from the same builder with tiny=True.
@@ -91,6 +99,14 @@ _FULL_SIZE = {
     "segformer-b3": ("segformer", partial(segformer_config, "b3"), _SEG),
     "segformer-b4": ("segformer", partial(segformer_config, "b4"), _SEG),
     "segformer-b5": ("segformer", partial(segformer_config, "b5"), _SEG),
+    "eomt-dinov2-s": ("eomt", partial(eomt_config, "s"), _EOMT),
+    "eomt-dinov2-b": ("eomt", partial(eomt_config, "b"), _EOMT),
+    "eomt-dinov2-l": ("eomt", partial(eomt_config, "l"), _EOMT),
+    "eomt-dinov3-s": ("eomt", partial(eomt_dinov3_config, "s"), EomtDinov3Segmentation),
+    "eomt-dinov3-b": ("eomt", partial(eomt_dinov3_config, "b"), EomtDinov3Segmentation),
+    "eomt-dinov3-l": ("eomt", partial(eomt_dinov3_config, "l"), EomtDinov3Segmentation),
+    "oneformer-swin-l": ("oneformer", partial(oneformer_config, "swin", "l"), _ONE),
+    "oneformer-dinat-l": ("oneformer", partial(oneformer_config, "dinat", "l"), _ONE),
 }
 
 

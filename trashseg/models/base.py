@@ -39,6 +39,11 @@ class SegmentationModel(nn.Module):
         self._check_images(images)
         return self._predict_logits(images).float()
 
+    def set_training_progress(self, step: int, total_steps: int) -> None:
+        """Told by the training loop before each optimizer step (`step` of `total_steps`, from 0),
+        for families whose training schedule changes the network (EoMT's mask annealing).
+        Nothing by default."""
+
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
 
