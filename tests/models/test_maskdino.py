@@ -1,6 +1,5 @@
 """MaskDINO: query selection, denoising isolation, box targets, checkpoints, size and learning."""
 
-import pytest
 import torch
 
 from trashseg.config import from_mapping
@@ -61,7 +60,9 @@ def test_query_selection_takes_the_top_scoring_encoder_tokens():
     memory = torch.randn(2, sum(h * w for h, w in shapes), network.config.hidden_dim)
     mask_features = torch.randn(2, network.config.mask_feature_size, 16, 16)
     with torch.no_grad():
-        selected, encoder_prediction, queries, boxes = network.select_queries(memory, shapes, mask_features)
+        selected, encoder_prediction, queries, boxes = network.select_queries(
+            memory, shapes, mask_features
+        )
         tokens = network.encoder_output_norm(network.encoder_output(memory))
         scores = network.class_head(tokens)[..., :-1].max(-1).values  # "no object" never selects
     k = network.config.num_queries
@@ -76,13 +77,20 @@ def test_query_selection_takes_the_top_scoring_encoder_tokens():
     proposals = token_proposals(shapes, memory)
     expected = proposals.gather(1, selected[..., None].expand(-1, -1, 4))
     torch.testing.assert_close(boxes, expected)
-    assert not queries.requires_grad and encoder_prediction["logits"].shape == (2, k, NUM_CLASSES + 1)
+    assert not queries.requires_grad and encoder_prediction["logits"].shape == (
+        2,
+        k,
+        NUM_CLASSES + 1,
+    )
 
 
 def test_denoising_mask_blocks_matching_queries_and_other_groups():
     network = tiny_network().eval()
     labels = [torch.tensor([0, 2]), torch.tensor([1])]
-    boxes = [torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.6, 0.2, 0.3]]), torch.tensor([[0.5, 0.5, 1.0, 1.0]])]
+    boxes = [
+        torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.6, 0.2, 0.3]]),
+        torch.tensor([[0.5, 0.5, 1.0, 1.0]]),
+    ]
     torch.manual_seed(0)
     denoising = make_denoising(labels, boxes, network.label_embedding, 8, NUM_CLASSES)
     assert (denoising.groups, denoising.group_size, denoising.counts) == (4, 2, [2, 1])
@@ -102,12 +110,14 @@ def test_denoising_mask_blocks_matching_queries_and_other_groups():
         changed.boxes_unsigmoid[:, :2] = denoising.boxes_unsigmoid[:, :2]
         changed.content[:, 2:4] += 5.0
         other = network(images, changed)
-    for a, b, c in zip(plain.predictions, noised.predictions, other.predictions):
+    for a, b, c in zip(plain.predictions, noised.predictions, other.predictions, strict=True):
         for key in ("logits", "masks", "boxes"):
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(b[key], c[key], rtol=1e-4, atol=1e-5)
     last, last_other = noised.denoising_predictions[-1], other.denoising_predictions[-1]
-    torch.testing.assert_close(last["logits"][:, :2], last_other["logits"][:, :2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        last["logits"][:, :2], last_other["logits"][:, :2], rtol=1e-4, atol=1e-5
+    )
     assert not torch.allclose(last["logits"][:, 2:4], last_other["logits"][:, 2:4])
 
 
@@ -144,7 +154,9 @@ def test_save_and_load_round_trip(tmp_path):
     fresh = build_model(NAME, NUM_CLASSES)
     fresh.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     with torch.no_grad():
-        torch.testing.assert_close(fresh.eval().predict_logits(images), model.predict_logits(images))
+        torch.testing.assert_close(
+            fresh.eval().predict_logits(images), model.predict_logits(images)
+        )
 
 
 def test_swin_l_size_matches_the_published_model():
@@ -162,9 +174,19 @@ def test_tiny_maskdino_learns_far_beyond_majority_class(sample_dataset, tmp_path
     config = from_mapping(
         TrainConfig,
         dict(
-            architecture=NAME, image_size=96, batch_size=4, iterations=ITERATIONS, warmup_iters=10, lr=2e-3,
-            weight_decay=0.0, eval_interval=ITERATIONS // 4, checkpoint_interval=ITERATIONS, log_interval=50,
-            num_workers=0, augment={"scale_range": [0.75, 1.25]}, tracking={"enabled": False},
+            architecture=NAME,
+            image_size=96,
+            batch_size=4,
+            iterations=ITERATIONS,
+            warmup_iters=10,
+            lr=2e-3,
+            weight_decay=0.0,
+            eval_interval=ITERATIONS // 4,
+            checkpoint_interval=ITERATIONS,
+            log_interval=50,
+            num_workers=0,
+            augment={"scale_range": [0.75, 1.25]},
+            tracking={"enabled": False},
         ),
     )
     result = train(config, sample_dataset, tmp_path / "run")

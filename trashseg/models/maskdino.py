@@ -142,7 +142,9 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
@@ -226,21 +228,33 @@ class MaskDinoForSegmentation(Mask2FormerPreTrainedModel):
         num_dn = 0 if denoising is None else denoising.size
         if denoising is not None:
             queries = torch.cat([denoising.content.to(queries.dtype), queries], 1)
-            boxes_unsigmoid = torch.cat([denoising.boxes_unsigmoid.to(queries.dtype), boxes_unsigmoid], 1)
-        attn_mask = None if denoising is None else denoising_attention_mask(denoising, selected.shape[1], queries.device)
+            boxes_unsigmoid = torch.cat(
+                [denoising.boxes_unsigmoid.to(queries.dtype), boxes_unsigmoid], 1
+            )
+        attn_mask = (
+            None
+            if denoising is None
+            else denoising_attention_mask(denoising, selected.shape[1], queries.device)
+        )
 
         stages = [self.predict(queries, boxes_unsigmoid.sigmoid(), mask_features)]
         boxes = boxes_unsigmoid.sigmoid()
         for layer in self.layers:
             # Conditional query positions from the current boxes; boxes are refined per layer and
             # detached before the next one (DINO's look-forward-twice keeps the prediction attached).
-            query_pos = self.query_position(box_sine_embedding(boxes.detach(), self.config.hidden_dim))
+            query_pos = self.query_position(
+                box_sine_embedding(boxes.detach(), self.config.hidden_dim)
+            )
             queries = layer(queries, query_pos, boxes.detach(), memory, spatial_shapes, attn_mask)
-            refined = (self.box_head(self.decoder_norm(queries)) + inverse_sigmoid(boxes.detach())).sigmoid()
+            refined = (
+                self.box_head(self.decoder_norm(queries)) + inverse_sigmoid(boxes.detach())
+            ).sigmoid()
             stages.append(self.predict(queries, refined, mask_features))
             boxes = refined
         predictions = [encoder_prediction] + [_slice(stage, num_dn, None) for stage in stages]
-        denoising_predictions = None if denoising is None else [_slice(s, 0, num_dn) for s in stages]
+        denoising_predictions = (
+            None if denoising is None else [_slice(s, 0, num_dn) for s in stages]
+        )
         return MaskDinoOutput(predictions, denoising_predictions, denoising, selected)
 
     def select_queries(self, memory, spatial_shapes, mask_features):
@@ -321,7 +335,7 @@ def make_denoising(
     noised_labels = torch.zeros(batch, groups, group_size, dtype=torch.long, device=device)
     noised_boxes = torch.zeros(batch, groups, group_size, 4, device=device)
     present = torch.zeros(batch, groups, group_size, 1, device=device)
-    for image, (label, box) in enumerate(zip(labels, boxes)):
+    for image, (label, box) in enumerate(zip(labels, boxes, strict=True)):
         count = len(label)
         label = label.to(device).repeat(groups, 1)
         flip = torch.rand(label.shape, device=device) < DN_LABEL_NOISE_RATIO * 0.5
@@ -363,7 +377,9 @@ class MaskDinoSegmentation(SegmentationModel):
 
     def _loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         mask_labels, class_labels = semantic_targets(masks)
-        targets = Targets(class_labels, mask_labels, [masks_to_boxes(m.bool()) for m in mask_labels])
+        targets = Targets(
+            class_labels, mask_labels, [masks_to_boxes(m.bool()) for m in mask_labels]
+        )
         denoising = None
         if self.training:
             denoising = make_denoising(
@@ -380,4 +396,3 @@ class MaskDinoSegmentation(SegmentationModel):
         output = self.network(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
             return semantic_log_probs(output, images)
-

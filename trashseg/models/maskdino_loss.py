@@ -45,7 +45,9 @@ def maskdino_loss(output, targets: Targets, config: Mask2FormerConfig) -> torch.
         indices = hungarian_match(prediction, targets, config)
         total = total + set_loss(prediction, targets, indices, config)
     if output.denoising_predictions is not None:
-        indices = denoising_indices(output.denoising, output.denoising_predictions[0]["logits"].device)
+        indices = denoising_indices(
+            output.denoising, output.denoising_predictions[0]["logits"].device
+        )
         for prediction in output.denoising_predictions:
             total = total + set_loss(prediction, targets, indices, config)
     return total
@@ -68,9 +70,13 @@ def _point_logits(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hungarian_match(prediction, targets: Targets, config) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def hungarian_match(
+    prediction, targets: Targets, config
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     indices = []
-    for image, (labels, masks, boxes) in enumerate(zip(targets.labels, targets.masks, targets.boxes)):
+    for image, (labels, masks, boxes) in enumerate(
+        zip(targets.labels, targets.masks, targets.boxes, strict=True)
+    ):
         logits = prediction["logits"][image].float()
         if len(labels) == 0:
             empty = torch.zeros(0, dtype=torch.long, device=logits.device)
@@ -86,7 +92,9 @@ def hungarian_match(prediction, targets: Targets, config) -> list[tuple[torch.Te
             + config.dice_weight * pair_wise_dice_loss(predicted, target)
             + BOX_WEIGHT * torch.cdist(pred_boxes, boxes, p=1)
             - GIOU_WEIGHT
-            * generalized_box_iou(center_to_corners_format(pred_boxes), center_to_corners_format(boxes))
+            * generalized_box_iou(
+                center_to_corners_format(pred_boxes), center_to_corners_format(boxes)
+            )
         )
         rows, cols = linear_sum_assignment(cost.nan_to_num(1e5).cpu().numpy())
         device = logits.device
@@ -97,12 +105,16 @@ def hungarian_match(prediction, targets: Targets, config) -> list[tuple[torch.Te
 def set_loss(prediction, targets: Targets, indices, config) -> torch.Tensor:
     logits = prediction["logits"].float()
     num_classes = logits.shape[-1] - 1
-    class_targets = torch.full(logits.shape[:2], num_classes, dtype=torch.long, device=logits.device)
+    class_targets = torch.full(
+        logits.shape[:2], num_classes, dtype=torch.long, device=logits.device
+    )
     for image, (queries, objects) in enumerate(indices):
         class_targets[image, queries] = targets.labels[image][objects]
     weight = torch.ones(num_classes + 1, device=logits.device)
     weight[-1] = config.no_object_weight
-    loss = config.class_weight * nn.functional.cross_entropy(logits.transpose(1, 2), class_targets, weight)
+    loss = config.class_weight * nn.functional.cross_entropy(
+        logits.transpose(1, 2), class_targets, weight
+    )
 
     num_objects = max(1, sum(len(objects) for _, objects in indices))
     pred_masks = torch.cat([prediction["masks"][i][q] for i, (q, _) in enumerate(indices)]).float()
@@ -118,5 +130,7 @@ def set_loss(prediction, targets: Targets, indices, config) -> torch.Tensor:
     pred_boxes = torch.cat([prediction["boxes"][i][q] for i, (q, _) in enumerate(indices)]).float()
     boxes = torch.cat([targets.boxes[i][o] for i, (_, o) in enumerate(indices)]).float()
     l1 = nn.functional.l1_loss(pred_boxes, boxes, reduction="sum") / num_objects
-    giou = generalized_box_iou(center_to_corners_format(pred_boxes), center_to_corners_format(boxes))
+    giou = generalized_box_iou(
+        center_to_corners_format(pred_boxes), center_to_corners_format(boxes)
+    )
     return loss + BOX_WEIGHT * l1 + GIOU_WEIGHT * (1 - giou.diagonal()).sum() / num_objects
