@@ -194,4 +194,16 @@ def test_tiny_maskdino_learns_far_beyond_majority_class(sample_dataset, tmp_path
     assert result.best_miou >= FACTOR_OVER_MAJORITY * baseline, (result.best_miou, baseline)
 
 
-ITERATIONS = 400
+ITERATIONS = 300
+
+
+def test_a_mask2former_checkpoint_initialises_backbone_and_pixel_encoder(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("mask2former-swin-t-tiny", NUM_CLASSES)
+    source.save_pretrained(tmp_path / "m2f")
+    model = build_model(NAME, NUM_CLASSES, pretrained=str(tmp_path / "m2f"))
+    expected = source.network.model.pixel_level_module.state_dict()
+    loaded = model.network.model["pixel_level_module"].state_dict()
+    assert expected.keys() == loaded.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(loaded[key], value, msg=key)

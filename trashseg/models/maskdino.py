@@ -191,12 +191,14 @@ class MaskDinoDecoderLayer(nn.Module):
 class MaskDinoForSegmentation(Mask2FormerPreTrainedModel):
     """Backbone + Mask2Former pixel encoder (reused from transformers) + the MaskDINO decoder."""
 
-    base_model_prefix = "maskdino"
+    base_model_prefix = "model"
 
     def __init__(self, config: Mask2FormerConfig):
         super().__init__(config)
         hidden, num_levels = config.hidden_dim, 3  # the pixel decoder's 3 deformable levels
-        self.pixel_level_module = Mask2FormerPixelLevelModule(config)
+        # Keyed "model.pixel_level_module." as in Mask2FormerForUniversalSegmentation, so a
+        # Mask2Former checkpoint initialises the backbone and pixel encoder (the decoder stays new).
+        self.model = nn.ModuleDict({"pixel_level_module": Mask2FormerPixelLevelModule(config)})
         # Query selection: encoder tokens are projected, then scored by the shared class head.
         self.encoder_output = nn.Linear(hidden, hidden)
         self.encoder_output_norm = nn.LayerNorm(hidden)
@@ -216,7 +218,7 @@ class MaskDinoForSegmentation(Mask2FormerPreTrainedModel):
         nn.init.zeros_(self.box_head.layers[-1].bias)
 
     def forward(self, pixel_values: torch.Tensor, denoising: Denoising | None = None):
-        pixels = self.pixel_level_module(pixel_values)
+        pixels = self.model["pixel_level_module"](pixel_values)
         levels = pixels.decoder_hidden_states  # 1/32, 1/16, 1/8 after the deformable encoder
         mask_features = pixels.decoder_last_hidden_state  # per-pixel embeddings at 1/4
         spatial_shapes = [tuple(level.shape[-2:]) for level in levels]
