@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import Mask2FormerConfig
+from transformers import initialization as init
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention as MultiscaleDeformableAttention,
 )
@@ -213,9 +214,22 @@ class MaskDinoForSegmentation(Mask2FormerPreTrainedModel):
         self.box_head = MLP(hidden, hidden, 4, 3)
         self.mask_head = MLP(hidden, hidden, config.mask_feature_size, 3)
         self.post_init()
-        # The box head starts as the identity refinement (DINO zero-initialises its last layer).
-        nn.init.zeros_(self.box_head.layers[-1].weight)
-        nn.init.zeros_(self.box_head.layers[-1].bias)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, MLP):
+            # PyTorch's default Linear init, as in the reference MLPs: transformers' std-0.02
+            # normal init shrinks a 3-layer head's output and gradients ~1000x.
+            for layer in module.layers:
+                init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+                bound = 1 / math.sqrt(layer.in_features)
+                init.uniform_(layer.bias, -bound, bound)
+            if module is self.box_head:
+                # The box head starts as the identity refinement (DINO zero-inits its last layer).
+                init.zeros_(module.layers[-1].weight)
+                init.zeros_(module.layers[-1].bias)
+        else:  # module.apply visits children first, so an MLP's re-init above wins
+            super()._init_weights(module)
 
     def forward(self, pixel_values: torch.Tensor, denoising: Denoising | None = None):
         pixels = self.model["pixel_level_module"](pixel_values)
