@@ -139,13 +139,19 @@ def box_sine_embedding(boxes: torch.Tensor, hidden_dim: int) -> torch.Tensor:
     return embedding.flatten(-3).to(boxes.dtype)
 
 
+class HeadLinear(nn.Linear):
+    """A prediction-head layer: default PyTorch init, or zeros where `zero_init` is set."""
+
+    zero_init = False
+
+
 class MLP(nn.Module):
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers, *, zero_last=False):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
-        )
+        pairs = zip(dims[:-1], dims[1:], strict=True)
+        self.layers = nn.ModuleList(HeadLinear(a, b) for a, b in pairs)
+        self.layers[-1].zero_init = zero_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
@@ -211,24 +217,27 @@ class MaskDinoForSegmentation(Mask2FormerPreTrainedModel):
         # Heads shared by the encoder proposals and every decoder layer, as in MaskDINO.
         self.decoder_norm = nn.LayerNorm(hidden)
         self.class_head = nn.Linear(hidden, config.num_labels + 1)  # last class: "no object"
-        self.box_head = MLP(hidden, hidden, 4, 3)
+        # The box head starts as the identity refinement (DINO zero-initialises its last layer).
+        self.box_head = MLP(hidden, hidden, 4, 3, zero_last=True)
         self.mask_head = MLP(hidden, hidden, config.mask_feature_size, 3)
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, MLP):
+        if isinstance(module, HeadLinear):
             # PyTorch's default Linear init, as in the reference MLPs: transformers' std-0.02
             # normal init shrinks a 3-layer head's output and gradients ~1000x.
-            for layer in module.layers:
-                init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
-                bound = 1 / math.sqrt(layer.in_features)
-                init.uniform_(layer.bias, -bound, bound)
-            if module is self.box_head:
-                # The box head starts as the identity refinement (DINO zero-inits its last layer).
-                init.zeros_(module.layers[-1].weight)
-                init.zeros_(module.layers[-1].bias)
-        else:  # module.apply visits children first, so an MLP's re-init above wins
+            if module.zero_init:
+                init.zeros_(module.weight)
+                init.zeros_(module.bias)
+            else:
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                init.uniform_(
+                    module.bias,
+                    -1 / math.sqrt(module.in_features),
+                    1 / math.sqrt(module.in_features),
+                )
+        else:
             super()._init_weights(module)
 
     def forward(self, pixel_values: torch.Tensor, denoising: Denoising | None = None):
