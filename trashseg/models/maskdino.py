@@ -265,8 +265,9 @@ class MaskDinoForSegmentation(Mask2FormerPreTrainedModel):
         stages = [self.predict(queries, boxes_unsigmoid.sigmoid(), mask_features)]
         boxes = boxes_unsigmoid.sigmoid()
         for layer in self.layers:
-            # Conditional query positions from the current boxes; boxes are refined per layer and
-            # detached before the next one (DINO's look-forward-twice keeps the prediction attached).
+            # Conditional query positions from the current boxes; each layer predicts a box delta
+            # on the detached previous box (Deformable DETR's iterative refinement; DINO's
+            # look-forward-twice variant, which keeps the previous box attached, is not used).
             query_pos = self.query_position(
                 box_sine_embedding(boxes.detach(), self.config.hidden_dim)
             )
