@@ -27,6 +27,7 @@ DEFAULT_ARCHITECTURES = [
     "mask2former-swin-t-tiny",
     "mask2former-semask-swin-t-tiny",
     "mask2former-semask-fapn-swin-t-tiny",
+    "maskdino-swin-t-tiny",
 ]
 
 

@@ -30,6 +30,7 @@ from trashseg.models.mask2former import (
     mask2former_dinat_config,
     mask2former_swin_config,
 )
+from trashseg.models.maskdino import MaskDinoSegmentation, maskdino_swin_config
 from trashseg.models.oneformer import OneFormerSegmentation, oneformer_config
 from trashseg.models.segformer import SegformerSegmentation, segformer_config
 from trashseg.models.semask import (
@@ -93,6 +94,9 @@ _FULL_SIZE = {
     "upernet-convnext-t": ("upernet", partial(upernet_config, "convnext", "t"), _UPER),
     "upernet-convnext-b": ("upernet", partial(upernet_config, "convnext", "b"), _UPER),
     "upernet-convnext-l": ("upernet", partial(upernet_config, "convnext", "l"), _UPER),
+    "maskdino-swin-t": ("maskdino", partial(maskdino_swin_config, "t"), MaskDinoSegmentation),
+    "maskdino-swin-b": ("maskdino", partial(maskdino_swin_config, "b"), MaskDinoSegmentation),
+    "maskdino-swin-l": ("maskdino", partial(maskdino_swin_config, "l"), MaskDinoSegmentation),
     "segformer-b0": ("segformer", partial(segformer_config, "b0"), _SEG),
     "segformer-b1": ("segformer", partial(segformer_config, "b1"), _SEG),
     "segformer-b2": ("segformer", partial(segformer_config, "b2"), _SEG),
