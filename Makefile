@@ -124,6 +124,8 @@ deploy: tools ## Apply an overlay to the current kube context: make deploy OVERL
 # namespace on multi-user clusters (empty for standalone KFP).
 DEMO_OUT ?= runs/demo
 GPUS ?= 1
+# compile: size the training retry window for runs of up to this many iterations (0: the defaults)
+MAX_ITERATIONS ?= 0
 EXPERIMENT ?= trashseg
 KFP_HOST ?= http://localhost:8080
 CRON ?= 0 0 3 * * *
@@ -135,8 +137,8 @@ demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few 
 	$(PY) -m pipelines.local demo --out $(DEMO_OUT)
 
 .PHONY: compile
-compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task)
-	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --out $(BUILD)
+compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task; MAX_ITERATIONS)
+	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --max-iterations $(MAX_ITERATIONS) --out $(BUILD)
 
 .PHONY: submit
 submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… [NAMESPACE=…] PARAMS="dataset_version=…"
