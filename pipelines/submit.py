@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from kfp_server_api.exceptions import ApiException
 
+from pipelines.cluster import DEFAULT_SETTINGS
 from trashseg.config import parse_assignments
 from trashseg.errors import UserError
 
@@ -117,12 +118,16 @@ def typed_value(name: str, value: str, parameter_type: str) -> Any:
         ) from None
 
 
+def pipeline_spec(package: Path) -> dict:
+    if not package.is_file():
+        raise SubmitError(f"{package} not found; run `make compile` first")
+    return next(yaml.safe_load_all(package.read_text()))
+
+
 def typed_params(package: Path, params: dict[str, str]) -> dict[str, Any]:
     """Every given parameter exists in the compiled pipeline and every required one is given;
     each value converted to the type the pipeline declares for it."""
-    if not package.is_file():
-        raise SubmitError(f"{package} not found; run `make compile` first")
-    spec = next(yaml.safe_load_all(package.read_text()))
+    spec = pipeline_spec(package)
     declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -136,6 +141,27 @@ def typed_params(package: Path, params: dict[str, str]) -> dict[str, Any]:
     return {name: typed_value(name, value, declared[name]["parameterType"]) for name, value in params.items()}
 
 
+def retry_window_warning(package: Path, arguments: dict[str, Any]) -> str | None:
+    """A warning when `iterations` needs a longer training retry window than the package was
+    compiled with (the window is fixed at compile time; see pipelines/cluster.py)."""
+    if "iterations" not in arguments:
+        return None
+    spec = pipeline_spec(package)
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    windows = [
+        int(task["retryPolicy"]["backoffMaxDuration"].removesuffix("s"))
+        for dag in dags for task in dag["tasks"].values() if "retryPolicy" in task
+    ]
+    needed = DEFAULT_SETTINGS.retry_window_s(arguments["iterations"])
+    if not windows or min(windows) >= needed:
+        return None
+    return (
+        f"iterations={arguments['iterations']} needs a training retry window of {needed} s, but "
+        f"{package.name} was compiled with {min(windows)} s: a retry after that is never started. "
+        f"Recompile with make compile MAX_ITERATIONS={arguments['iterations']}"
+    )
+
+
 def check_cron(cron: str) -> str:
     fields = cron.split()
     if len(fields) != 6:
@@ -144,6 +170,12 @@ def check_cron(cron: str) -> str:
             "day-of-week), e.g. \"0 0 3 * * *\" for 03:00 UTC daily"
         )
     return " ".join(fields)
+
+
+def warn_retry_window(package: Path, arguments: dict[str, Any]) -> None:
+    warning = retry_window_warning(package, arguments)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def kfp_client(host: str):
@@ -155,6 +187,7 @@ def kfp_client(host: str):
 def submit_run(host: str, experiment: str, package: Path, params: dict[str, str], namespace: str | None = None) -> int:
     check_endpoint(host)
     arguments = typed_params(package, params)
+    warn_retry_window(package, arguments)
     run = kfp_client(host).create_run_from_pipeline_package(
         str(package), arguments=arguments, experiment_name=experiment, namespace=namespace
     )
@@ -167,6 +200,7 @@ def schedule_run(
 ) -> int:
     check_endpoint(host)
     arguments = typed_params(package, params)
+    warn_retry_window(package, arguments)
     cron = check_cron(cron)
     client = kfp_client(host)
     # a recurring run lives in its experiment's namespace

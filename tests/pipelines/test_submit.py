@@ -11,6 +11,7 @@ from pipelines.submit import (
     check_cron,
     check_endpoint,
     main,
+    retry_window_warning,
     typed_params,
     typed_value,
 )
@@ -82,6 +83,13 @@ def test_values_take_the_types_the_package_declares(packages):
         typed_value("extra", "[1]", "STRUCT")
 
 
+def test_a_longer_run_than_the_compiled_retry_window_is_flagged(packages):
+    assert retry_window_warning(packages["full"], {"iterations": 80_000}) is None
+    assert retry_window_warning(packages["full"], {"dataset_version": "v"}) is None
+    warning = retry_window_warning(packages["full"], {"iterations": 200_000})
+    assert "iterations=200000 needs a training retry window" in warning and "MAX_ITERATIONS=200000" in warning
+
+
 def test_cron_needs_six_fields():
     assert check_cron("0  0 3 * * *") == "0 0 3 * * *"
     with pytest.raises(SubmitError, match="has 5 fields; KFP needs 6"):
@@ -92,8 +100,8 @@ CREATED = "2026-01-01T00:00:00Z"
 
 
 class RecordingKfpApi:
-    """A KFP API endpoint on 127.0.0.1 that answers what `kfp run create` and the recurring-run
-    client call, and records each request; lets the tests read what would reach a cluster."""
+    """A KFP API endpoint on 127.0.0.1 that answers what the kfp client calls for a run and a recurring
+    run, and records each request; lets the tests read what would reach a cluster."""
 
     def __init__(self):
         import json
