@@ -124,7 +124,8 @@ def test_retry_window_holds_the_whole_training(compiled, pipeline, iterations):
 
 def test_retry_window_grows_with_max_iterations_and_has_a_floor():
     settings = ClusterSettings(max_iterations=200_000)
-    assert settings.retry_window_s(DEFAULT_ITERATIONS) == int(200_000 * 2.0 * 2.0)
+    budget = settings.seconds_per_iteration * settings.retry_window_slack
+    assert settings.retry_window_s(DEFAULT_ITERATIONS) == int(200_000 * budget) > ClusterSettings().retry_window_s(DEFAULT_ITERATIONS)
     assert ClusterSettings().retry_window_s(10) == 86_400
     with pytest.raises(ValueError, match="seconds_per_iteration"):
         ClusterSettings(seconds_per_iteration=0)
