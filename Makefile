@@ -119,26 +119,31 @@ deploy: tools ## Apply an overlay to the current kube context: make deploy OVERL
 
 # make demo: full.py through kfp.local on generated sample data (tiny models, CPU); MLflow
 # in $(DEMO_OUT)/mlflow.db. make submit/schedule talk to KFP_HOST (see README, "Running on
-# a cluster"); PARAMS are pipeline parameters, e.g. PARAMS="dataset_version=<hash>".
+# a cluster"); PARAMS are pipeline parameters, e.g. PARAMS="dataset_version=<hash>", each
+# converted to the type the compiled pipeline declares. NAMESPACE: the Kubeflow profile
+# namespace on multi-user clusters (empty for standalone KFP).
 DEMO_OUT ?= runs/demo
 GPUS ?= 1
+# compile: size the training retry window for runs of up to this many iterations (0: the defaults)
+MAX_ITERATIONS ?= 0
 EXPERIMENT ?= trashseg
 KFP_HOST ?= http://localhost:8080
 CRON ?= 0 0 3 * * *
 PARAMS ?=
+NAMESPACE ?=
 
 .PHONY: demo
 demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few minutes)
 	$(PY) -m pipelines.local demo --out $(DEMO_OUT)
 
 .PHONY: compile
-compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task)
-	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --out $(BUILD)
+compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task; MAX_ITERATIONS)
+	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --max-iterations $(MAX_ITERATIONS) --out $(BUILD)
 
 .PHONY: submit
-submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… PARAMS="dataset_version=…"
-	$(PY) -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --package $(BUILD)/full.yaml $(PARAMS)
+submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… [NAMESPACE=…] PARAMS="dataset_version=…"
+	$(PY) -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --namespace "$(NAMESPACE)" --package $(BUILD)/full.yaml $(PARAMS)
 
 .PHONY: schedule
 schedule: compile ## Recurring retrain.yaml run: make schedule CRON="0 0 3 * * *" (UTC, 6 fields)
-	$(PY) -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --package $(BUILD)/retrain.yaml --cron "$(CRON)" $(PARAMS)
+	$(PY) -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --namespace "$(NAMESPACE)" --package $(BUILD)/retrain.yaml --cron "$(CRON)" $(PARAMS)
