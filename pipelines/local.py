@@ -255,9 +255,12 @@ def summary(run: LocalRun) -> str:
     return "\n".join(lines)
 
 
-def check_run_options(architectures: list[str], iterations: int, image_size: int, train_settings: list[str]) -> None:
-    """Fail before data is pushed or any task starts: names, numbers and settings as train reads them."""
+def check_run_options(
+    architectures: list[str], iterations: int, image_size: int, train_settings: list[str], ensemble_settings: list[str]
+) -> None:
+    """Fail before data is pushed or any task starts: names, numbers and settings as the steps read them."""
     from trashseg.config import load_config
+    from trashseg.ensemble import EnsembleConfig
     from trashseg.models import ARCHITECTURES
     from trashseg.training import TrainConfig
 
@@ -267,6 +270,7 @@ def check_run_options(architectures: list[str], iterations: int, image_size: int
             f"unknown architecture(s) {', '.join(unknown) or '(none given)'}; ARCHS takes names from: {', '.join(ARCHITECTURES)}"
         )
     load_config(TrainConfig, None, [f"iterations={iterations}", f"image_size={image_size}", *train_settings])
+    load_config(EnsembleConfig, None, ensemble_settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     run_options.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE, help=f"training crop (default {DEMO_IMAGE_SIZE})")
     run_options.add_argument("--set", action="append", default=[], dest="settings", metavar="KEY=VALUE",
                              help="a training setting over the demo's (e.g. lr=1e-3); repeat for several")
+    run_options.add_argument("--ensemble-set", action="append", default=[], dest="ensemble_settings", metavar="KEY=VALUE",
+                             help="an ensemble setting over the demo's (e.g. crf_enabled=false); repeat for several")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
@@ -308,11 +314,14 @@ def _run_on_folder(args: argparse.Namespace) -> LocalRun:
         raise ConfigError("run needs --data FOLDER (make run DATA=FOLDER): a COCO folder with train.json and test.json")
     architectures = args.architectures or DEMO_ARCHITECTURES
     train_settings = [*DEMO_TRAIN_SETTINGS, *args.settings]  # the user's come last and win
-    check_run_options(architectures, args.iterations, args.image_size, train_settings)
+    # One model cannot outvote itself: consensus needs two (EnsembleConfig.consensus_k).
+    single = ["consensus_enabled=false"] if len(architectures) == 1 else []
+    ensemble_settings = [*DEMO_ENSEMBLE_SETTINGS, *single, *args.ensemble_settings]
+    check_run_options(architectures, args.iterations, args.image_size, train_settings, ensemble_settings)
     out = args.out or f"runs/{args.data.resolve().name}"
     return run_full(
         out, data=args.data, architectures=architectures, iterations=args.iterations, image_size=args.image_size,
-        train_settings=train_settings, pseudo_round=not args.no_pseudo_round,
+        train_settings=train_settings, ensemble_settings=ensemble_settings, pseudo_round=not args.no_pseudo_round,
     )
 
 

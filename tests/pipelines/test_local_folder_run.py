@@ -60,13 +60,13 @@ def test_run_trains_on_the_folder_and_writes_its_submission(coco_folder, tmp_pat
     code = main([
         "run", "--data", str(coco_folder), "--out", str(out), "--arch", "segformer-b0-tiny",
         "--iterations", "2", "--image-size", "32", "--no-pseudo-round",
-        "--set", "batch_size=2", "--set", "warmup_iters=1", "--set", "log_interval=1",
+        "--set", "batch_size=2", "--set", "warmup_iters=1", "--ensemble-set", "crf.iterations=2",
     ])
     assert code == 0
     (version,) = list_versions(LocalStore(out / "store"))
     assert version.version == dataset_hash(coco_folder)
     (classes,) = out.glob("kfp/*/prepare-data/dataset/classes.json")
-    assert [c["name"] for c in json.loads(classes.read_text())["classes"]][1:] == ["cup", "lid"]
+    assert [c["name"] for c in json.loads(classes.read_text())][1:] == ["cup", "lid"]
     (submission,) = out.glob("kfp/*/make-submission/submission")
     rows = validate_submission(submission, coco_folder / "test.json").file_names
     assert rows == [f"photos/test-{i}.png" for i in range(3)]
