@@ -267,7 +267,7 @@ def check_run_options(
     unknown = [name for name in architectures if name not in ARCHITECTURES]
     if unknown or not architectures:
         raise ConfigError(
-            f"unknown architecture(s) {', '.join(unknown) or '(none given)'}; ARCHS takes names from: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture(s) {', '.join(unknown) or '(none given)'}; --arch (make run ARCHS=...) takes names from: {', '.join(ARCHITECTURES)}"
         )
     load_config(TrainConfig, None, [f"iterations={iterations}", f"image_size={image_size}", *train_settings])
     load_config(EnsembleConfig, None, ensemble_settings)
