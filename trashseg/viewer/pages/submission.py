@@ -45,7 +45,9 @@ def render(ctx: ViewerContext) -> None:
     st.write(f"{image_id}: 256x256 mask, classes {', '.join(ctx.classes.names[i] for i in present if i < ctx.classes.num_classes)}")
     ctx.legend(present)
     left, right = st.columns(2)
-    left.image(logic.colourise(class_map, ctx.palette), caption="decoded mask", width="stretch")
+    # PNG, not the JPEG Streamlit picks for arrays: the mask's colours stay exact.
+    left.image(logic.png_bytes(logic.colourise(class_map, ctx.palette)), caption="decoded mask", width="stretch",
+               output_format="PNG")
     image_path = ctx.dataset.image_path(image_id)
     if image_path.is_file():
         small = logic.image_for_submission(ctx.image(image_id))
