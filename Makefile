@@ -131,6 +131,14 @@ PARAMS ?=
 demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few minutes)
 	$(PY) -m pipelines.local demo --out $(DEMO_OUT)
 
+# make view: the web viewer on the newest `make demo` run (dataset, predictions, ensemble
+# stages, submission, MLflow); VIEW_ARGS adds options, e.g. VIEW_ARGS="--port 8600".
+VIEW_ARGS ?=
+
+.PHONY: view
+view: setup ## Web viewer (Streamlit) on the latest `make demo` outputs: http://127.0.0.1:8501
+	$(PY) -c "import sys; from trashseg.cli import main; sys.exit(main())" view --demo $(DEMO_OUT) $(VIEW_ARGS)
+
 .PHONY: compile
 compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task)
 	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --out $(BUILD)

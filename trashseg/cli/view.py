@@ -60,6 +60,7 @@ def server_command(port: int, address: str) -> list[str]:
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.port", str(port), "--server.address", address, "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "viewer",
     ]
 
 

@@ -10,14 +10,7 @@ import importlib
 
 import streamlit as st
 
-PAGES = {
-    "Data": "trashseg.viewer.pages.data",
-    "Augmentation": "trashseg.viewer.pages.augmentation",
-    "Predictions": "trashseg.viewer.pages.predictions",
-    "Confusions & labels": "trashseg.viewer.pages.confusions",
-    "Submission": "trashseg.viewer.pages.submission",
-    "Runs": "trashseg.viewer.pages.runs",
-}
+from trashseg.viewer.views import PAGES
 
 
 def main() -> None:

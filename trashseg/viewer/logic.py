@@ -139,11 +139,14 @@ def overlay(
     image: np.ndarray, mask: np.ndarray, palette: np.ndarray, *, alpha: float = 0.55,
     classes: Sequence[int] | None = None, highlight: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The image with the mask's class colours blended in where a (selected) class is.
+    """The image with the mask's class colours blended in where a selected class is
+    (default: every class but Background, which would only darken the picture).
 
     `highlight` (bool H, W) outlines pixels in white, e.g. the ones a confusion cell counts."""
     if mask.shape != image.shape[:2]:
         mask = resize_nearest_to(mask, image.shape[:2])
+    if classes is None:
+        classes = range(1, len(palette))
     shown = mask < len(palette)
     if classes is not None:
         shown &= np.isin(mask, np.asarray(list(classes), dtype=mask.dtype))
