@@ -45,7 +45,7 @@ def test_overlay_colours_selected_classes_and_legend_names_them(sample_dataset):
     assert (out[:, 1] == 100).all() and (out[:, 3] == 100).all()  # unselected and ignore untouched
     entries = logic.legend(classes, [2, 1])
     assert [name for name, _ in entries] == [classes.names[1], classes.names[2]]
-    assert entries[0][1] == "#%02x%02x%02x" % tuple(palette[1])
+    assert entries[0][1] == logic.hex_colour(palette[1]) == "#{:02x}{:02x}{:02x}".format(*palette[1])
     assert classes.names[2] in logic.legend_html(entries)
 
 

@@ -21,7 +21,7 @@ from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
 from trashseg.metrics import IGNORE_INDEX, ConfusionMatrix
 from trashseg.predictions import PredictionSet
-from trashseg.submission import SUBMISSION_SIZE, VALUES_PER_ROW, resize_nearest
+from trashseg.submission import SUBMISSION_SIZE, VALUES_PER_ROW
 
 THUMBNAIL_SIZE = 192
 
@@ -196,8 +196,13 @@ def legend(class_table: ClassTable, present: Iterable[int] | None = None) -> lis
     """(name, '#rrggbb') for the classes in `present` (default all), in class-id order."""
     palette = class_table.palette()
     ids = sorted(set(present)) if present is not None else range(class_table.num_classes)
-    return [(class_table.names[i], "#%02x%02x%02x" % tuple(int(v) for v in palette[i])) for i in ids
-            if 0 <= i < class_table.num_classes]
+    return [(class_table.names[i], hex_colour(palette[i])) for i in ids if 0 <= i < class_table.num_classes]
+
+
+def hex_colour(rgb) -> str:
+    """'#rrggbb' of an RGB triple in 0..255 (rounded)."""
+    red, green, blue = (int(round(float(v))) for v in rgb)
+    return f"#{red:02x}{green:02x}{blue:02x}"
 
 
 def legend_html(entries: Sequence[tuple[str, str]]) -> str:

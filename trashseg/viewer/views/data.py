@@ -100,13 +100,9 @@ def _statistics(ctx: ViewerContext) -> None:
                                  index=pd.Index([f"<{b:g}" for b in bins[1:]], name="share of image")))
     st.subheader("Mean colour per class")
     st.html(logic.legend_html([
-        (f"{c['name']} rgb({', '.join(f'{v:.0f}' for v in c['mean_rgb'])})", _hex(c["mean_rgb"]))
+        (f"{c['name']} rgb({', '.join(f'{v:.0f}' for v in c['mean_rgb'])})", logic.hex_colour(c["mean_rgb"]))
         for c in classes if c["mean_rgb"]
     ]))
-
-
-def _hex(rgb) -> str:
-    return "#%02x%02x%02x" % tuple(int(round(v)) for v in rgb)
 
 
 def _validation_report(ctx: ViewerContext) -> None:
