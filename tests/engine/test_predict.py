@@ -76,6 +76,8 @@ def test_cli_predict_evaluate_round_trip(trained_checkpoint, sample_dataset, tmp
     out = capsys.readouterr().out
     assert "9 predictions written" in out and "mIoU" in out and "Battery" in out
     assert json.loads((tmp_path / "m.json").read_text())["class_names"][10] == "Clothing"
+    page = (pred / "report.html").read_text()  # the pipeline's evaluate page, from the CLI too
+    assert "Confusion matrix" in page and "trashseg-legend" in page and "Clothing" in page
     assert main(["predict", "--checkpoint", str(trained_checkpoint), "--data", str(sample_dataset),
                  "--out", str(pred), "--tta-scales", "1,x"]) == 2
 

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from trashseg.data.layout import PreparedDataset
+from trashseg.legend import hex_colour, legend, legend_html
 from trashseg.predictions import PredictionSet
 from trashseg.submission import resize_nearest
 from trashseg.viewer import logic
@@ -43,10 +44,10 @@ def test_overlay_colours_selected_classes_and_legend_names_them(sample_dataset):
     out = logic.overlay(image, mask, palette, alpha=1.0, classes=[2])
     assert (out[:, 2] == palette[2]).all()
     assert (out[:, 1] == 100).all() and (out[:, 3] == 100).all()  # unselected and ignore untouched
-    entries = logic.legend(classes, [2, 1])
+    entries = legend(classes, [2, 1])
     assert [name for name, _ in entries] == [classes.names[1], classes.names[2]]
-    assert entries[0][1] == logic.hex_colour(palette[1]) == "#{:02x}{:02x}{:02x}".format(*palette[1])
-    assert classes.names[2] in logic.legend_html(entries)
+    assert entries[0][1] == hex_colour(palette[1]) == "#{:02x}{:02x}{:02x}".format(*palette[1])
+    assert classes.names[2] in legend_html(entries)
 
 
 def test_disagreement_and_image_miou():

@@ -15,6 +15,7 @@ import streamlit as st
 
 from trashseg.data.classes import ClassTable
 from trashseg.data.layout import PreparedDataset
+from trashseg.legend import legend, legend_html
 from trashseg.viewer import logic
 from trashseg.viewer.sources import ViewerSources, local_copy
 
@@ -91,7 +92,7 @@ class ViewerContext:
         return logic.model_sources(self.prediction_dirs, [e.file_name for e in self.images(split)])
 
     def legend(self, present=None) -> None:
-        st.html(logic.legend_html(logic.legend(self.classes, present)))
+        st.html(legend_html(legend(self.classes, present)))
 
     def split_choice(self, key: str, prefer: str = "val") -> str:
         splits = self.dataset.splits()

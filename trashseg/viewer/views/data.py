@@ -6,6 +6,7 @@ import json
 
 import streamlit as st
 
+from trashseg.legend import hex_colour, legend_html
 from trashseg.viewer import logic
 from trashseg.viewer.context import ViewerContext
 
@@ -99,8 +100,8 @@ def _statistics(ctx: ViewerContext) -> None:
     right.bar_chart(pd.DataFrame({"annotations": stats["area_share_histogram"]["counts"]},
                                  index=pd.Index([f"<{b:g}" for b in bins[1:]], name="share of image")))
     st.subheader("Mean colour per class")
-    st.html(logic.legend_html([
-        (f"{c['name']} rgb({', '.join(f'{v:.0f}' for v in c['mean_rgb'])})", logic.hex_colour(c["mean_rgb"]))
+    st.html(legend_html([
+        (f"{c['name']} rgb({', '.join(f'{v:.0f}' for v in c['mean_rgb'])})", hex_colour(c["mean_rgb"]))
         for c in classes if c["mean_rgb"]
     ]))
 
