@@ -40,6 +40,16 @@ def _rgb(path: str, mtime: float) -> np.ndarray:
     return logic.read_rgb(path)
 
 
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _tile(_ctx, path: str, mtime: float, file_name: str, classes: tuple[int, ...], alpha: float, outlines: bool,
+          _outline_source: dict | None = None) -> bytes:
+    picture = logic.overlay(_ctx.image(file_name), _ctx.truth(file_name), _ctx.palette, alpha=alpha, classes=classes)
+    if outlines:
+        picture = logic.draw_outlines(picture, (_outline_source or {}).get(file_name, []), _ctx.palette,
+                                      _ctx.classes.category_to_class, classes)
+    return logic.thumbnail(picture)
+
+
 @dataclass
 class ViewerContext:
     sources: ViewerSources
@@ -79,9 +89,11 @@ class ViewerContext:
         path = self.dataset.mask_path(file_name)
         return _labels(str(path), path.stat().st_mtime)
 
-    def thumbnail(self, file_name: str) -> bytes:
+    def tile(self, file_name: str, classes: tuple[int, ...], alpha: float, outlines: dict | None) -> bytes:
+        """The Data grid's thumbnail of an image with its mask (and instance outlines), cached."""
         path = self.dataset.image_path(file_name)
-        return logic.thumbnail_png(str(path), path.stat().st_mtime)
+        return _tile(self, str(path), path.stat().st_mtime, file_name, classes, alpha, outlines is not None,
+                     _outline_source=outlines)
 
     def sources_for(self, split: str) -> list[logic.Source]:
         """Every model and ensemble stage that predicted `split`."""

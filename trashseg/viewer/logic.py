@@ -10,7 +10,6 @@ import io
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -113,15 +112,13 @@ def read_labels(path: str | Path) -> np.ndarray:
         return np.asarray(image)
 
 
-@lru_cache(maxsize=4096)
-def thumbnail_png(path: str, mtime: float, size: int = THUMBNAIL_SIZE) -> bytes:
-    """A small PNG of an image; keyed by mtime so an overwritten file gets a new one."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-        return buffer.getvalue()
+def thumbnail(picture: np.ndarray, size: int = THUMBNAIL_SIZE, quality: int = 85) -> bytes:
+    """A JPEG of `picture` whose longer side is at most `size` (grids show these, not the originals)."""
+    image = Image.fromarray(picture)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def colourise(mask: np.ndarray, palette: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
@@ -186,7 +183,7 @@ def draw_outlines(image: np.ndarray, annotations: Sequence[Mapping], palette: np
         if cls is None or (classes is not None and cls not in classes):
             continue
         region = decode_segmentation(annotation["segmentation"], height, width).astype(bool)
-        edge = region & ~_eroded(region)
+        edge = region & ~_eroded(_eroded(region))  # 2 px: still visible in a thumbnail
         out[edge] = palette[cls]
     return out
 

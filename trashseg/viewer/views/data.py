@@ -51,13 +51,15 @@ def _browse(ctx: ViewerContext) -> None:
     classes = [names.index(n) for n in shown]
     columns = st.columns(COLUMNS)
     for index, entry in enumerate(logic.page_of(matches, page, PER_PAGE)):
-        picture = logic.overlay(ctx.image(entry.file_name), ctx.truth(entry.file_name), ctx.palette,
-                                alpha=opacity, classes=classes)
+        tile = ctx.tile(entry.file_name, tuple(classes), opacity, annotations if outlines else None)
+        columns[index % COLUMNS].image(tile, caption=f"{entry.file_name} ({entry.objects} objects)", width="stretch")
+    if matches:
+        chosen = st.selectbox("Full size", [e.file_name for e in logic.page_of(matches, page, PER_PAGE)], key="data_full")
+        picture = logic.overlay(ctx.image(chosen), ctx.truth(chosen), ctx.palette, alpha=opacity, classes=classes)
         if outlines:
-            picture = logic.draw_outlines(picture, annotations.get(entry.file_name, []), ctx.palette,
+            picture = logic.draw_outlines(picture, annotations.get(chosen, []), ctx.palette,
                                           ctx.classes.category_to_class, classes)
-        columns[index % COLUMNS].image(picture, caption=f"{entry.file_name} ({entry.objects} objects)",
-                                       width="stretch")
+        st.image(picture, caption=chosen)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
