@@ -24,6 +24,14 @@ def _suspects(_ctx: ViewerContext, key: tuple, split: str, confidence: float, mi
     return logic.likely_mislabeled(_ctx.models_for(split), names, _ctx.truth, confidence=confidence, min_share=min_share)
 
 
+@st.cache_data(max_entries=64, show_spinner="Finding the images behind the cell ...")
+def _cell_images(_ctx: ViewerContext, key: tuple, split: str, source: str, true_class: int,
+                 predicted: int) -> list[tuple[str, int]]:
+    chosen = next(s for s in _ctx.sources_for(split) if s.name == source)
+    names = [e.file_name for e in _ctx.images(split)]
+    return logic.confusion_cell(chosen, names, _ctx.truth, true_class, predicted)
+
+
 def _key(ctx: ViewerContext) -> tuple:
     return (ctx.sources.data, tuple(ctx.sources.predictions), ctx.sources.ensemble)
 
@@ -57,8 +65,7 @@ def _confusions(ctx: ViewerContext, split: str, sources: list[logic.Source]) -> 
     true_class = names.index(left.selectbox("True class", names, index=default_true, key=f"conf_true_{default_true}"))
     predicted = names.index(right.selectbox("Predicted as", names, index=default_pred, key=f"conf_pred_{default_pred}"))
     chosen = next(s for s in sources if s.name == source)
-    images = [e.file_name for e in ctx.images(split)]
-    hits = logic.confusion_cell(chosen, images, ctx.truth, true_class, predicted)
+    hits = _cell_images(ctx, _key(ctx), split, source, true_class, predicted)
     st.write(f"**{int(matrix[true_class, predicted])}** pixels of {names[true_class]} predicted as "
              f"{names[predicted]}, in **{len(hits)}** image(s)")
     columns = st.columns(4)
