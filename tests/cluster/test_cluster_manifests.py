@@ -55,7 +55,7 @@ def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
 
 
 def test_expected_overlays_exist():
-    assert OVERLAYS == ["dev", "prod", "with-minio"]
+    assert OVERLAYS == ["dev", "prod", "with-minio", "with-viewer"]
 
 
 def test_every_object_validates_strictly(rendered):
