@@ -23,9 +23,8 @@ import numpy as np
 from PIL import Image
 
 from trashseg.config import to_dict
-from trashseg.data.layout import PreparedDataset
+from trashseg.data.layout import IGNORE_INDEX, PreparedDataset
 from trashseg.errors import ConfigError, DataError
-from trashseg.metrics import IGNORE_INDEX
 from trashseg.predictions import PredictionSet
 from trashseg.progress import Progress
 

@@ -143,14 +143,9 @@ def train_step(
     chunks is exact: resume reaches the same weights). `init_bundle_dir`: a registered
     bundle whose weights for this architecture initialise the model (fine-tuning).
     """
+    from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state, resolve_checkpoint
     from trashseg.config import load_config
-    from trashseg.training import (
-        LAST_CHECKPOINT,
-        TrainConfig,
-        load_checkpoint_state,
-        resolve_checkpoint,
-        train,
-    )
+    from trashseg.training import TrainConfig, train
 
     overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
     if pseudo_dataset_dir is not None:
@@ -209,14 +204,14 @@ def _checkpoint_mirror(checkpoint_store: str):
 
 
 def _completed_iterations(model_dir: Path) -> int:
-    from trashseg.training import LAST_CHECKPOINT, load_checkpoint_state
+    from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state
 
     return int(load_checkpoint_state(model_dir / LAST_CHECKPOINT)["iteration"])
 
 
 def _export_bundle_weights(bundle_dir: str | Path, architecture: str, out_dir: str | Path) -> str:
     """Save a bundle model's weights as a transformers folder, which TrainConfig.pretrained loads."""
-    from trashseg.predict import load_checkpoint
+    from trashseg.checkpoints import load_checkpoint
     from trashseg.registry import ModelBundle
 
     model, _ = load_checkpoint(ModelBundle.open(bundle_dir).model_dir(architecture))

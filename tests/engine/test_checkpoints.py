@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from trashseg.checkpoints import load_checkpoint
 from trashseg.cli import main
 from trashseg.config import from_mapping
 from trashseg.errors import ConfigError
-from trashseg.predict import load_checkpoint
 from trashseg.training import TrainConfig, train
 
 

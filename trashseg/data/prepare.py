@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trashseg.data.coco import CocoDataset, load_coco, read_json, write_coco
+from trashseg.data.coco import CocoDataset, load_coco, write_coco
 from trashseg.data.layout import PreparedDataset
 from trashseg.data.masks import write_masks
 from trashseg.data.splits import train_val_split
@@ -33,7 +33,6 @@ from trashseg.progress import Progress
 log = logging.getLogger(__name__)
 
 ANNOTATION_FILES = ("train.json", "val.json", "test.json")
-DATASET_FILE = "dataset.json"
 REPORT_MARKDOWN = "report.md"
 MAX_MARKDOWN_SKIPPED = 50  # report.md lists this many skipped records; report.json has all
 _CHUNK = 1 << 20
@@ -159,7 +158,7 @@ def prepare_dataset(
         "val_fraction": val_fraction if val_from_train else None,
         "seed": seed,
     }
-    (out.root / DATASET_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    out.dataset_file.write_text(json.dumps(meta, indent=2) + "\n")
     result = PrepareResult(
         root=out.root,
         dataset_hash=digest,
@@ -256,10 +255,3 @@ def markdown_report(result: PrepareResult, datasets: dict[str, CocoDataset], sta
         lines.append(f"- ... and {len(skipped) - MAX_MARKDOWN_SKIPPED} more (all in report.json)")
     return "\n".join(lines) + "\n"
 
-
-def read_dataset_meta(root: str | Path) -> dict[str, Any]:
-    """ROOT/dataset.json of a prepared dataset."""
-    path = Path(root) / DATASET_FILE
-    if not path.is_file():
-        raise DataError(f"{path} not found; {root} was not written by `trashseg prepare`")
-    return read_json(path)
