@@ -134,8 +134,7 @@ def crf_prediction_set(
     else:
         pool.map_chunks(job, names, config.chunk_size, "crf")
         workers = pool.workers
-    result.file_names = names
-    result.save()
+    result.complete(names)
     log.info("crf: %d image(s) with %d worker(s) -> %s", len(names), workers, out_dir)
     return result
 
@@ -203,7 +202,7 @@ class _CrfJob:
 
     def __call__(self, file_names: Sequence[str]) -> None:
         source = PredictionSet.open(self.prediction_dir)
-        target = PredictionSet(Path(self.out_dir), source.class_names, [], self.dtype, {})
+        target = PredictionSet.entry_writer(self.out_dir, source.class_names, self.dtype)
         dataset = PreparedDataset(self.dataset_dir)
         for file_name in file_names:
             try:

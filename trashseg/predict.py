@@ -26,7 +26,7 @@ from trashseg.data.layout import PreparedDataset
 from trashseg.device import AmpMode, autocast, default_device, resolve_amp_dtype
 from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
-from trashseg.predictions import PredictionSet
+from trashseg.predictions import PredictionSet, score_predictions
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -156,16 +156,7 @@ def evaluate(
             f"{prediction_dir} has no prediction for {len(missing)} of {len(samples)} images of split {split!r} "
             f"(e.g. {missing[:3]}); predict the same split first"
         )
-    matrix = ConfusionMatrix(classes.num_classes, classes.names)
-    for sample in samples:
-        target = read_mask(sample.mask, classes.num_classes)
-        predicted = predictions.mask(sample.file_name)
-        if predicted.shape != target.shape:
-            raise DataError(
-                f"{sample.file_name}: prediction is {predicted.shape}, ground truth {target.shape}; "
-                "predictions must be at the image's original size"
-            )
-        matrix.update(predicted, target)
+    matrix = score_predictions(predictions, dataset, [s.file_name for s in samples])
     scores = matrix.compute()
     path = Path(metrics_path) if metrics_path else predictions.root / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
