@@ -1,7 +1,8 @@
 """Where a process runs: its torch device, mixed-precision dtype and place in a `torchrun` job.
 
-Training, prediction and the ensemble pick devices and AMP dtypes only through here, so
-the `amp` choices mean the same everywhere.
+Training and prediction pick devices and AMP dtypes only through here, so the `amp`
+choices mean the same everywhere. torch is imported inside the functions: the CLI reads
+AMP_CHOICES while building its parser, and `--help` must stay fast.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import os
 import resource
 import sys
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from trashseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 AMP_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
@@ -22,6 +24,8 @@ AMP_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
 
 def resolve_amp_dtype(amp: str, device_type: str) -> torch.dtype | None:
     """The autocast dtype for `amp` on `device_type`; None = full precision (auto: bf16 on CUDA only)."""
+    import torch
+
     if amp not in AMP_CHOICES:
         raise ConfigError(f"amp={amp!r}: expected one of {', '.join(AMP_CHOICES)}")
     if amp == "auto":
@@ -31,16 +35,22 @@ def resolve_amp_dtype(amp: str, device_type: str) -> torch.dtype | None:
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     """The autocast context for `amp_dtype` (a no-op when it is None)."""
+    import torch
+
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
 
 def default_device(name: str | None = None) -> torch.device:
     """`name` if given, else CUDA when available, else CPU."""
+    import torch
+
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def local_device() -> torch.device:
     """This process's device: its `LOCAL_RANK` GPU under torchrun (made current), else CPU."""
+    import torch
+
     if not torch.cuda.is_available():
         return torch.device("cpu")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -50,6 +60,8 @@ def local_device() -> torch.device:
 
 def memory_mib(device: torch.device) -> float:
     """Peak memory: CUDA max allocated on GPU, process peak RSS on CPU."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

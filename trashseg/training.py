@@ -503,7 +503,7 @@ def _start_tracking(config: TrainConfig, data: _DataStreams, state: _TrainState,
     run_tags = {
         "architecture": config.architecture,
         "dataset": str(data.dataset.root),
-        "dataset.hash": data.dataset.dataset_version(),
+        "dataset.version": data.dataset.dataset_version(),
         "git.sha": git_sha(),
         "trashseg.step": "train",
         **(tags or {}),

@@ -167,5 +167,5 @@ def prepare_command(args: argparse.Namespace) -> int:
     result = prepare_dataset(
         args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, image_root=args.image_root
     )
-    print(f"prepared {result.root}: images {result.images}, skipped {result.skipped}, hash {result.dataset_hash}")
+    print(f"prepared {result.root}: images {result.images}, skipped {result.skipped}, hash {result.dataset_version}")
     return 0

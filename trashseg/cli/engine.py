@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from trashseg.device import AMP_CHOICES
 from trashseg.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--tta-scales", default="1.0", help="comma-separated scale factors of the training size, e.g. 0.75,1,1.25"
     )
-    predict.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    predict.add_argument("--amp", choices=AMP_CHOICES, default="auto")
     predict.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored probability type")
     predict.set_defaults(func=run_predict)
 

@@ -39,7 +39,7 @@ MAX_MARKDOWN_SKIPPED = 50  # report.md lists this many skipped records; report.j
 @dataclass(frozen=True)
 class PrepareResult:
     root: Path
-    dataset_hash: str
+    dataset_version: str  # the content hash (trashseg.data.version.dataset_hash)
     images: dict[str, int]  # split -> kept images
     annotations: dict[str, int]  # split -> kept annotations
     skipped: dict[str, int] = field(default_factory=dict)  # split -> skipped records
@@ -121,7 +121,7 @@ def prepare_dataset(
     out.dataset_file.write_text(json.dumps(meta, indent=2) + "\n")
     result = PrepareResult(
         root=out.root,
-        dataset_hash=digest,
+        dataset_version=digest,
         images=images,
         annotations=annotations,
         skipped={name: len(ds.report.skipped) for name, ds in datasets.items()},
@@ -192,7 +192,7 @@ def markdown_report(result: PrepareResult, datasets: dict[str, CocoDataset], sta
     lines = [
         "# Dataset report",
         "",
-        f"- content hash: `{result.dataset_hash}`",
+        f"- content hash: `{result.dataset_version}`",
         f"- classes: {len(result.class_names)} ({', '.join(result.class_names)})",
         "- val: " + ("split from train.json (stratified)" if result.val_from_train else "from val.json"),
         "",
