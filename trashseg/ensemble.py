@@ -457,7 +457,7 @@ class RecipeRunner:
 
     def finish(self, gating: GatingDecision | None) -> RecipeResult:
         """Score every stage, pick the best (or the pinned) one, copy it to OUT/final, write the report."""
-        from trashseg.report import write_stage_report
+        from trashseg.stage_report import write_stage_report
 
         stages = tuple(name for name in (*self.names, *ENSEMBLE_STAGES) if name in self.matrices)
         scores = {stage: self.matrices[stage].compute() for stage in stages}
