@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from trashseg.data.io import read_image
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import ConfigError, DataError
 from trashseg.predictions import PredictionSet
@@ -95,13 +96,6 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, config: CrfConfig) -> np.nda
     )
     refined = np.array(crf.inference(config.iterations), dtype=np.float32)
     return refined.reshape(num_classes, height, width)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def crf_prediction_set(
@@ -206,7 +200,7 @@ class _CrfJob:
         dataset = PreparedDataset(self.dataset_dir)
         for file_name in file_names:
             try:
-                image = read_rgb(dataset.image_path(file_name))
+                image = read_image(dataset.image_path(file_name))
                 refined = dense_crf(image, source.probs(file_name), self.config)
             except Exception as error:  # re-raised with the image's name; the run stops
                 raise CrfError(
