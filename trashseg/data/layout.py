@@ -15,8 +15,8 @@ Every path of a prepared dataset is named here, and every pixel read goes throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from trashseg.data.classes import ClassTable
