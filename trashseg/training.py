@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, sample_seed
+from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, normalise_batch, sample_seed
 from trashseg.config import save_config, to_dict
 from trashseg.data.classes import ClassTable
 from trashseg.data.layout import PreparedDataset, Sample
@@ -137,16 +137,15 @@ def read_image(path: Path) -> np.ndarray:
 
     if not path.is_file():
         raise DataError(f"image {path} is missing; re-run prepare for this dataset")
-    return np.array(read_rgb(path))
+    return read_rgb(path)  # already a writable array of its own
 
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    from PIL import Image
+    from trashseg.data.images import read_gray
 
     if not path.is_file():
         raise DataError(f"mask {path} is missing; re-run prepare for this dataset")
-    with Image.open(path) as image:
-        mask = np.array(image)
+    mask = read_gray(path)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise DataError(f"mask {path}: expected a single-channel uint8 PNG, got shape {mask.shape} {mask.dtype}")
     bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
@@ -645,7 +644,9 @@ def train(
             step_loss = 0.0
             for micro in range(config.grad_accum):
                 images, masks = next(batches)
-                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+                # Batches travel as uint8 (see TrainTransform): normalised and widened on the device.
+                images = normalise_batch(images.to(device, non_blocking=True), mean, std)
+                masks = masks.to(device, non_blocking=True).long()
                 sync = micro == config.grad_accum - 1 or dist_info.world == 1
                 context = train_module.no_sync() if not sync else contextlib.nullcontext()
                 with context:

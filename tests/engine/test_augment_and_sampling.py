@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
-from trashseg.augment import AugmentConfig, TrainTransform, copy_paste
+from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, normalise_batch
 from trashseg.errors import ConfigError
 from trashseg.training import _KeySampler, _Stream, class_balanced_weights
 
@@ -22,8 +23,8 @@ def test_transform_is_a_function_of_the_seed():
     first = transform(image, mask, seed=7)
     again = transform(image, mask, seed=7)
     other = transform(image, mask, seed=8)
-    assert first[0].shape == (3, 32, 32) and first[0].dtype == np.float32
-    assert first[1].shape == (32, 32) and first[1].dtype == np.int64
+    assert first[0].shape == (3, 32, 32) and first[0].dtype == np.uint8
+    assert first[1].shape == (32, 32) and first[1].dtype == np.uint8
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], other[0])
@@ -43,7 +44,9 @@ def test_normalisation_uses_configured_mean_and_std():
     config = AugmentConfig(scale_range=(1.0, 1.0), hflip=0.0, color_jitter=0.0, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     image = np.full((32, 32, 3), 255, np.uint8)
     out, _ = TrainTransform(config, image_size=32)(image, np.zeros((32, 32), np.uint8), seed=0)
-    np.testing.assert_allclose(out, 2.0, atol=1e-5)  # (1 - 0.5) / 0.25
+    batch = normalise_batch(torch.from_numpy(out)[None], config.mean, config.std)
+    assert batch.dtype == torch.float32
+    np.testing.assert_allclose(batch.numpy(), 2.0, atol=1e-5)  # (1 - 0.5) / 0.25
 
 
 def test_copy_paste_moves_only_chosen_classes_with_their_pixels():
