@@ -51,7 +51,7 @@ def decode_rgb(data: bytes, source: str | Path = "<bytes>"):
     """(H, W, 3) uint8 RGB array of an encoded image; `DataError` naming `source` when it cannot be decoded.
 
     Baseline RGB JPEGs are decoded by OpenCV (about twice PIL's rate on one core; the
-    same libjpeg-turbo IDCT, so pixels match PIL's within +-1, see tests/data/test_image_decoding.py),
+    same libjpeg-turbo decode: identical pixels, tested in tests/data/test_image_decoding.py),
     after PIL has checked the header against the decompression-bomb limit. Other files go through PIL.
     """
     import numpy as np
