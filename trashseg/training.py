@@ -77,6 +77,10 @@ class TrainConfig:
     class_balanced_sampling: bool = False
     pseudo_ratio: float = 0.0  # fraction of each batch drawn from the pseudo-label dataset
     deterministic: bool = False
+    # Opt-in GPU speed-ups, applied on CUDA only (on CPU they are skipped: no gain measured
+    # there, and compiling would dominate short runs). Numerics may differ in the last bits.
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training step's forward
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -526,7 +530,8 @@ def train(
     model = build_model(config.architecture, classes.num_classes, pretrained=config.pretrained).to(device)
     mean, std = list(config.augment.mean), list(config.augment.std)
 
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    # The fused kernel updates all parameters in one launch on CUDA (not on CPU: no gain there).
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly_schedule(config))
     amp_dtype = resolve_amp_dtype(config.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -579,10 +584,19 @@ def train(
         copy_paste_ids, donors, config.augment.copy_paste,
     )
     # A private generator: the loader must not draw from the global RNG that resume restores.
+    # Workers live for the whole (single-pass) loader and keep 4 batches each in flight.
     loader = torch.utils.data.DataLoader(
         samples, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator(), persistent_workers=False,
+        generator=torch.Generator(), persistent_workers=config.num_workers > 0,
+        prefetch_factor=4 if config.num_workers > 0 else None, worker_init_fn=_one_thread_worker,
     )
+    forward, channels_last = train_module, device.type == "cuda" and config.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda" and config.compile:
+        forward = torch.compile(train_module)
+    elif config.channels_last or config.compile:
+        log.info("channels_last/compile apply on CUDA only; training on %s without them", device.type)
 
     tracked = None
     if dist_info.is_main:
@@ -639,25 +653,23 @@ def train(
     try:
         model.train()
         batches = iter(loader)
-        window_start, window_loss, window_steps = time.monotonic(), 0.0, 0
+        # The loss is summed on the device and read (a host sync) only at log, eval and checkpoint steps.
+        window_start, window_loss, window_steps = time.monotonic(), torch.zeros((), device=device), 0
         for iteration in range(start, end):
-            step_loss = 0.0
             for micro in range(config.grad_accum):
                 images, masks = next(batches)
                 # Batches travel as uint8 (see TrainTransform): normalised and widened on the device.
                 images = normalise_batch(images.to(device, non_blocking=True), mean, std)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 masks = masks.to(device, non_blocking=True).long()
                 sync = micro == config.grad_accum - 1 or dist_info.world == 1
                 context = train_module.no_sync() if not sync else contextlib.nullcontext()
                 with context:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        loss = train_module(images, masks)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"loss is {loss.item()} at iteration {iteration}; lower lr ({config.lr}) or set amp=off"
-                        )
+                        loss = forward(images, masks)
                     scaler.scale(loss / config.grad_accum).backward()
-                step_loss += loss.item() / config.grad_accum
+                window_loss += loss.detach() / config.grad_accum
             if config.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -666,10 +678,14 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = iteration + 1
-            window_loss += step_loss
             window_steps += 1
 
-            if dist_info.is_main and (done % config.log_interval == 0 or done == end):
+            run_eval = val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations)
+            log_now = done % config.log_interval == 0 or done == end
+            if log_now or run_eval or done % config.checkpoint_interval == 0:
+                _check_finite(window_loss, done - window_steps, done, config)
+            if log_now and dist_info.is_main:
+                window_loss = window_loss.item()
                 elapsed = max(time.monotonic() - window_start, 1e-9)
                 images_per_s = window_steps * global_batch / elapsed
                 lr = scheduler.get_last_lr()[0]
@@ -683,9 +699,8 @@ def train(
                         {"train/loss": window_loss / window_steps, "train/lr": lr, "train/images_per_s": images_per_s, "train/memory_mib": mem},
                         step=done,
                     )
-                window_start, window_loss, window_steps = time.monotonic(), 0.0, 0
-
-            run_eval = val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations)
+            if log_now:
+                window_start, window_loss, window_steps = time.monotonic(), torch.zeros((), device=device), 0
             if run_eval:
                 if dist_info.is_main:
                     model.eval()
@@ -733,6 +748,22 @@ def train(
         iterations=end,
         mlflow_run_id=run_id,
     )
+
+
+def _check_finite(window_loss: torch.Tensor, first: int, done: int, config: TrainConfig) -> None:
+    """Fail on a non-finite loss sum, read at log and checkpoint steps (a non-finite step poisons the sum),
+    so no NaN weights are ever checkpointed and the step loop has no per-step host sync."""
+    if not torch.isfinite(window_loss):
+        raise FloatingPointError(
+            f"loss is {window_loss.item()} in iterations {first + 1}..{done}; lower lr ({config.lr}) or set amp=off"
+        )
+
+
+def _one_thread_worker(_worker_id: int) -> None:
+    """Data-loader workers are one core each: OpenCV's own thread pool would oversubscribe them."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 class _LossModule(torch.nn.Module):
