@@ -105,3 +105,12 @@ def test_gpu_only_speed_options_are_skipped_on_cpu(sample_dataset, tmp_path, cap
 def test_channels_last_and_compile_train_on_cuda(sample_dataset, tmp_path):
     result = train(_tiny(channels_last=True, compile=True), sample_dataset, tmp_path / "run")
     assert result.iterations == 2
+
+
+def test_loader_workers_do_not_change_the_weights(sample_dataset, tmp_path):
+    # Persistent, prefetching worker processes load the same keyed samples as the main process.
+    in_process = train(_tiny(iterations=3, log_interval=3), sample_dataset, tmp_path / "w0")
+    with_workers = train(_tiny(iterations=3, log_interval=3, num_workers=2), sample_dataset, tmp_path / "w2")
+    first = torch.load(in_process.last_checkpoint, weights_only=False)["model"]
+    second = torch.load(with_workers.last_checkpoint, weights_only=False)["model"]
+    assert all(torch.equal(first[name], second[name]) for name in first)
