@@ -21,7 +21,14 @@ from trashseg.data.sample import generate_sample_dataset  # noqa: E402
 from trashseg.predict import majority_class_scores  # noqa: E402
 from trashseg.training import TrainConfig, train  # noqa: E402
 
-DEFAULT_ARCHITECTURES = ["segformer-b0-tiny", "upernet-convnext-t-tiny", "mask2former-swin-t-tiny"]
+DEFAULT_ARCHITECTURES = [
+    "segformer-b0-tiny",
+    "upernet-convnext-t-tiny",
+    "mask2former-swin-t-tiny",
+    "mask2former-semask-swin-t-tiny",
+    "mask2former-semask-fapn-swin-t-tiny",
+    "maskdino-swin-t-tiny",
+]
 
 
 def main(images: int, size: int, iterations: int, architectures: list[str]) -> None:

@@ -136,6 +136,7 @@ def main() -> None:
         model = build_model(name, NUM_CLASSES).to(device)
         params = model.parameter_count() / 1e6
         train_rate, peak = train_throughput(model, device, args.size, args.batch_size, args.steps, amp)
+        model.set_training_progress(1, 1)  # infer as a trained model does (EoMT: masks annealed away)
         rates = [
             inference_throughput(model, device, args.size, args.batch_size, args.steps, dtype, tta)
             for dtype, tta in ((None, False), (torch.bfloat16, False), (None, True), (torch.bfloat16, True))

@@ -22,9 +22,14 @@ from pipelines.cluster import DEFAULT_SETTINGS, ClusterSettings, cpu_task
 from pipelines.graph import ensemble_round, finish_round, train_round
 from trashseg import secrets
 
-# The recipe's architectures that trashseg implements (DESIGN.md): Mask2Former with Swin-L
-# and DiNAT-L backbones, UperNet-Swin, SegFormer. The local demo passes `-tiny` variants.
-RECIPE_ARCHITECTURES = ["mask2former-swin-l", "mask2former-dinat-l", "upernet-swin-l", "segformer-b5"]
+# The recipe's final ensemble ("Ensemble-ALL"): SeMask-Mask2Former and SeMask-FaPN-Mask2Former
+# on Swin-L, Mask2Former on DiNAT-L and on Swin-L. The local demo passes `-tiny` variants.
+RECIPE_ARCHITECTURES = [
+    "mask2former-semask-swin-l",
+    "mask2former-semask-fapn-swin-l",
+    "mask2former-dinat-l",
+    "mask2former-swin-l",
+]
 DEFAULT_DATA_STORE = "s3://trashseg"  # the bucket manifests/base/storage-config.yaml names
 DEFAULT_CHECKPOINT_STORE = "s3://trashseg/checkpoints"
 DEFAULT_MODEL_NAME = "trashseg"

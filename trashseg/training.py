@@ -656,6 +656,7 @@ def train(
         # The loss is summed on the device and read (a host sync) only at log, eval and checkpoint steps.
         window_start, window_loss, window_steps = time.monotonic(), torch.zeros((), device=device), 0
         for iteration in range(start, end):
+            model.set_training_progress(iteration, config.iterations)  # e.g. EoMT's mask annealing
             for micro in range(config.grad_accum):
                 images, masks = next(batches)
                 # Batches travel as uint8 (see TrainTransform): normalised and widened on the device.

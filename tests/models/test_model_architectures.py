@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from trashseg.data.classes import DEFAULT_TAXONOMY
 from trashseg.errors import ConfigError, DataError
 from trashseg.models import ARCHITECTURES, SegmentationModel, architecture_table, build_model
 from trashseg.models.mask2former import semantic_log_probs, semantic_targets
@@ -17,7 +18,22 @@ NUM_CLASSES = 4
 # Parameters that get no gradient at initialisation for a known reason: transformers' Swin keeps
 # a final LayerNorm that backbone outputs bypass, and deformable attention's offset/weight layers
 # start at zero, so the pixel decoder's level embedding only gets gradients after a step.
-NO_GRADIENT_AT_INIT = ("swin.layernorm.", "decoder.level_embed")
+# SeMask's semantic attention is scaled by gamma = 0 at init, so its key, value and output
+# projections wait for gamma's first step (gamma and the class-score projection get gradients);
+# FaPN's alignment offsets feed a zero-initialised offset conv (DCNv2's init), likewise.
+# MaskDINO's box head zero-initialises its last layer (DINO's init), so its first layers wait too.
+# OneFormer's contrastive logit scale is unused with its text branch off (trashseg.models.oneformer).
+NO_GRADIENT_AT_INIT = (
+    "swin.layernorm.",
+    "decoder.level_embed",
+    ".mlp_cls_k.",
+    ".mlp_v.",
+    ".mlp_res.",
+    "decoder.alignments.",
+    "criterion.logit_scale",
+    "box_head.layers.0.",
+    "box_head.layers.1.",
+)
 
 # Published parameter counts in millions (our class heads differ negligibly from the papers').
 PUBLISHED_MILLIONS = {
@@ -36,7 +52,20 @@ PUBLISHED_MILLIONS = {
     "segformer-b3": 47.3,
     "segformer-b4": 64.1,
     "segformer-b5": 84.7,
+    # EoMT-L: 316M in its paper (arXiv 2503.19108); S and B as LightlyTrain's EoMT tables list
+    # them with 200 queries (23.4M, 92.5M).
+    "eomt-dinov2-s": 23.4,
+    "eomt-dinov2-b": 92.5,
+    "eomt-dinov2-l": 316,
+    # EoMT on DINOv3, LightlyTrain's tables: S 23.4M, B 92.5M, L 315.1M.
+    "eomt-dinov3-s": 23.4,
+    "eomt-dinov3-b": 92.5,
+    "eomt-dinov3-l": 315.1,
+    # OneFormer paper (arXiv 2211.06220), ADE20K table: Swin-L 219M, DiNAT-L 223M.
+    "oneformer-swin-l": 219,
+    "oneformer-dinat-l": 223,
 }
+SEMASK = [f"mask2former-semask{decoder}-swin-{size}" for decoder in ("", "-fapn") for size in "tbl"]
 
 
 def batch(size=2, height=64, width=64, seed=0):
@@ -116,7 +145,9 @@ def test_class_count_must_be_an_integer_of_at_least_two(num_classes):
 def test_every_architecture_has_a_tiny_twin_and_the_recipe_is_complete():
     full = {name for name in ARCHITECTURES if not name.endswith("-tiny")}
     assert {f"{name}-tiny" for name in full} == set(TINY)
-    assert full == set(PUBLISHED_MILLIONS) | {"mask2former-dinat-l"}
+    # MaskDINO's Swin-L size is checked (within 5%) in test_maskdino.py; T and B are unpublished.
+    maskdino = {"maskdino-swin-t", "maskdino-swin-b", "maskdino-swin-l"}
+    assert full == set(PUBLISHED_MILLIONS) | {"mask2former-dinat-l"} | set(SEMASK) | maskdino
     assert all(spec.name == name for name, spec in ARCHITECTURES.items())
 
 
@@ -127,6 +158,15 @@ def test_architecture_table_counts_published_sizes():
         assert counts[name] == pytest.approx(millions * 1e6, rel=0.03), name
     # Mask2Former-DiNAT-L: DiNAT-L (~200M) plus the Mask2Former decoder, 220M in its paper.
     assert counts["mask2former-dinat-l"] == pytest.approx(220e6, rel=0.03)
+    # SeMask-Swin-L under Mask2Former: 223M in the recipe's table (2% tolerance).
+    assert counts["mask2former-semask-swin-l"] == pytest.approx(223e6, rel=0.02)
+    for size in "tbl":
+        # SeMask adds per stage a LayerNorm, two dim x K class projections and two dim x dim ones
+        # (+ biases, gamma) to the Swin encoder under the unchanged Mask2Former head.
+        widths = [{"t": 96, "b": 128, "l": 192}[size] * 2**i for i in range(4)]
+        k = len(DEFAULT_TAXONOMY)
+        semantic = sum(2 * d + 2 * (d * k + k) + 2 * (d * d + d) + 1 for d in widths)
+        assert counts[f"mask2former-semask-swin-{size}"] - counts[f"mask2former-swin-{size}"] == semantic
     assert all(counts[name] < 3e6 for name in TINY)
 
 
@@ -224,7 +264,7 @@ def test_mask2former_queries_combine_into_a_per_pixel_distribution():
     assert log_probs.exp().max() > 0.99
 
 
-@pytest.mark.parametrize("name", ["segformer-b0-tiny", "mask2former-dinat-l-tiny"])
+@pytest.mark.parametrize("name", ["segformer-b0-tiny", "mask2former-dinat-l-tiny", "mask2former-semask-fapn-swin-l-tiny"])
 def test_mixed_precision_training_and_float32_predictions(name):
     model = build_model(name, NUM_CLASSES).train()
     images, masks = batch()

@@ -21,6 +21,8 @@ NUM_CLASSES = 4
         "upernet-swin-t-tiny",
         "mask2former-swin-t-tiny",
         "mask2former-dinat-l-tiny",
+        "mask2former-semask-swin-t-tiny",
+        "mask2former-semask-fapn-swin-l-tiny",
     ],
 )
 def test_saved_model_loads_back_with_identical_predictions(name, tmp_path):

@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
     architectures = subparsers.add_parser("architectures", help="list architecture names with parameter counts")
+    architectures.add_argument(
+        "--gflops", action="store_true",
+        help="also count inference GFLOPs (FLOPs, 2 per multiply-add) per image; a few seconds per full-size model",
+    )
+    architectures.add_argument("--image-size", type=int, default=512, help="square image side for --gflops")
+    architectures.add_argument("--only", nargs="+", metavar="NAME", help="these architectures only")
     architectures.set_defaults(func=run_architectures)
 
 
@@ -111,7 +117,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_architectures(args: argparse.Namespace) -> int:
     from trashseg.models import architecture_table
+    from trashseg.models.complexity import inference_gflops
 
-    for name, params in architecture_table():
-        print(f"{name:<28} {params / 1e6:9.2f}M")
+    rows = architecture_table(names=args.only)
+    if args.gflops:
+        print(f"{'architecture':<32} {'params':>10} {'GFLOPs@' + str(args.image_size):>12}  (FLOPs: 2 per multiply-add)")
+    for name, params in rows:
+        line = f"{name:<32} {params / 1e6:9.2f}M"
+        if args.gflops:  # printed as counted: the whole table takes a minute or two on CPU
+            line += f" {inference_gflops(name, args.image_size):12.4g}"
+        print(line, flush=True)
     return 0

@@ -19,12 +19,26 @@ from trashseg.data.classes import DEFAULT_TAXONOMY
 from trashseg.errors import ConfigError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
+from trashseg.models.eomt import (
+    EomtDinov3Segmentation,
+    EomtSegmentation,
+    eomt_config,
+    eomt_dinov3_config,
+)
 from trashseg.models.mask2former import (
     Mask2FormerSegmentation,
     mask2former_dinat_config,
     mask2former_swin_config,
 )
+from trashseg.models.maskdino import MaskDinoSegmentation, maskdino_swin_config
+from trashseg.models.oneformer import OneFormerSegmentation, oneformer_config
 from trashseg.models.segformer import SegformerSegmentation, segformer_config
+from trashseg.models.semask import (
+    SeMaskMask2FormerSegmentation,
+    is_semask_checkpoint,
+    load_swin_weights,
+    mask2former_semask_config,
+)
 from trashseg.models.upernet import UperNetSegmentation, upernet_config
 
 __all__ = [
@@ -55,6 +69,11 @@ class ArchitectureSpec:
 
 
 _M2F, _UPER, _SEG = Mask2FormerSegmentation, UperNetSegmentation, SegformerSegmentation
+_SEMASK = SeMaskMask2FormerSegmentation
+# SeMask-Swin encoders under Mask2Former, with its own pixel decoder or with FaPN's.
+_SEMASK_M2F = partial(mask2former_semask_config, "msdeformattn")
+_SEMASK_FAPN = partial(mask2former_semask_config, "fapn")
+_EOMT, _ONE = EomtSegmentation, OneFormerSegmentation
 
 # name -> (family, config builder taking (num_classes, tiny=...), wrapper). Every entry also gets
 # a "<name>-tiny" twin built from the same builder with tiny=True.
@@ -63,18 +82,35 @@ _FULL_SIZE = {
     "mask2former-swin-b": ("mask2former", partial(mask2former_swin_config, "b"), _M2F),
     "mask2former-swin-l": ("mask2former", partial(mask2former_swin_config, "l"), _M2F),
     "mask2former-dinat-l": ("mask2former", partial(mask2former_dinat_config, "l"), _M2F),
+    "mask2former-semask-swin-t": ("semask", partial(_SEMASK_M2F, "t"), _SEMASK),
+    "mask2former-semask-swin-b": ("semask", partial(_SEMASK_M2F, "b"), _SEMASK),
+    "mask2former-semask-swin-l": ("semask", partial(_SEMASK_M2F, "l"), _SEMASK),
+    "mask2former-semask-fapn-swin-t": ("semask", partial(_SEMASK_FAPN, "t"), _SEMASK),
+    "mask2former-semask-fapn-swin-b": ("semask", partial(_SEMASK_FAPN, "b"), _SEMASK),
+    "mask2former-semask-fapn-swin-l": ("semask", partial(_SEMASK_FAPN, "l"), _SEMASK),
     "upernet-swin-t": ("upernet", partial(upernet_config, "swin", "t"), _UPER),
     "upernet-swin-b": ("upernet", partial(upernet_config, "swin", "b"), _UPER),
     "upernet-swin-l": ("upernet", partial(upernet_config, "swin", "l"), _UPER),
     "upernet-convnext-t": ("upernet", partial(upernet_config, "convnext", "t"), _UPER),
     "upernet-convnext-b": ("upernet", partial(upernet_config, "convnext", "b"), _UPER),
     "upernet-convnext-l": ("upernet", partial(upernet_config, "convnext", "l"), _UPER),
+    "maskdino-swin-t": ("maskdino", partial(maskdino_swin_config, "t"), MaskDinoSegmentation),
+    "maskdino-swin-b": ("maskdino", partial(maskdino_swin_config, "b"), MaskDinoSegmentation),
+    "maskdino-swin-l": ("maskdino", partial(maskdino_swin_config, "l"), MaskDinoSegmentation),
     "segformer-b0": ("segformer", partial(segformer_config, "b0"), _SEG),
     "segformer-b1": ("segformer", partial(segformer_config, "b1"), _SEG),
     "segformer-b2": ("segformer", partial(segformer_config, "b2"), _SEG),
     "segformer-b3": ("segformer", partial(segformer_config, "b3"), _SEG),
     "segformer-b4": ("segformer", partial(segformer_config, "b4"), _SEG),
     "segformer-b5": ("segformer", partial(segformer_config, "b5"), _SEG),
+    "eomt-dinov2-s": ("eomt", partial(eomt_config, "s"), _EOMT),
+    "eomt-dinov2-b": ("eomt", partial(eomt_config, "b"), _EOMT),
+    "eomt-dinov2-l": ("eomt", partial(eomt_config, "l"), _EOMT),
+    "eomt-dinov3-s": ("eomt", partial(eomt_dinov3_config, "s"), EomtDinov3Segmentation),
+    "eomt-dinov3-b": ("eomt", partial(eomt_dinov3_config, "b"), EomtDinov3Segmentation),
+    "eomt-dinov3-l": ("eomt", partial(eomt_dinov3_config, "l"), EomtDinov3Segmentation),
+    "oneformer-swin-l": ("oneformer", partial(oneformer_config, "swin", "l"), _ONE),
+    "oneformer-dinat-l": ("oneformer", partial(oneformer_config, "dinat", "l"), _ONE),
 }
 
 
@@ -95,21 +131,27 @@ def _with_tiny_twins() -> dict[str, ArchitectureSpec]:
 ARCHITECTURES: dict[str, ArchitectureSpec] = _with_tiny_twins()
 
 
-def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -> SegmentationModel:
-    """Build architecture `name` for `num_classes` classes, randomly initialised or with weights
-    from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family;
-    for `mask2former-dinat-*` also a transformers DiNAT checkpoint, which sets the backbone).
-
-    Tensors the checkpoint lacks or has in another shape (e.g. a class head for another number of
-    classes) are left at random init and logged; a checkpoint providing under half of the
-    architecture's tensors is refused as the wrong architecture.
-    """
+def architecture_spec(name: str) -> ArchitectureSpec:
     spec = ARCHITECTURES.get(name)
     if spec is None:
         raise ConfigError(
             f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)}. "
             "Run `trashseg architectures` to list them with parameter counts."
         )
+    return spec
+
+
+def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -> SegmentationModel:
+    """Build architecture `name` for `num_classes` classes, randomly initialised or with weights
+    from `pretrained` (a local folder or hub id of a transformers checkpoint of the same family;
+    for `mask2former-dinat-*` also a transformers DiNAT checkpoint, which sets the backbone; for
+    `mask2former-semask-*` also a Swin or Mask2Former-Swin checkpoint, which fills the shared tensors).
+
+    Tensors the checkpoint lacks or has in another shape (e.g. a class head for another number of
+    classes) are left at random init and logged; a checkpoint providing under half of the
+    architecture's tensors is refused as the wrong architecture.
+    """
+    spec = architecture_spec(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(
             f"num_classes is {num_classes!r}; expected an integer >= 2 (background plus at least "
@@ -129,6 +171,11 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
         # An ImageNet DiNAT checkpoint initialises the backbone; the decoder starts random.
         network = spec.wrapper.network_class(config)
         load_dinat_weights(network.model.pixel_level_module.encoder, pretrained)
+        return network
+    if spec.family == "semask" and not is_semask_checkpoint(pretrained):
+        # A Swin or Mask2Former-Swin checkpoint fills the shared tensors; semantic layers start fresh.
+        network = spec.wrapper.network_class(config)
+        load_swin_weights(network, pretrained)
         return network
     network, info = spec.wrapper.network_class.from_pretrained(
         pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True
@@ -153,12 +200,15 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
     return network
 
 
-def architecture_table(num_classes: int = len(DEFAULT_TAXONOMY)) -> list[tuple[str, int]]:
-    """(name, parameter count) of every architecture, for the default taxonomy's classes unless
-    told otherwise; built on the meta device, so even the largest costs no memory or init time."""
+def architecture_table(
+    num_classes: int = len(DEFAULT_TAXONOMY), names: list[str] | None = None
+) -> list[tuple[str, int]]:
+    """(name, parameter count) of every architecture (or of `names`), for the default taxonomy's
+    classes unless told otherwise; built on the meta device, so even the largest costs no memory
+    or init time."""
     rows = []
-    for name, spec in ARCHITECTURES.items():
+    for name in ARCHITECTURES if names is None else names:
         with torch.device("meta"):
-            model = spec.build(num_classes)
+            model = architecture_spec(name).build(num_classes)
         rows.append((name, model.parameter_count()))
     return rows

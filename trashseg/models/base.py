@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -37,6 +38,11 @@ class SegmentationModel(nn.Module):
         """(B, C, H, W) float32 class scores at the input resolution, also under autocast."""
         self._check_images(images)
         return self._predict_logits(images).float()
+
+    def set_training_progress(self, step: int, total_steps: int) -> None:
+        """Told by the training loop before each optimizer step (`step` of `total_steps`, from 0),
+        for families whose training schedule changes the network (EoMT's mask annealing).
+        Nothing by default."""
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
@@ -90,3 +96,11 @@ def resize_to(scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return nn.functional.interpolate(
         scores, size=images.shape[-2:], mode="bilinear", align_corners=False
     )
+
+
+def full_precision(device: torch.device):
+    """A context that turns autocast off on `device`; a no-op on devices without autocast (the
+    "meta" device, on which architectures are sized and their FLOPs counted)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)

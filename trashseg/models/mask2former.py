@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, PretrainedConfig
 
-from trashseg.models.base import IGNORE_INDEX, SegmentationModel, resize_to
+from trashseg.models.base import IGNORE_INDEX, SegmentationModel, full_precision, resize_to
 from trashseg.models.dinat import dinat_backbone_config
 from trashseg.models.upernet import swin_backbone_config
 
@@ -72,7 +72,7 @@ class Mask2FormerSegmentation(SegmentationModel):
 
     def _predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         output = self.network(pixel_values=images)
-        with torch.autocast(device_type=images.device.type, enabled=False):
+        with full_precision(images.device):
             return semantic_log_probs(output, images)
 
 
