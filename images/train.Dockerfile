@@ -2,9 +2,12 @@
 # runtime and cuDNN as pinned nvidia-* wheels, on the same pinned Python 3.11 as the base
 # image (see images/README.md for why not a pytorch/pytorch base). Build from the repo root:
 #   docker build -f images/train.Dockerfile --build-arg GIT_SHA=$(git rev-parse --short HEAD) .
+# BASE_IMAGE: only where Docker Hub is unreachable, a local stand-in (make local-base).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+
 # Stage 1: build the wheels that ship only as sources needing a C++ compiler (pydensecrf2),
 # so the runtime image carries no compiler.
-FROM python:3.11.14-slim-bookworm AS wheels
+FROM ${BASE_IMAGE} AS wheels
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
     && rm -rf /var/lib/apt/lists/*
@@ -14,7 +17,7 @@ RUN python pins.py pyproject.toml --only pydensecrf2 > compiled.txt \
     && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels -r compiled.txt
 
 # Stage 2: the image.
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG GIT_SHA=unknown
 # PyTorch wheel index: the CUDA build the cluster's drivers support (cu128 needs driver >= 570).

@@ -45,7 +45,18 @@ class ClusterSettings:
     training_retries: int = 3
     retry_backoff: str = "120s"
     retry_backoff_factor: float = 2.0
-    retry_backoff_max: str = "3600s"
+    # The retry window (set_retry's backoff_max_duration) becomes Argo's retry deadline,
+    # counted from the FIRST attempt's start: no retry after it, and a retried attempt is
+    # killed when it passes. So it must hold the whole training plus its retries (days), not
+    # one attempt. It is sized from the iterations at a budgeted time per iteration (a
+    # deliberately slow figure, not a measurement: raise it for slower cards), times a slack
+    # for queueing for a GPU again, re-done checkpoint intervals and backoffs.
+    seconds_per_iteration: float = 2.0
+    retry_window_slack: float = 2.0
+    retry_window_floor_s: int = 86_400
+    # Size the window for this many iterations when it exceeds the pipeline's default
+    # (iterations is a run-time parameter; the window is fixed at compile time).
+    max_iterations: int = 0
     # ParallelFor width over architectures; 0 = all at once (one GPU each).
     parallelism: int = 0
 
@@ -54,8 +65,15 @@ class ClusterSettings:
             raise ValueError(f"gpus_per_task={self.gpus_per_task}: training needs at least 1 GPU per task")
         if self.train_cpu_per_gpu < 1:
             raise ValueError(f"train_cpu_per_gpu={self.train_cpu_per_gpu}: a GPU task needs at least 1 core per GPU")
-        if self.training_retries < 0 or self.parallelism < 0:
-            raise ValueError("training_retries and parallelism must be >= 0")
+        if self.training_retries < 0 or self.parallelism < 0 or self.max_iterations < 0:
+            raise ValueError("training_retries, parallelism and max_iterations must be >= 0")
+        if self.seconds_per_iteration <= 0 or self.retry_window_slack < 1:
+            raise ValueError("seconds_per_iteration must be > 0 and retry_window_slack >= 1")
+
+    def retry_window_s(self, iterations: int) -> int:
+        """Seconds from the first training attempt's start during which retries may run."""
+        budgeted = max(iterations, self.max_iterations) * self.seconds_per_iteration * self.retry_window_slack
+        return max(self.retry_window_floor_s, int(budgeted))
 
 
 def run_id_env(task: PipelineTask) -> PipelineTask:
@@ -100,8 +118,16 @@ def cpu_task(
 
 
 def gpu_task(
-    task: PipelineTask, settings: ClusterSettings, *, retries: bool, cache: bool, object_store: bool, mlflow: bool
+    task: PipelineTask,
+    settings: ClusterSettings,
+    *,
+    retry_iterations: int | None,
+    cache: bool,
+    object_store: bool,
+    mlflow: bool,
 ) -> PipelineTask:
+    """`retry_iterations`: retry on failure, in a window sized for a training of that many
+    iterations; None: no retries."""
     task.set_container_image(settings.images.train)
     task.set_cpu_request(str(settings.train_cpu_per_gpu * settings.gpus_per_task))
     task.set_memory_request(settings.train_memory)
@@ -110,12 +136,12 @@ def gpu_task(
     kubernetes.add_node_selector(task, *settings.gpu_node_selector)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size)
     task.set_caching_options(cache)
-    if retries:
+    if retry_iterations is not None:
         task.set_retry(
             num_retries=settings.training_retries,
             backoff_duration=settings.retry_backoff,
             backoff_factor=settings.retry_backoff_factor,
-            backoff_max_duration=settings.retry_backoff_max,
+            backoff_max_duration=f"{settings.retry_window_s(retry_iterations)}s",
         )
     run_id_env(task)
     if object_store:

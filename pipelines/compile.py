@@ -1,6 +1,6 @@
 """Compile both pipelines to KFP IR YAML: `python -m pipelines.compile` (make compile).
 
-    python -m pipelines.compile --registry ghcr.io/trashseg --version 1a2b3c4 [--gpus 1] [--out build]
+    python -m pipelines.compile --registry ghcr.io/trashseg --version 1a2b3c4 [--gpus 1] [--max-iterations N] [--out build]
 
 The image registry and tag come from these arguments only (the Makefile passes its
 REGISTRY and VERSION); the pipeline definitions never read the environment.
@@ -40,10 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", default=DEFAULT_REGISTRY, help=f"image registry/namespace (default {DEFAULT_REGISTRY})")
     parser.add_argument("--version", default=DEFAULT_TAG, help="image tag: the git SHA or version the images were built with")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs per training/prediction task (default 1)")
+    parser.add_argument(
+        "--max-iterations", type=int, default=0,
+        help="size the training retry window for runs of up to N iterations (default: the pipelines' defaults)",
+    )
     parser.add_argument("--out", default="build", help="output folder (default build/)")
     args = parser.parse_args(argv)
     try:
-        settings = ClusterSettings(images=Images(args.registry, args.version), gpus_per_task=args.gpus)
+        settings = ClusterSettings(
+            images=Images(args.registry, args.version), gpus_per_task=args.gpus, max_iterations=args.max_iterations
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ DEFAULT_DATA_STORE = "s3://trashseg"  # the bucket manifests/base/storage-config
 DEFAULT_CHECKPOINT_STORE = "s3://trashseg/checkpoints"
 DEFAULT_MODEL_NAME = "trashseg"
 DEFAULT_EXPERIMENT = "trashseg"
+DEFAULT_ITERATIONS = 80_000
 
 
 def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
@@ -46,7 +47,7 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
         dataset_version: str,
         data_store: str = DEFAULT_DATA_STORE,
         architectures: list[str] = RECIPE_ARCHITECTURES,
-        iterations: int = 80_000,
+        iterations: int = DEFAULT_ITERATIONS,
         image_size: int = 512,
         val_fraction: float = 0.2,
         split_seed: int = 0,
@@ -80,7 +81,7 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
 
             base = train_round(
                 settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
-                checkpoint_store, tracking_uri, experiment, stage="base",
+                checkpoint_store, tracking_uri, experiment, stage="base", default_iterations=DEFAULT_ITERATIONS,
             )
             first = ensemble_round(settings, base, dataset, ensemble_settings, name="ensemble")
 
@@ -91,7 +92,7 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                 ).set_display_name("pseudo-labels")
                 retrained = train_round(
                     settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
-                    checkpoint_store, tracking_uri, experiment, stage="pseudo",
+                    checkpoint_store, tracking_uri, experiment, stage="pseudo", default_iterations=DEFAULT_ITERATIONS,
                     pseudo_dataset=pseudo.outputs["pseudo_dataset"], pseudo_ratio=pseudo_ratio,
                 )
                 second = ensemble_round(settings, retrained, dataset, ensemble_settings, name="ensemble-pseudo")

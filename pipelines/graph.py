@@ -15,11 +15,15 @@ from pipelines.cluster import cpu_task, gpu_task
 
 def train_round(
     settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
-    checkpoint_store, tracking_uri, experiment, *, stage, pseudo_dataset=None, pseudo_ratio=None, init_bundle=None,
+    checkpoint_store, tracking_uri, experiment, *, stage, default_iterations, pseudo_dataset=None, pseudo_ratio=None,
+    init_bundle=None,
 ):
     """ParallelFor over architectures: train, predict val and test, evaluate on val; then
-    bundle the round's models."""
-    with dsl.ParallelFor(architectures, parallelism=settings.parallelism, name=f"{stage}-models") as architecture:
+    bundle the round's models. `default_iterations` (the pipeline's default, known at compile
+    time) sizes the training retry window."""
+    # The loop has no name=: a named ParallelFor followed by dsl.Collected makes the consumers
+    # fail with "cannot find producer task" on KFP backends up to 2.15 (kubeflow/pipelines#13239).
+    with dsl.ParallelFor(architectures, parallelism=settings.parallelism) as architecture:
         extra = {} if pseudo_dataset is None else {"pseudo_dataset": pseudo_dataset, "pseudo_ratio": pseudo_ratio}
         if init_bundle is not None:
             extra["init_bundle"] = init_bundle
@@ -29,14 +33,14 @@ def train_round(
                 dataset_hash=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
                 tracking_uri=tracking_uri, experiment=experiment, stage=stage, **extra,
             ),
-            settings, retries=True, cache=True, object_store=True, mlflow=True,
+            settings, retry_iterations=default_iterations, cache=True, object_store=True, mlflow=True,
         ).set_display_name(f"train-{stage}")
         model = trained.outputs["model"]
         predictions = {}
         for split in ("val", "test"):
             predictions[split] = gpu_task(
                 predict(model=model, dataset=dataset, split=split),
-                settings, retries=False, cache=False, object_store=False, mlflow=False,
+                settings, retry_iterations=None, cache=False, object_store=False, mlflow=False,
             ).set_display_name(f"predict-{stage}-{split}")
         cpu_task(
             evaluate(predictions=predictions["val"].outputs["predictions"], dataset=dataset, split="val", title=architecture),

@@ -2,12 +2,16 @@
 
     python -m pipelines.local demo [--out runs/demo]      # make demo
     python -m pipelines.local retrain [--out runs/demo]   # the scheduled pipeline, once
+    python -m pipelines.local run --data FOLDER [--arch A ...] [--iterations N]
+        [--image-size N] [--set key=value ...] [--out runs/FOLDER]   # make run DATA=FOLDER
 
 The demo generates the sample dataset, pushes it as a dataset version into a local object
 store folder (OUT/store), and runs pipelines/full.py with tiny architectures on CPU,
 MLflow in OUT/mlflow.db. kfp.local ignores the cluster settings (resources, GPUs,
 kubernetes) with a warning or silently; everything else (ParallelFor, Collected, If/Else,
 ExitHandler) runs as on the cluster. Task outputs land under OUT/kfp/<run>/<task>/.
+`run` does the same with the user's COCO folder (train.json, test.json, optional val.json,
+images at their file_name), validated before anything is pushed.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.cluster import ClusterSettings
+from trashseg.errors import ConfigError, DataError, UserError
 from trashseg.tracking import KFP_RUN_ID_ENV
 
 log = logging.getLogger("trashseg.local")
@@ -77,6 +82,40 @@ def sample_dataset_version(out: Path, *, images: int = DEMO_SAMPLE_IMAGES, size:
     return push_dataset(source, LocalStore(out / "store")).version
 
 
+def validate_source(folder: Path) -> None:
+    """Check a COCO source folder the way the pipeline's prepare step will, before a push.
+
+    full.py trains on train, validates on val (split from train when absent) and writes a
+    submission for test, so train.json and test.json are both required."""
+    from trashseg.data.coco import load_coco
+
+    missing = [name for name in ("train.json", "test.json") if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{folder} has no {' or '.join(missing)}; `make run DATA=...` takes a COCO folder holding train.json, "
+            "test.json and optionally val.json, with images at their file_name relative to that folder"
+        )
+    for name in ("train.json", "val.json", "test.json"):
+        if not (folder / name).is_file():
+            continue
+        report = load_coco(folder / name).report  # fatal problems raise DataError, naming each
+        print(f"{name}: {report.summary()}")
+        kept = report.images_total - len(report.skipped_images)
+        if name == "train.json" and kept == 0:
+            raise DataError(f"{folder / name}: none of its {report.images_total} image(s) is usable; see the report above")
+
+
+def folder_dataset_version(out: Path, folder: str | Path) -> str:
+    """Validate the user's COCO folder and push it into OUT/store; returns its version."""
+    from trashseg.storage import LocalStore, push_dataset
+
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise DataError(f"DATA={folder} is not a folder; pass the folder that holds train.json and test.json")
+    validate_source(folder)
+    return push_dataset(folder, LocalStore(out / "store")).version
+
+
 # Both architectures train at once (2 cores); a failed task is retried once, soon.
 LOCAL_SETTINGS = ClusterSettings(parallelism=2, training_retries=1, retry_backoff="5s")
 
@@ -124,13 +163,18 @@ def run_full(
     model_name: str = "trashseg",
     min_improvement: float = 0.0,
     sample_images: int = DEMO_SAMPLE_IMAGES,
+    data: str | Path | None = None,
 ) -> LocalRun:
+    """full.py on `data` (a COCO source folder), or on generated sample data when None."""
     from pipelines.full import build_full_pipeline
 
     full_pipeline = build_full_pipeline(LOCAL_SETTINGS)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    version = sample_dataset_version(out, images=sample_images, size=image_size)
+    if data is None:
+        version = sample_dataset_version(out, images=sample_images, size=image_size)
+    else:
+        version = folder_dataset_version(out, data)
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     run_id = init_local(out, tracking_uri)
     (out / "kfp").mkdir(exist_ok=True)
@@ -211,19 +255,74 @@ def summary(run: LocalRun) -> str:
     return "\n".join(lines)
 
 
+def check_run_options(
+    architectures: list[str], iterations: int, image_size: int, train_settings: list[str], ensemble_settings: list[str]
+) -> None:
+    """Fail before data is pushed or any task starts: names, numbers and settings as the steps read them."""
+    from trashseg.config import load_config
+    from trashseg.ensemble import EnsembleConfig
+    from trashseg.models import ARCHITECTURES
+    from trashseg.training import TrainConfig
+
+    unknown = [name for name in architectures if name not in ARCHITECTURES]
+    if unknown or not architectures:
+        raise ConfigError(
+            f"unknown architecture(s) {', '.join(unknown) or '(none given)'}; --arch (make run ARCHS=...) takes names from: {', '.join(ARCHITECTURES)}"
+        )
+    load_config(TrainConfig, None, [f"iterations={iterations}", f"image_size={image_size}", *train_settings])
+    load_config(EnsembleConfig, None, ensemble_settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.local", description=__doc__.split("\n\n")[0])
-    parser.add_argument("pipeline", choices=["demo", "retrain"], help="demo: full.py on sample data; retrain: retrain.py")
-    parser.add_argument("--out", default="runs/demo", help="working folder (default: runs/demo)")
-    parser.add_argument("--no-pseudo-round", action="store_true", help="demo: skip the pseudo-label round")
+    parser.add_argument(
+        "pipeline", choices=["demo", "retrain", "run"],
+        help="demo: full.py on sample data; retrain: retrain.py; run: full.py on --data",
+    )
+    parser.add_argument("--out", help="working folder (default: runs/demo, or runs/<DATA folder name> for run)")
+    parser.add_argument("--no-pseudo-round", action="store_true", help="demo, run: skip the pseudo-label round")
+    run_options = parser.add_argument_group("run (full.py on your COCO folder)")
+    run_options.add_argument("--data", type=Path, help="COCO folder: train.json, test.json, optional val.json + images")
+    run_options.add_argument("--arch", action="append", dest="architectures", metavar="NAME",
+                             help=f"an architecture to train; repeat for several (default: {' '.join(DEMO_ARCHITECTURES)})")
+    run_options.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help=f"per model (default {DEMO_ITERATIONS})")
+    run_options.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE, help=f"training crop (default {DEMO_IMAGE_SIZE})")
+    run_options.add_argument("--set", action="append", default=[], dest="settings", metavar="KEY=VALUE",
+                             help="a training setting over the demo's (e.g. lr=1e-3); repeat for several")
+    run_options.add_argument("--ensemble-set", action="append", default=[], dest="ensemble_settings", metavar="KEY=VALUE",
+                             help="an ensemble setting over the demo's (e.g. crf_enabled=false); repeat for several")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.pipeline == "demo":
-        run = run_full(args.out, pseudo_round=not args.no_pseudo_round)
-    else:
-        run = run_retrain(args.out)
+    try:
+        if args.pipeline == "run":
+            run = _run_on_folder(args)
+        elif args.data is not None:
+            raise ConfigError(f"--data is for `run`, not `{args.pipeline}`; use `python -m pipelines.local run --data {args.data}`")
+        elif args.pipeline == "demo":
+            run = run_full(args.out or "runs/demo", pseudo_round=not args.no_pseudo_round)
+        else:
+            run = run_retrain(args.out or "runs/demo")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(summary(run))
     return 0
+
+
+def _run_on_folder(args: argparse.Namespace) -> LocalRun:
+    if args.data is None:
+        raise ConfigError("run needs --data FOLDER (make run DATA=FOLDER): a COCO folder with train.json and test.json")
+    architectures = args.architectures or DEMO_ARCHITECTURES
+    train_settings = [*DEMO_TRAIN_SETTINGS, *args.settings]  # the user's come last and win
+    # One model cannot outvote itself: consensus needs two (EnsembleConfig.consensus_k).
+    single = ["consensus_enabled=false"] if len(architectures) == 1 else []
+    ensemble_settings = [*DEMO_ENSEMBLE_SETTINGS, *single, *args.ensemble_settings]
+    check_run_options(architectures, args.iterations, args.image_size, train_settings, ensemble_settings)
+    out = args.out or f"runs/{args.data.resolve().name}"
+    return run_full(
+        out, data=args.data, architectures=architectures, iterations=args.iterations, image_size=args.image_size,
+        train_settings=train_settings, ensemble_settings=ensemble_settings, pseudo_round=not args.no_pseudo_round,
+    )
 
 
 if __name__ == "__main__":

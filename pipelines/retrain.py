@@ -32,6 +32,8 @@ from pipelines.full import (
 from pipelines.graph import ensemble_round, finish_round, train_round
 from trashseg import secrets
 
+DEFAULT_FINETUNE_ITERATIONS = 20_000
+
 
 def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
     @dsl.pipeline(
@@ -41,7 +43,7 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
     )
     def retrain_pipeline(
         data_store: str = DEFAULT_DATA_STORE,
-        iterations: int = 20_000,
+        iterations: int = DEFAULT_FINETUNE_ITERATIONS,
         image_size: int = 512,
         val_fraction: float = 0.2,
         split_seed: int = 0,
@@ -86,6 +88,7 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                 finetuned = train_round(
                     settings, champion.outputs["Output"], dataset, merged.output, iterations, image_size,
                     train_settings, checkpoint_store, tracking_uri, experiment, stage="finetune",
+                    default_iterations=DEFAULT_FINETUNE_ITERATIONS,
                     init_bundle=champion.outputs["bundle"],
                 )
                 ensembled = ensemble_round(settings, finetuned, dataset, ensemble_settings, name="ensemble-finetune")

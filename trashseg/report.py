@@ -1,7 +1,8 @@
 """The recipe's stage report: val mIoU and per-class IoU of every model and stage.
 
 Written as report.json (the numbers), report.md (a table), report.png (a chart) and
-report.html (table + chart inline, the pipeline's HTML artifact).
+report.html (table + chart inline, the pipeline's HTML artifact). The Markdown and HTML
+also show the soft-vote weights (given or fitted) and the per-class gating decision.
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ def write_stage_report(
         **(dict(details) if details else {}),
     }
     paths["json"].write_text(json.dumps(data, indent=2) + "\n")
-    paths["markdown"].write_text(_markdown(scores, stages, class_names, selected, pinned))
+    paths["markdown"].write_text(
+        _markdown(scores, stages, class_names, selected, pinned) + _details_markdown(details or {})
+    )
     _chart(scores, stages, class_names, selected, paths["png"])
-    paths["html"].write_text(_html(scores, stages, class_names, selected, pinned, paths["png"]))
+    paths["html"].write_text(
+        _html(scores, stages, class_names, selected, pinned, paths["png"], _details_html(details or {}))
+    )
     return paths
 
 
@@ -72,6 +77,57 @@ def _markdown(scores, stages, class_names, selected, pinned) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _details_rows(details: Mapping) -> tuple[list[list[str]], list[list[str]]]:
+    """(weight rows, gating rows) of the ensemble's fitted weights and per-class gating decision."""
+    weights = [[name, f"{float(w):.3f}"] for name, w in (details.get("weights") or {}).items()]
+    gating = details.get("gating") or {}
+    decisions = [
+        [name, row["source"], _cell(_nan(row["iou_ensemble"])), _cell(_nan(row["iou_refined"]))]
+        for name, row in gating.get("classes", {}).items()
+    ]
+    return weights, decisions
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _gating_header(details: Mapping) -> list[str]:
+    gating = details["gating"]
+    return ["class", "takes", f"val IoU {gating['ensemble_stage']}", f"val IoU {gating['refined_stage']}"]
+
+
+def _details_markdown(details: Mapping) -> str:
+    weights, decisions = _details_rows(details)
+    lines = []
+    if weights:
+        lines += ["", "## Soft-vote weights per model", "", "| model | weight |", "|---|---|"]
+        lines += [f"| {name} | {weight} |" for name, weight in weights]
+    if decisions:
+        header = _gating_header(details)
+        lines += ["", "## Gating: each class's source (decided on val)", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in decisions]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _details_html(details: Mapping) -> str:
+    weights, decisions = _details_rows(details)
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    parts = []
+    if weights:
+        parts.append("<h3>Soft-vote weights per model</h3>" + table(["model", "weight"], weights))
+    if decisions:
+        parts.append("<h3>Gating: each class's source (decided on val)</h3>"
+                     + table(_gating_header(details), decisions))
+    return "".join(parts)
 
 
 def _chart(scores, stages, class_names, selected, path: Path) -> None:
@@ -106,7 +162,7 @@ def _chart(scores, stages, class_names, selected, path: Path) -> None:
     plt.close(figure)
 
 
-def _html(scores, stages, class_names, selected, pinned, png: Path) -> str:
+def _html(scores, stages, class_names, selected, pinned, png: Path, details_html: str = "") -> str:
     image = base64.b64encode(png.read_bytes()).decode("ascii")
     head = "".join(
         f"<th>{html.escape(c)}</th>" for c in ["stage", "mIoU", "pixel acc", *class_names]
@@ -127,5 +183,5 @@ def _html(scores, stages, class_names, selected, pinned, png: Path) -> str:
         "padding:3px 6px;text-align:right}td:first-child{text-align:left}</style></head><body>"
         f"<h2>Ensemble stages on the validation split</h2><p>Selected: <b>{html.escape(selected)}</b> "
         f"({'pinned' if pinned else 'best val mIoU'})</p><table><tr>{head}</tr>{''.join(rows)}</table>"
-        f"<p><img alt='stage chart' src='data:image/png;base64,{image}'></p></body></html>\n"
+        f"{details_html}<p><img alt='stage chart' src='data:image/png;base64,{image}'></p></body></html>\n"
     )

@@ -37,14 +37,18 @@ def evaluation_report(
     *,
     title: str,
     overlays: int = DEFAULT_OVERLAYS,
+    metrics_path: str | Path | None = None,
 ) -> EvaluationResult:
     """Score `prediction_dir` on `split` and write an HTML page: scores, per-class IoU chart,
-    confusion matrix and overlays (image / truth / prediction) of the first `overlays` images."""
+    confusion matrix and overlays (image / truth / prediction, with a colour legend) of the
+    first `overlays` images. `metrics_path`: also keep evaluate's metrics JSON there."""
+    from trashseg.data.layout import PreparedDataset
+    from trashseg.legend import legend, legend_html
     from trashseg.predict import evaluate
 
     with tempfile.TemporaryDirectory(prefix="trashseg-eval-") as work:
         # evaluate() writes its JSON next to the predictions by default; those are an input here.
-        scores = evaluate(prediction_dir, dataset_dir, split, metrics_path=Path(work) / "metrics.json")
+        scores = evaluate(prediction_dir, dataset_dir, split, metrics_path=metrics_path or Path(work) / "metrics.json")
     scalars = {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy}
     scalars.update({f"iou/{name}": value for name, value in scores.iou.items()})
     scalars = {key: float(value) for key, value in scalars.items() if math.isfinite(value)}
@@ -62,6 +66,7 @@ def evaluation_report(
         "<h3>Confusion matrix (rows: truth, columns: prediction; share of each true class)</h3>",
         _img(_confusion_chart(scores.class_names, np.asarray(scores.matrix)), "confusion matrix"),
         "<h3>Samples: image | truth | prediction</h3>",
+        legend_html(legend(PreparedDataset(dataset_dir).classes())),
         *(_img(png, name) for name, png in _overlays(prediction_dir, dataset_dir, split, overlays)),
         "</body></html>",
     ]

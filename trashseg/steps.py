@@ -392,13 +392,31 @@ def merge_inbox_step(data_store: str, base_version: str) -> str:
     return manifest.version
 
 
+# The states an exit handler receives once a run is over (NO_NEW_DATA: retrain's early end).
+FINAL_PIPELINE_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "CANCELED", "NO_NEW_DATA")
+
+
 def record_status_step(pipeline: str, state: str, error: str, summary_path: str | Path, *, run: RunContext, details: str = "") -> str:
-    """An MLflow run holding how a pipeline run ended, and the same as Markdown."""
+    """An MLflow run holding how a pipeline run ended, and the same as Markdown. The state is
+    recorded as it arrives; one that is not final is marked so, never read as success."""
     from trashseg.tracking import TrackedRun
 
-    summary = f"## {pipeline}: {state}\n\n" + (f"{details}\n\n" if details else "") + (f"Error: `{error}`\n" if error else "")
+    final = state in FINAL_PIPELINE_STATES
+    heading = f"## {pipeline}: {state}" + ("" if final else " (not a final state)")
+    if not final:
+        # KFP backends before 2.17 hand the exit handler RUNNING: the state of the run while
+        # the handler starts, not how its tasks ended.
+        details = (
+            f"The KFP backend passed `{state}` to the exit handler instead of the run's final state "
+            "(backends before 2.17 do). This record does not say the run succeeded: read the run's "
+            "state in the KFP UI or API." + (f"\n\n{details}" if details else "")
+        )
+    summary = f"{heading}\n\n" + (f"{details}\n\n" if details else "") + (f"Error: `{error}`\n" if error else "")
     Path(summary_path).write_text(summary)
-    tags = {**run.tags(), "trashseg.step": "status", "pipeline": pipeline, "pipeline.state": state}
+    tags = {
+        **run.tags(), "trashseg.step": "status", "pipeline": pipeline, "pipeline.state": state,
+        "pipeline.state_final": str(final).lower(),
+    }
     with TrackedRun(run.tracking(), Path(summary_path).parent, run_name=f"{pipeline}-{state.lower()}", tags=tags) as tracked:
         tracked.log_artifact(summary_path)
     return state

@@ -40,7 +40,11 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_image_policy(dockerfile):
     text = dockerfile.read_text()
-    stages = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+    # FROM ${BASE_IMAGE}: the ARG's default is the base everyone else builds from.
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+    stages = [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
+              for image in re.findall(r"^FROM\s+(\S+)", text, flags=re.M)]
+    assert stages and all(image == "python:3.11.14-slim-bookworm" for image in stages), stages
     for image in stages:
         name, _, tag = image.partition(":")
         assert tag and tag != "latest" and re.search(r"\d", tag), f"unpinned base image {image}"
@@ -77,3 +81,37 @@ def test_dockerignore_lets_in_what_the_images_copy():
         for line in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", dockerfile.read_text(), flags=re.M):
             for source in line.split():
                 assert source.rstrip("/") in let_in, f"{source} is excluded by .dockerignore"
+
+
+def _fake_tool(folder: Path, name: str, exit_code: int) -> None:
+    tool = folder / name
+    tool.write_text(f"#!/bin/sh\nexit {exit_code}\n")
+    tool.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("docker", "podman", "expected"),
+    [
+        (0, None, "docker"),  # an engine answers
+        (1, 0, "podman --runtime runc --cgroup-manager=cgroupfs --storage-driver=vfs"),  # no engine: podman
+        (None, 0, "podman --runtime runc"),
+        (1, None, "error: docker is installed but no engine answers"),
+        (None, None, "error: neither docker nor podman found"),
+    ],
+)
+def test_engine_is_docker_with_an_engine_else_podman(tmp_path, docker, podman, expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, code in (("docker", docker), ("podman", podman)):
+        if code is not None:
+            _fake_tool(bin_dir, name, code)
+    for name in ("mkdir", "mv"):  # all the script needs besides bash; no real docker or podman
+        (bin_dir / name).symlink_to(shutil.which(name))
+    env = {"PATH": str(bin_dir)}
+    result = subprocess.run([shutil.which("bash"), str(ROOT / "images" / "engine.sh"), str(tmp_path / "build")],
+                            capture_output=True, text=True, env=env, timeout=30)
+    assert expected in result.stdout + result.stderr
+    assert (result.returncode == 0) == (not expected.startswith("error"))
+    if "podman" in result.stdout:
+        conf = result.stdout.split("CONTAINERS_CONF=")[1].split()[0]
+        assert Path(conf).read_text() == "[containers]\ndefault_ulimits = []\n"

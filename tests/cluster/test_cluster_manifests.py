@@ -18,6 +18,8 @@ OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if p.is_dir
 # The kubectl in build/tools is 1.34; validate against the same API version.
 KUBERNETES_VERSION = "1.34.0"
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob"}
+# Pipeline runs execute here (manifests/runs): baseline enforced, restricted warned/audited.
+RUNS_NAMESPACE = "trashseg-runs"
 
 
 def kubectl() -> str:
@@ -53,7 +55,7 @@ def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
 
 
 def test_expected_overlays_exist():
-    assert OVERLAYS == ["dev", "prod", "with-minio"]
+    assert OVERLAYS == ["dev", "prod", "with-minio", "with-viewer"]
 
 
 def test_every_object_validates_strictly(rendered):
@@ -87,8 +89,26 @@ def test_every_pod_meets_restricted_pod_security(rendered):
             assert "resources" in container and container["resources"].get("requests"), f"{where}/{container['name']}"
             image = container["image"]
             assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{where}: unpinned {image}"
+        assert obj["metadata"]["namespace"] == secrets.NAMESPACE, f"{where} is outside the restricted namespace"
     namespace = by_kind(objects, "Namespace")[secrets.NAMESPACE]
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_pipeline_runs_have_a_baseline_namespace_that_reports_restricted(rendered):
+    """KFP's driver/launcher and Argo's init/wait containers set no securityContext: the
+    restricted profile would refuse every task pod, baseline admits them (and still refuses
+    privileged, host namespaces, hostPath, added capabilities)."""
+    overlay, objects = rendered
+    labels = by_kind(objects, "Namespace")[RUNS_NAMESPACE]["metadata"]["labels"]
+    assert {mode: labels[f"pod-security.kubernetes.io/{mode}"] for mode in ("enforce", "warn", "audit")} == {
+        "enforce": "baseline", "warn": "restricted", "audit": "restricted",
+    }, overlay
+    in_runs = {(o["kind"], o["metadata"]["name"]) for o in objects if o["metadata"].get("namespace") == RUNS_NAMESPACE}
+    runner = secrets.PIPELINE_SERVICE_ACCOUNT
+    assert {("ServiceAccount", runner), ("Role", runner), ("RoleBinding", runner),
+            ("ConfigMap", secrets.STORAGE_CONFIG_MAP), ("ResourceQuota", "gpu-quota")} <= in_runs, overlay
+    assert not {kind for kind, _ in in_runs} & POD_TEMPLATE_KINDS, f"{overlay}: a service of ours in {RUNS_NAMESPACE}"
+    assert all(o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"), f"{overlay}: unplaced object"
 
 
 def test_mlflow_proxies_artifacts_to_s3_and_is_probed(rendered):
@@ -113,14 +133,20 @@ def test_network_policies_limit_mlflow_and_database(rendered):
     mlflow = policies["mlflow-from-pipelines"]["spec"]
     assert mlflow["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
     key, value = secrets.PIPELINE_POD_LABEL
-    assert [peer["podSelector"]["matchLabels"] for peer in mlflow["ingress"][0]["from"]] == [{key: value}]
+    runs_only = {"kubernetes.io/metadata.name": RUNS_NAMESPACE}
+    assert mlflow["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": runs_only}, "podSelector": {"matchLabels": {key: value}}}
+    ]
     database = policies["mlflow-db-from-mlflow"]["spec"]
     assert [peer["podSelector"]["matchLabels"] for peer in database["ingress"][0]["from"]] == [
         {"app.kubernetes.io/name": "mlflow"}
     ]
-    for policy in policies.values():  # no namespaceSelector: nothing outside the namespace
+    for policy in policies.values():  # other namespaces: only the runs namespace's task pods
         for rule in policy["spec"]["ingress"]:
-            assert all("namespaceSelector" not in peer and "ipBlock" not in peer for peer in rule["from"])
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer
+                if "namespaceSelector" in peer:
+                    assert peer == {"namespaceSelector": {"matchLabels": runs_only}, "podSelector": {"matchLabels": {key: value}}}
 
 
 def test_pipeline_rbac_is_least_privilege(rendered):

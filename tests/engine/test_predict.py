@@ -76,6 +76,8 @@ def test_cli_predict_evaluate_round_trip(trained_checkpoint, sample_dataset, tmp
     out = capsys.readouterr().out
     assert "9 predictions written" in out and "mIoU" in out and "Battery" in out
     assert json.loads((tmp_path / "m.json").read_text())["class_names"][10] == "Clothing"
+    page = (pred / "report.html").read_text()  # the pipeline's evaluate page, from the CLI too
+    assert "Confusion matrix" in page and "trashseg-legend" in page and "Clothing" in page
     # The dataset version is recorded so `submission` can refuse another dataset's predictions.
     assert len(json.loads((pred / "predictions.json").read_text())["source"]["dataset_version"]) == 64
     for scales in ("1,x", "nan", "1,1e6"):  # NaN and huge factors fail every bound check

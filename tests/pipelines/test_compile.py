@@ -11,6 +11,8 @@ import yaml
 from components.images import Images
 from pipelines.cluster import RUN_ID_FIELD_PATH, ClusterSettings
 from pipelines.compile import compile_pipelines
+from pipelines.full import DEFAULT_ITERATIONS
+from pipelines.retrain import DEFAULT_FINETUNE_ITERATIONS
 from trashseg import secrets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +83,54 @@ def test_training_tasks_get_gpu_toleration_shm_and_retries(compiled, pipeline):
         # the object store (checkpoint mirror for resume) comes from the Secret and ConfigMap
         assert secrets.S3_CREDENTIALS_SECRET in [use["secretName"] for use in config["secretAsEnv"]]
         assert config["configMapAsEnv"][0]["configMapName"] == secrets.STORAGE_CONFIG_MAP
+
+
+@pytest.mark.parametrize("pipeline", ["full", "retrain"])
+def test_loops_are_unnamed_so_collected_finds_its_producer(compiled, pipeline):
+    # Backends up to 2.15 look a Collected producer up by the loop's taskInfo name, which a
+    # ParallelFor(name=...) changes away from its task key (kubeflow/pipelines#13239).
+    _, spec, _ = compiled[pipeline]
+    loops = {name: t for _, name, t in tasks(spec) if "parameterIterator" in t or "artifactIterator" in t}
+    assert loops, "no ParallelFor found"
+    for name, task in loops.items():
+        assert task["taskInfo"]["name"] == name
+    collected_from = {
+        binding["taskOutputArtifact"]["producerTask"]
+        for _, _, t in tasks(spec)
+        for binding in t.get("inputs", {}).get("artifacts", {}).values()
+        if "taskOutputArtifact" in binding
+    } & set(loops)
+    assert collected_from, "no task consumes a loop's Collected outputs"
+
+
+@pytest.mark.parametrize(("pipeline", "iterations"), [("full", DEFAULT_ITERATIONS), ("retrain", DEFAULT_FINETUNE_ITERATIONS)])
+def test_retry_window_holds_the_whole_training(compiled, pipeline, iterations):
+    # Argo's retry deadline runs from the first attempt's start: it must hold the budgeted
+    # training (days), not one hour.
+    _, spec, _ = compiled[pipeline]
+    settings = ClusterSettings()
+    windows = {
+        int(t["retryPolicy"]["backoffMaxDuration"].removesuffix("s"))
+        for _, _, t in tasks(spec)
+        if executor_of(spec, t).startswith("exec-train-model")
+    }
+    assert windows == {settings.retry_window_s(iterations)}
+    (window,) = windows
+    assert window >= iterations * settings.seconds_per_iteration * settings.retry_window_slack
+    assert window >= settings.retry_window_floor_s >= 86_400
+    if pipeline == "full":
+        assert window >= 3 * 86_400  # 80k iterations: days
+    # only training retries; prediction is cheap to rerun with the whole run
+    assert all("retryPolicy" not in t for _, _, t in tasks(spec) if executor_of(spec, t).startswith("exec-predict"))
+
+
+def test_retry_window_grows_with_max_iterations_and_has_a_floor():
+    settings = ClusterSettings(max_iterations=200_000)
+    budget = settings.seconds_per_iteration * settings.retry_window_slack
+    assert settings.retry_window_s(DEFAULT_ITERATIONS) == int(200_000 * budget) > ClusterSettings().retry_window_s(DEFAULT_ITERATIONS)
+    assert ClusterSettings().retry_window_s(10) == 86_400
+    with pytest.raises(ValueError, match="seconds_per_iteration"):
+        ClusterSettings(seconds_per_iteration=0)
 
 
 @pytest.mark.parametrize("pipeline", ["full", "retrain"])

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "trashseg.cli.engine",
     "trashseg.cli.recipe",
     "trashseg.cli.storage",
+    "trashseg.cli.view",
 )
 
 

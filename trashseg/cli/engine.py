@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from trashseg.errors import ConfigError
 
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", required=True, help="prepared dataset folder")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--metrics", help="metrics JSON to write (default: PREDICTIONS/metrics.json)")
+    evaluate.add_argument("--html", help="HTML page to write, as the pipeline's evaluate step (default: PREDICTIONS/report.html)")
     evaluate.set_defaults(func=run_evaluate)
 
     architectures = subparsers.add_parser("architectures", help="list architecture names with parameter counts")
@@ -106,12 +108,16 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from trashseg.predict import evaluate
+    from trashseg.reporting import evaluation_report
 
-    scores = evaluate(args.predictions, args.data, args.split, metrics_path=args.metrics)
-    print(f"mIoU {scores.miou:.4f}  pixel accuracy {scores.pixel_accuracy:.4f}")
-    for name, iou in scores.iou.items():
-        print(f"  {name:<20} {iou:.4f}")
+    html_path = Path(args.html) if args.html else Path(args.predictions) / "report.html"
+    metrics_path = args.metrics or Path(args.predictions) / "metrics.json"
+    result = evaluation_report(args.predictions, args.data, args.split, html_path,
+                               title=f"Evaluation of {args.predictions}", metrics_path=metrics_path)
+    print(f"mIoU {result.miou:.4f}  pixel accuracy {result.scalars.get('pixel_accuracy', float('nan')):.4f}")
+    for name in result.class_names:
+        print(f"  {name:<20} {result.scalars.get(f'iou/{name}', float('nan')):.4f}")
+    print(f"metrics: {metrics_path}\npage: {html_path}")
     return 0
 
 

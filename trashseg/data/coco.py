@@ -59,6 +59,7 @@ class SkippedRecord:
     kind: str  # "image" or "annotation"
     id: int
     reason: str
+    image_id: int | None = None  # the annotation's image (so a viewer can show it there)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.id}: {self.reason}"
@@ -75,8 +76,8 @@ class ValidationReport:
     notes: list[str] = field(default_factory=list)  # facts a reader must know, e.g. "unlabelled"
     image_root: str = ""  # the folder file_names were resolved against
 
-    def skip(self, kind: str, record_id: int, reason: str) -> None:
-        self.skipped.append(SkippedRecord(kind, record_id, reason))
+    def skip(self, kind: str, record_id: int, reason: str, image_id: int | None = None) -> None:
+        self.skipped.append(SkippedRecord(kind, record_id, reason, image_id))
 
     @property
     def skipped_images(self) -> list[SkippedRecord]:
@@ -95,14 +96,18 @@ class ValidationReport:
             "annotations_skipped": len(self.skipped_annotations),
             "notes": list(self.notes),
             "image_root": self.image_root,
-            "skipped": [{"kind": s.kind, "id": s.id, "reason": s.reason} for s in self.skipped],
+            "skipped": [
+                {"kind": s.kind, "id": s.id, "reason": s.reason}
+                | ({"image_id": s.image_id} if s.image_id is not None else {})
+                for s in self.skipped
+            ],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
         return cls(
             source=data["source"],
-            skipped=[SkippedRecord(s["kind"], s["id"], s["reason"]) for s in data["skipped"]],
+            skipped=[SkippedRecord(s["kind"], s["id"], s["reason"], s.get("image_id")) for s in data["skipped"]],
             images_total=data["images_total"],
             annotations_total=data["annotations_total"],
             notes=list(data.get("notes", [])),
@@ -301,11 +306,11 @@ def load_coco(
     for annotation in data.get("annotations", []):
         image_id = annotation["image_id"]
         if image_id in skipped_image_ids:
-            report.skip("annotation", annotation["id"], f"its image {image_id} was skipped")
+            report.skip("annotation", annotation["id"], f"its image {image_id} was skipped", image_id)
             continue
         reason = annotation_problem(annotation, kept_image_by_id[image_id])
         if reason:
-            report.skip("annotation", annotation["id"], reason)
+            report.skip("annotation", annotation["id"], reason, image_id)
         else:
             kept_annotations.append(annotation)
 

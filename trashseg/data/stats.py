@@ -123,9 +123,9 @@ def write_stats(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
     classes = stats["classes"]
     names = [c["name"] for c in classes]
 
-    def bar_plot(file: str, values: list[float], title: str, ylabel: str, colours=None) -> None:
+    def bar_plot(file: str, values: list[float], title: str, ylabel: str) -> None:
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        ax.bar(range(len(values)), values, color=colours)
+        ax.bar(range(len(values)), values)
         ax.set_xticks(range(len(values)), names if len(values) == len(names) else None, rotation=45, ha="right")
         ax.set_title(title)
         ax.set_ylabel(ylabel)
@@ -136,10 +136,8 @@ def write_stats(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     bar_plot("pixel_share.png", [c["pixel_share"] for c in classes], "Pixel share per class", "share of all pixels")
     bar_plot("instances.png", [c["instances"] for c in classes], "Instances per class", "annotations")
-    mean_colours = [
-        tuple(v / 255.0 for v in c["mean_rgb"]) if c["mean_rgb"] else (1.0, 1.0, 1.0) for c in classes
-    ]
-    bar_plot("mean_colour.png", [1.0] * len(classes), "Mean colour per class", "", colours=mean_colours)
+    _swatch_plot(classes, out_dir / "mean_colour.png", plt)
+    written.append(out_dir / "mean_colour.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     histogram = stats["objects_per_image"]["histogram"]
@@ -164,3 +162,21 @@ def write_stats(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
     plt.close(fig)
     written.append(out_dir / "area_share.png")
     return written
+
+
+def _swatch_plot(classes: list[dict], path: Path, plt) -> None:
+    """One colour swatch per class, labelled with its name and RGB (no value axis to misread)."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(classes) + 0.8))
+    for row, cls in enumerate(classes):
+        rgb = cls["mean_rgb"]
+        colour = tuple(v / 255.0 for v in rgb) if rgb else (1.0, 1.0, 1.0)
+        ax.add_patch(plt.Rectangle((0, row), 1, 0.85, facecolor=colour, edgecolor="#888"))
+        label = f"{cls['name']}  rgb({', '.join(f'{v:.0f}' for v in rgb)})" if rgb else f"{cls['name']}  (no pixels)"
+        ax.text(1.1, row + 0.42, label, va="center", fontsize=9)
+    ax.set_xlim(0, 4)
+    ax.set_ylim(len(classes), 0)
+    ax.axis("off")
+    ax.set_title("Mean colour per class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
