@@ -69,3 +69,14 @@ def test_mask_png_decodes_to_its_stored_ids():
     buffer = io.BytesIO()
     Image.fromarray(mask).save(buffer, format="PNG")
     np.testing.assert_array_equal(decode_gray(buffer.getvalue()), mask)
+
+
+def test_exif_orientation_is_ignored_as_pil_ignores_it():
+    pixels = np.zeros((40, 64, 3), np.uint8)
+    pixels[:, :32] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": training has always used the stored pixels
+    data = _jpeg(pixels, quality=95, exif=exif.tobytes())
+    decoded = decode_rgb(data)
+    assert decoded.shape == (40, 64, 3)
+    np.testing.assert_array_equal(decoded, _pil_rgb(data))
