@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trashseg.crf import CrfConfig, crf_prediction_set, dense_crf, read_rgb
+from trashseg.crf import CrfConfig, crf_prediction_set, dense_crf
 from trashseg.data.classes import ClassTable
+from trashseg.data.io import read_image
 from trashseg.data.layout import PreparedDataset
 from trashseg.ensemble import EnsembleConfig, run_recipe
 from trashseg.predictions import PredictionSet
@@ -78,7 +79,7 @@ def main(images: int, size: int, classes: int, iterations: int, workers: int) ->
         config = CrfConfig(iterations=iterations)
 
         # Inference alone, one image in memory.
-        image = read_rgb(PreparedDataset(root / "data").image_path(names[0]))
+        image = read_image(PreparedDataset(root / "data").image_path(names[0]))
         probs = PredictionSet.open(root / "model0").probs(names[0])
         start = time.perf_counter()
         dense_crf(image, probs, config)

@@ -27,15 +27,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from trashseg import augment  # noqa: E402
-from trashseg.augment import AugmentConfig, TrainTransform, eval_transform  # noqa: E402
+from trashseg.augment import AugmentConfig, TrainTransform, eval_transform, normalise_batch  # noqa: E402
 from trashseg.config import from_mapping  # noqa: E402
+from trashseg.data.io import read_image, read_mask  # noqa: E402
 from trashseg.data.layout import PreparedDataset  # noqa: E402
 from trashseg.data.prepare import prepare_dataset  # noqa: E402
 from trashseg.data.sample import generate_sample_dataset  # noqa: E402
+from trashseg.device import resolve_amp_dtype  # noqa: E402
 from trashseg.models import build_model  # noqa: E402
 from trashseg.predict import predict  # noqa: E402
-from trashseg.training import TrainConfig, read_image, read_mask, resolve_amp_dtype, train  # noqa: E402
+from trashseg.training import TrainConfig, train  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -78,9 +79,7 @@ def plain_train(config: TrainConfig, dataset: PreparedDataset) -> int:
     step = 0
     while step < config.iterations:
         for images, masks in loader:
-            images = images.to(DEVICE, non_blocking=True)
-            if images.dtype == torch.uint8:  # trashseg's batches are uint8 since the data-pipeline change
-                images = augment.normalise_batch(images, mean, std)
+            images = normalise_batch(images.to(DEVICE, non_blocking=True), mean, std)
             masks = masks.to(DEVICE, non_blocking=True).long()
             with torch.autocast(DEVICE.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = model.loss(images, masks)

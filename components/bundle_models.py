@@ -10,10 +10,10 @@ from components.images import DEFAULT_IMAGES
 def bundle_models(
     models: Input[list[Model]],
     dataset: Input[Dataset],
-    dataset_hash: str,
+    dataset_version: str,
     bundle: Output[Model],
 ) -> list[str]:
     """The bundle is what the registry stores and retrain fine-tunes. Returns its architectures."""
     from trashseg.steps import bundle_step
 
-    return bundle_step([m.path for m in models], dataset.path, bundle.path, dataset_hash=dataset_hash)
+    return bundle_step([m.path for m in models], dataset.path, bundle.path, dataset_version=dataset_version)

@@ -22,10 +22,9 @@ def evaluate(
     folder lies inside `predictions` (e.g. `final/val` of an ensemble). Returns mIoU."""
     import os
 
-    from trashseg.reporting import evaluation_report
+    from trashseg.steps import evaluate_step
 
-    prediction_dir = os.path.join(predictions.path, subfolder)
-    result = evaluation_report(prediction_dir, dataset.path, split, report.path, title=title)
+    result = evaluate_step(os.path.join(predictions.path, subfolder), dataset.path, split, report.path, title=title)
     for name, value in result.scalars.items():
         metrics.log_metric(name, value)
     confusion.log_confusion_matrix(result.class_names, result.matrix)

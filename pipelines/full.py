@@ -72,7 +72,7 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
         )
         with dsl.ExitHandler(status, name="full-run"):
             prepared = cpu_task(
-                prepare_data(source=data_store, dataset_hash=dataset_version, val_fraction=val_fraction, seed=split_seed),
+                prepare_data(source=data_store, dataset_version=dataset_version, val_fraction=val_fraction, seed=split_seed),
                 settings,
                 object_store=True,
                 cache=True,

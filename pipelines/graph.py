@@ -30,7 +30,7 @@ def train_round(
         trained = gpu_task(
             train_model(
                 dataset=dataset, architecture=architecture, iterations=iterations, image_size=image_size,
-                dataset_hash=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
+                dataset_version=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
                 tracking_uri=tracking_uri, experiment=experiment, stage=stage, **extra,
             ),
             settings, retry_iterations=default_iterations, cache=True, object_store=True, mlflow=True,
@@ -49,7 +49,7 @@ def train_round(
     # Collected outputs are consumed in this group only (KFP cannot pass them into an If/Else
     # group); the bundle is a plain artifact that can go anywhere.
     bundled = cpu_task(
-        bundle_models(models=dsl.Collected(model), dataset=dataset, dataset_hash=dataset_version),
+        bundle_models(models=dsl.Collected(model), dataset=dataset, dataset_version=dataset_version),
         settings,
     ).set_display_name(f"bundle-{stage}")
     return {

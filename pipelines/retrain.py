@@ -79,7 +79,7 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                     mlflow=True,
                 ).set_display_name("fetch-champion")
                 prepared = cpu_task(
-                    prepare_data(source=data_store, dataset_hash=merged.output, val_fraction=val_fraction, seed=split_seed),
+                    prepare_data(source=data_store, dataset_version=merged.output, val_fraction=val_fraction, seed=split_seed),
                     settings,
                     object_store=True,
                     cache=True,

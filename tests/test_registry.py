@@ -31,7 +31,7 @@ def make_bundle(tmp_path, name, weights):
         model_dir.mkdir(parents=True)
         (model_dir / "weights.json").write_text(json.dumps({"w": value}))
         models[architecture] = model_dir
-    return write_bundle(models, tmp_path / name / "bundle", dataset_hash=f"hash-{name}", class_names=["bg", "a"])
+    return write_bundle(models, tmp_path / name / "bundle", dataset_version=f"hash-{name}", class_names=["bg", "a"])
 
 
 def test_decide_promotion_rules():
@@ -86,7 +86,7 @@ def test_register_promote_only_if_better(tracking_uri, tmp_path, monkeypatch):
     assert better.promoted and better.version == "3"
     assert "| reason |" in better.to_markdown()
     version = client.get_model_version("trash", "3")
-    assert version.tags["kfp.run_id"] == "run-7" and version.tags["dataset_hash"] == "hash-v3"
+    assert version.tags["kfp.run_id"] == "run-7" and version.tags["dataset_version"] == "hash-v3"
     run = client.get_run(version.run_id)
     assert run.data.tags["kfp.run_id"] == "run-7" and math.isclose(run.data.metrics["holdout_miou"], 0.45)
 
@@ -95,4 +95,4 @@ def test_register_promote_only_if_better(tracking_uri, tmp_path, monkeypatch):
     assert champion.bundle.architectures == ("segformer-b0-tiny", "upernet-swin-t-tiny")
     weights = champion.bundle.model_dir("upernet-swin-t-tiny") / "weights.json"
     assert json.loads(weights.read_text()) == {"w": 4}
-    assert ModelBundle.open(tmp_path / "fetched").dataset_hash == "hash-v3"
+    assert ModelBundle.open(tmp_path / "fetched").dataset_version == "hash-v3"

@@ -11,7 +11,7 @@ from trashseg.data.classes import ClassTable
 from trashseg.data.stats import write_stats
 from trashseg.legend import hex_colour
 from trashseg.metrics import SegmentationScores
-from trashseg.report import write_stage_report
+from trashseg.stage_report import write_stage_report
 
 
 def test_stage_report_shows_weights_and_gating(tmp_path):

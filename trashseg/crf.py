@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from trashseg.data.images import read_rgb
+from trashseg.data.io import read_image
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import ConfigError, DataError
 from trashseg.predictions import PredictionSet
@@ -128,8 +128,7 @@ def crf_prediction_set(
     else:
         pool.map_chunks(job, names, config.chunk_size, "crf")
         workers = pool.workers
-    result.file_names = names
-    result.save()
+    result.complete(names)
     log.info("crf: %d image(s) with %d worker(s) -> %s", len(names), workers, out_dir)
     return result
 
@@ -197,11 +196,11 @@ class _CrfJob:
 
     def __call__(self, file_names: Sequence[str]) -> None:
         source = PredictionSet.open(self.prediction_dir)
-        target = PredictionSet(Path(self.out_dir), source.class_names, [], self.dtype, {})
+        target = PredictionSet.entry_writer(self.out_dir, source.class_names, self.dtype)
         dataset = PreparedDataset(self.dataset_dir)
         for file_name in file_names:
             try:
-                image = read_rgb(dataset.image_path(file_name))
+                image = read_image(dataset.image_path(file_name))
                 refined = dense_crf(image, source.probs(file_name), self.config)
             except Exception as error:  # re-raised with the image's name; the run stops
                 raise CrfError(

@@ -28,10 +28,11 @@ import numpy as np
 
 from trashseg.config import save_config, to_dict
 from trashseg.crf import CrfConfig, WorkerPool, crf_prediction_set
+from trashseg.data.io import read_mask
 from trashseg.data.layout import PreparedDataset, Sample
 from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
-from trashseg.predictions import PredictionSet
+from trashseg.predictions import PredictionSet, score_predictions
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def fit_weights(
     cached = [[] for _ in prediction_sets]
     targets = []
     for sample in samples:
-        target = _read_target(sample.mask, sample.file_name)[::stride, ::stride]
+        target = read_mask(sample.mask, num_classes)[::stride, ::stride]
         targets.append(target.reshape(-1))
         for m, prediction in enumerate(prediction_sets):
             probs = prediction.probs(sample.file_name)[:, ::stride, ::stride]
@@ -332,203 +333,162 @@ def run_recipe(
     `prediction_dirs_val[i]` and `prediction_dirs_test[i]` are the same model's prediction
     folders on the val and test splits of the prepared dataset at `dataset_dir`.
     """
-    from trashseg.report import write_stage_report
-
-    out = Path(out_dir)
-    dataset = PreparedDataset(dataset_dir)
-    classes = dataset.classes()
-    num_classes = classes.num_classes
-    val_sets = [PredictionSet.open(d) for d in prediction_dirs_val]
-    test_sets = [PredictionSet.open(d) for d in prediction_dirs_test]
-    names = _model_names(val_sets, test_sets, config)
-    splits = {config.val_split: val_sets, config.test_split: test_sets}
-    samples = {split: dataset.samples(split) for split in splits}
-    for split, sets in splits.items():
-        for name, prediction in zip(names, sets, strict=True):
-            _check_prediction_set(prediction, name, split, samples[split], classes.names)
-    consensus_ids = _consensus_model_ids(names, config)
-    candidates = (*names, *_enabled_stages(config))
-    if config.pinned_stage and config.pinned_stage not in candidates:
-        raise ConfigError(
-            f"pinned_stage {config.pinned_stage!r} is not a model or an enabled stage; "
-            f"choose from {', '.join(candidates)}"
-        )
-
-    if config.weights:
-        if len(config.weights) != len(names):
-            raise ConfigError(
-                f"{len(config.weights)} weights given for {len(names)} models ({', '.join(names)})"
-            )
-        weights = tuple(w / sum(config.weights) for w in config.weights)
-    else:
-        weights, fitted_miou = fit_weights(
-            val_sets,
-            samples[config.val_split],
-            num_classes,
-            config.weight_grid,
-            config.fit_rounds,
-            config.fit_stride,
-        )
-        log.info(
-            "fitted weights %s (val mIoU %.4f on the fitting pixels)",
-            dict(zip(names, weights, strict=True)),
-            fitted_miou,
-        )
-
-    stage_dir = out / "stages"
-    val = config.val_split
-    class_names = tuple(classes.names)
-    matrices: dict[str, ConfusionMatrix] = {}
-    file_names = {split: [s.file_name for s in samples[split]] for split in splits}
-    workers = min(config.workers or os.cpu_count() or 1, max(map(len, file_names.values())))
-    model_dirs = {split: tuple(str(s.root) for s in sets) for split, sets in splits.items()}
-
-    def run_stage(job: _StageJob, split: str, outputs: dict[str, dict]) -> int:
-        """One stage's job over a split: outputs' meta written, val matrices merged.
-
-        Returns the pixels the job reports as restored (consensus only)."""
-        for stage in outputs:
-            PredictionSet.create(stage_dir / stage / split, class_names)
-        restored = 0
-
-        def collect(result: _ChunkResult) -> None:
-            nonlocal restored
-            for stage, counts in result.matrices.items():
-                matrices.setdefault(
-                    stage, ConfusionMatrix(num_classes, class_names)
-                ).matrix += counts
-            restored += result.restored
-
-        what = f"{'+'.join(outputs)} {split}"
-        pool.map_chunks(job, file_names[split], _CHUNK_SIZE, what, collect)
-        for stage, source in outputs.items():
-            folder = PredictionSet(
-                stage_dir / stage / split, list(class_names), [], "uint8", source
-            )
-            folder.file_names = list(file_names[split])
-            folder.save()
-        return restored
-
-    pool = WorkerPool(workers)
-    with pool:
-        for split in splits:
-            job = _VoteJob(
-                stage_dir=str(stage_dir),
-                split=split,
-                dataset_dir=str(dataset.root),
-                num_classes=num_classes,
-                score=split == val,
-                model_dirs=model_dirs[split],
-                model_names=names,
-                weights=weights,
-            )
-            sources = {
-                SOFT_VOTE: {"stage": SOFT_VOTE, "weights": list(weights)},
-                HARD_VOTE: {"stage": HARD_VOTE},
-            }
-            run_stage(job, split, sources)
-
-        refined_stage = SOFT_VOTE
+    runner = RecipeRunner(prediction_dirs_val, prediction_dirs_test, dataset_dir, out_dir, config)
+    with runner.pool:
+        runner.vote()
+        refined = SOFT_VOTE
         if config.crf_enabled:
-            for split in splits:
-                crf_prediction_set(
-                    stage_dir / SOFT_VOTE / split,
-                    dataset.root,
-                    stage_dir / CRF / split,
-                    config.crf,
-                    file_names[split],
-                    pool=pool,
-                )
-            matrices[CRF] = _score_folder(
-                stage_dir / CRF / val, dataset, file_names[val], class_names
-            )
-            refined_stage = CRF
+            refined = runner.crf(refined)
         if config.consensus_enabled:
-            for split in splits:
-                job = _ConsensusJob(
-                    stage_dir=str(stage_dir),
-                    split=split,
-                    dataset_dir=str(dataset.root),
-                    num_classes=num_classes,
-                    score=split == val,
-                    refined_stage=refined_stage,
-                    model_dirs=tuple(model_dirs[split][i] for i in consensus_ids),
-                    k=config.consensus_k,
-                    max_area=config.consensus_max_area,
-                    background=config.background_class,
-                )
-                restored = run_stage(
-                    job, split, {CONSENSUS: {"stage": CONSENSUS, "input": refined_stage}}
-                )
-                log.info("consensus %s: %d pixel(s) took the models' agreed class", split, restored)
-            refined_stage = CONSENSUS
+            refined = runner.consensus(refined)
+        gating = runner.gating(refined) if config.gating_enabled and refined != SOFT_VOTE else None
+    return runner.finish(gating)
 
-        gating = None
-        if config.gating_enabled and refined_stage != SOFT_VOTE:
-            gating = decide_gating(
-                matrices[SOFT_VOTE].compute(),
-                matrices[refined_stage].compute(),
-                SOFT_VOTE,
-                refined_stage,
+
+class RecipeRunner:
+    """One recipe run: owns the worker pool, the per-split file lists and the val confusion
+    matrices; each stage method writes OUT/stages/<stage>/<split> for every split."""
+
+    def __init__(self, prediction_dirs_val, prediction_dirs_test, dataset_dir, out_dir, config: EnsembleConfig) -> None:
+        self.out, self.config = Path(out_dir), config
+        self.dataset = PreparedDataset(dataset_dir)
+        self.classes = self.dataset.classes()
+        val_sets = [PredictionSet.open(d) for d in prediction_dirs_val]
+        test_sets = [PredictionSet.open(d) for d in prediction_dirs_test]
+        self.names = _model_names(val_sets, test_sets, config)
+        self.val = config.val_split
+        self.splits = {config.val_split: val_sets, config.test_split: test_sets}
+        samples = {split: self.dataset.samples(split) for split in self.splits}
+        for split, sets in self.splits.items():
+            for name, prediction in zip(self.names, sets, strict=True):
+                _check_prediction_set(prediction, name, split, samples[split], self.classes.names)
+        self.consensus_ids = _consensus_model_ids(self.names, config)
+        candidates = (*self.names, *_enabled_stages(config))
+        if config.pinned_stage and config.pinned_stage not in candidates:
+            raise ConfigError(
+                f"pinned_stage {config.pinned_stage!r} is not a model or an enabled stage; "
+                f"choose from {', '.join(candidates)}"
             )
-            gating.save(out / "gating.json")
-            for split in splits:
-                job = _GatingJob(
-                    stage_dir=str(stage_dir),
-                    split=split,
-                    dataset_dir=str(dataset.root),
-                    num_classes=num_classes,
-                    score=split == val,
-                    ensemble_stage=SOFT_VOTE,
-                    refined_stage=refined_stage,
-                    use_ensemble=gating.use_ensemble,
+        self.weights = self._weights(val_sets, samples[self.val])
+        self.stage_dir = self.out / "stages"
+        self.class_names = tuple(self.classes.names)
+        self.matrices: dict[str, ConfusionMatrix] = {}
+        self.file_names = {split: [s.file_name for s in samples[split]] for split in self.splits}
+        self.model_dirs = {split: tuple(str(s.root) for s in sets) for split, sets in self.splits.items()}
+        workers = min(config.workers or os.cpu_count() or 1, max(map(len, self.file_names.values())))
+        self.pool = WorkerPool(workers)
+        self._restored = 0
+
+    def _weights(self, val_sets, val_samples) -> tuple[float, ...]:
+        config = self.config
+        if config.weights:
+            if len(config.weights) != len(self.names):
+                raise ConfigError(
+                    f"{len(config.weights)} weights given for {len(self.names)} models ({', '.join(self.names)})"
                 )
-                run_stage(job, split, {GATING: {"stage": GATING, "decision": gating.to_dict()}})
-
-    stages = tuple(name for name in (*names, *ENSEMBLE_STAGES) if name in matrices)
-    scores = {stage: matrices[stage].compute() for stage in stages}
-    selected = config.pinned_stage or _best_stage(scores, stages)
-
-    final_dirs = {}
-    for split, sets in splits.items():
-        source_dir = (
-            sets[names.index(selected)].root if selected in names else stage_dir / selected / split
+            return tuple(w / sum(config.weights) for w in config.weights)
+        weights, fitted_miou = fit_weights(
+            val_sets, val_samples, self.classes.num_classes, config.weight_grid, config.fit_rounds, config.fit_stride
         )
-        final_dirs[split] = out / "final" / split
-        if final_dirs[split].exists():
-            shutil.rmtree(final_dirs[split])
-        shutil.copytree(source_dir, final_dirs[split])
-        final = PredictionSet.open(final_dirs[split])
+        log.info("fitted weights %s (val mIoU %.4f on the fitting pixels)", dict(zip(self.names, weights, strict=True)), fitted_miou)
+        return weights
+
+    def _job_fields(self, split: str) -> dict:
+        return dict(
+            stage_dir=str(self.stage_dir), split=split, dataset_dir=str(self.dataset.root),
+            num_classes=self.classes.num_classes, score=split == self.val,
+        )
+
+    def _run_job(self, job: _StageJob, split: str, sources: dict[str, dict]) -> int:
+        """One per-image job over a split: output folders created, val matrices merged, meta
+        written once every worker is done. Returns the pixels the job restored (consensus)."""
+        outputs = {stage: PredictionSet.create(self.stage_dir / stage / split, self.class_names, source=source)
+                   for stage, source in sources.items()}
+        self._restored = 0
+        self.pool.map_chunks(job, self.file_names[split], _CHUNK_SIZE, f"{'+'.join(sources)} {split}", self._merge)
+        for folder in outputs.values():
+            folder.complete(self.file_names[split])
+        return self._restored
+
+    def _merge(self, result: _ChunkResult) -> None:
+        for stage, counts in result.matrices.items():
+            self.matrices.setdefault(stage, ConfusionMatrix(self.classes.num_classes, self.class_names)).matrix += counts
+        self._restored += result.restored
+
+    def vote(self) -> None:
+        """soft_vote and hard_vote (and every single model's val score)."""
+        for split in self.splits:
+            job = _VoteJob(**self._job_fields(split), model_dirs=self.model_dirs[split], model_names=self.names, weights=self.weights)
+            sources = {SOFT_VOTE: {"stage": SOFT_VOTE, "weights": list(self.weights)}, HARD_VOTE: {"stage": HARD_VOTE}}
+            self._run_job(job, split, sources)
+
+    def crf(self, refined: str) -> str:
+        for split in self.splits:
+            crf_prediction_set(
+                self.stage_dir / refined / split, self.dataset.root, self.stage_dir / CRF / split,
+                self.config.crf, self.file_names[split], pool=self.pool,
+            )
+        self.matrices[CRF] = score_predictions(
+            PredictionSet.open(self.stage_dir / CRF / self.val), self.dataset, self.file_names[self.val]
+        )
+        return CRF
+
+    def consensus(self, refined: str) -> str:
+        config = self.config
+        for split in self.splits:
+            job = _ConsensusJob(
+                **self._job_fields(split), refined_stage=refined,
+                model_dirs=tuple(self.model_dirs[split][i] for i in self.consensus_ids),
+                k=config.consensus_k, max_area=config.consensus_max_area, background=config.background_class,
+            )
+            restored = self._run_job(job, split, {CONSENSUS: {"stage": CONSENSUS, "input": refined}})
+            log.info("consensus %s: %d pixel(s) took the models' agreed class", split, restored)
+        return CONSENSUS
+
+    def gating(self, refined: str) -> GatingDecision:
+        gating = decide_gating(self.matrices[SOFT_VOTE].compute(), self.matrices[refined].compute(), SOFT_VOTE, refined)
+        gating.save(self.out / "gating.json")
+        for split in self.splits:
+            job = _GatingJob(
+                **self._job_fields(split), ensemble_stage=SOFT_VOTE, refined_stage=refined, use_ensemble=gating.use_ensemble
+            )
+            self._run_job(job, split, {GATING: {"stage": GATING, "decision": gating.to_dict()}})
+        return gating
+
+    def finish(self, gating: GatingDecision | None) -> RecipeResult:
+        """Score every stage, pick the best (or the pinned) one, copy it to OUT/final, write the report."""
+        from trashseg.stage_report import write_stage_report
+
+        stages = tuple(name for name in (*self.names, *ENSEMBLE_STAGES) if name in self.matrices)
+        scores = {stage: self.matrices[stage].compute() for stage in stages}
+        selected = self.config.pinned_stage or _best_stage(scores, stages)
+        final_dirs = {split: self._write_final(split, selected) for split in self.splits}
+        save_config(self.config, self.out / "ensemble_config.json")
+        weights = dict(zip(self.names, self.weights, strict=True))
+        report_files = write_stage_report(
+            self.out / "report", scores, stages, selected=selected, pinned=bool(self.config.pinned_stage),
+            details={"models": list(self.names), "weights": weights, "gating": gating.to_dict() if gating else None},
+        )
+        log.info("recipe: selected %s (val mIoU %.4f) -> %s", selected, scores[selected].miou, self.out / "final")
+        return RecipeResult(self.out, self.names, self.weights, stages, scores, selected, final_dirs, report_files, gating)
+
+    def _write_final(self, split: str, selected: str) -> Path:
+        sets = self.splits[split]
+        source_dir = sets[self.names.index(selected)].root if selected in self.names else self.stage_dir / selected / split
+        final_dir = self.out / "final" / split
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        shutil.copytree(source_dir, final_dir)
+        final = PredictionSet.open(final_dir)
         final.source = {
             "stage": selected,
             "split": split,
-            "models": {
-                name: s.source | {"dir": str(s.root)} for name, s in zip(names, sets, strict=True)
-            },
-            "weights": dict(zip(names, weights, strict=True)),
-            "ensemble_config": to_dict(config),
+            "models": {name: s.source | {"dir": str(s.root)} for name, s in zip(self.names, sets, strict=True)},
+            "weights": dict(zip(self.names, self.weights, strict=True)),
+            "ensemble_config": to_dict(self.config),
         }
         final.save()
-
-    save_config(config, out / "ensemble_config.json")
-    report_files = write_stage_report(
-        out / "report",
-        scores,
-        stages,
-        selected=selected,
-        pinned=bool(config.pinned_stage),
-        details={
-            "models": list(names),
-            "weights": dict(zip(names, weights, strict=True)),
-            "gating": gating.to_dict() if gating else None,
-        },
-    )
-    log.info(
-        "recipe: selected %s (val mIoU %.4f) -> %s", selected, scores[selected].miou, out / "final"
-    )
-    return RecipeResult(
-        out, names, weights, stages, scores, selected, final_dirs, report_files, gating
-    )
+        return final_dir
 
 
 _CHUNK_SIZE = 4  # images per work item of the per-image stages
@@ -558,13 +518,10 @@ class _StageJob:
         return PredictionSet.open(Path(self.stage_dir) / stage / self.split)
 
     def output(self, stage: str, class_names: list[str]) -> PredictionSet:
-        """Entries are written by workers; the parent writes the meta file afterwards."""
-        return PredictionSet(
-            Path(self.stage_dir) / stage / self.split, class_names, [], "uint8", {}
-        )
+        return PredictionSet.entry_writer(Path(self.stage_dir) / stage / self.split, class_names)
 
     def target(self, file_name: str) -> np.ndarray:
-        return _read_target(PreparedDataset(self.dataset_dir).mask_path(file_name), file_name)
+        return read_mask(PreparedDataset(self.dataset_dir).mask_path(file_name), self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -655,16 +612,6 @@ class _GatingJob(_StageJob):
         return _ChunkResult({GATING: matrix.matrix} if self.score else {})
 
 
-def _score_folder(
-    prediction_dir, dataset: PreparedDataset, file_names, class_names
-) -> ConfusionMatrix:
-    prediction = PredictionSet.open(prediction_dir)
-    matrix = ConfusionMatrix(len(class_names), class_names)
-    for name in file_names:
-        matrix.update(prediction.mask(name), _read_target(dataset.mask_path(name), name))
-    return matrix
-
-
 def _check_shapes(file_name: str, model_names, probs, masks) -> None:
     shapes = {name: p.shape for name, p in zip(model_names, probs, strict=True)}
     if len(set(shapes.values())) > 1 or any(m.shape != probs[0].shape[1:] for m in masks):
@@ -697,18 +644,6 @@ def _enabled_stages(config: EnsembleConfig) -> tuple[str, ...]:
 def _best_stage(scores: dict[str, SegmentationScores], stages: Sequence[str]) -> str:
     """Highest val mIoU; on a tie the earlier (simpler) stage."""
     return max(stages, key=lambda s: (np.nan_to_num(scores[s].miou, nan=-1.0), -stages.index(s)))
-
-
-def _read_target(path: Path, file_name: str) -> np.ndarray:
-    from PIL import Image
-
-    if not path.is_file():
-        raise DataError(
-            f"no ground-truth mask for {file_name!r} at {path}; "
-            "the validation split must be labelled (prepare it with annotations)"
-        )
-    with Image.open(path) as image:
-        return np.asarray(image)
 
 
 def _model_names(val_sets, test_sets, config: EnsembleConfig) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from trashseg.data.layout import IGNORE_INDEX
 
 
 class ConfusionMatrix:

@@ -1,5 +1,7 @@
 """Inference and evaluation: checkpoint -> prediction folder -> scores.
 
+Checkpoints are read through `trashseg.checkpoints`, pixels through `trashseg.data.io`.
+
 `predict` writes per-image class probabilities at each image's original resolution
 (the `trashseg.predictions` folder the ensemble reads), averaged in probability space
 over test-time augmentation variants (scales x optional horizontal flip). `evaluate`
@@ -11,19 +13,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from trashseg.augment import eval_transform
-from trashseg.data.classes import ClassTable
+from trashseg.checkpoints import load_checkpoint
+from trashseg.data.io import read_image, read_mask
 from trashseg.data.layout import PreparedDataset
+from trashseg.device import AmpMode, autocast, default_device, resolve_amp_dtype
 from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
-from trashseg.predictions import PredictionSet
+from trashseg.predictions import PredictionSet, score_predictions
 from trashseg.progress import Progress
 
 MAX_TTA_SCALE = 4.0  # of the training image size
@@ -31,44 +34,6 @@ MAX_TTA_SCALE = 4.0  # of the training image size
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-
-
-@dataclass(frozen=True)
-class CheckpointMeta:
-    architecture: str
-    classes: ClassTable
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    iteration: int
-    best_miou: float | None
-    config: dict[str, Any]
-    path: Path
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on `device`, CheckpointMeta) from a `.pt` file or a training output folder."""
-    from trashseg.models import build_model
-    from trashseg.training import load_checkpoint_state, resolve_checkpoint
-
-    path = resolve_checkpoint(path)
-    state = load_checkpoint_state(path, map_location="cpu")
-    classes = ClassTable.from_json(state["classes"])
-    model = build_model(state["architecture"], classes.num_classes)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    meta = CheckpointMeta(
-        architecture=state["architecture"],
-        classes=classes,
-        image_size=int(state["image_size"]),
-        mean=tuple(state["normalisation"]["mean"]),
-        std=tuple(state["normalisation"]["std"]),
-        iteration=int(state["iteration"]),
-        best_miou=state.get("best_miou"),
-        config=state["config"],
-        path=Path(path),
-    )
-    return model, meta
 
 
 def predict_probabilities(
@@ -95,7 +60,7 @@ def predict_probabilities(
         batch = torch.from_numpy(np.stack([eval_transform(image, size, mean, std) for image in images])).to(device)
         for flipped in (False, True) if flip else (False,):
             inputs = batch.flip(-1) if flipped else batch
-            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with torch.no_grad(), autocast(device, amp_dtype):
                 logits = model.predict_logits(inputs)
             probs = logits.float().softmax(dim=1)
             if flipped:
@@ -118,13 +83,11 @@ def predict(
     batch_size: int = 4,
     tta_flip: bool = False,
     tta_scales: Sequence[float] = (1.0,),
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto",
+    amp: AmpMode = "auto",
     dtype: Literal["uint8", "float16"] = "uint8",
     device: str | None = None,
 ) -> PredictionSet:
     """Predict every image of `split` and write a prediction folder to `out_dir`."""
-    from trashseg.training import read_image, resolve_amp_dtype
-
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: expected >= 1")
     # `not 0 < s <= max` also refuses NaN; a huge factor would resize an image past any memory.
@@ -132,9 +95,8 @@ def predict(
         raise ConfigError(
             f"tta_scales={list(tta_scales)}: expected one or more factors in (0, {MAX_TTA_SCALE:g}], e.g. 0.75,1,1.25"
         )
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"amp={amp!r}: expected auto, bf16, fp16 or off")
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = default_device(device)
+    amp_dtype = resolve_amp_dtype(amp, torch_device.type)
     model, meta = load_checkpoint(checkpoint, torch_device)
     dataset = PreparedDataset(dataset_dir)
     if dataset.classes_file.is_file() and dataset.classes().names != meta.classes.names:
@@ -161,7 +123,6 @@ def predict(
             "image_size": meta.image_size,
         },
     )
-    amp_dtype = resolve_amp_dtype(amp, torch_device.type)
     progress = Progress(len(samples), f"predict {split}", unit="img")
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
@@ -186,8 +147,6 @@ def evaluate(
 ) -> SegmentationScores:
     """Score a prediction folder on `split`; writes the scores to `metrics_path`
     (default PRED/metrics.json). Every image of the split must have a prediction."""
-    from trashseg.training import read_mask
-
     predictions = PredictionSet.open(prediction_dir)
     dataset = PreparedDataset(dataset_dir)
     classes = dataset.classes()
@@ -203,16 +162,7 @@ def evaluate(
             f"{prediction_dir} has no prediction for {len(missing)} of {len(samples)} images of split {split!r} "
             f"(e.g. {missing[:3]}); predict the same split first"
         )
-    matrix = ConfusionMatrix(classes.num_classes, classes.names)
-    for sample in samples:
-        target = read_mask(sample.mask, classes.num_classes)
-        predicted = predictions.mask(sample.file_name)
-        if predicted.shape != target.shape:
-            raise DataError(
-                f"{sample.file_name}: prediction is {predicted.shape}, ground truth {target.shape}; "
-                "predictions must be at the image's original size"
-            )
-        matrix.update(predicted, target)
+    matrix = score_predictions(predictions, dataset, [s.file_name for s in samples])
     scores = matrix.compute()
     path = Path(metrics_path) if metrics_path else predictions.root / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,8 +177,6 @@ def majority_class_scores(dataset_dir: str | Path, split: str = "val") -> Segmen
     The floor any trained model must clear: a model that learned only the class prior
     scores about this.
     """
-    from trashseg.training import read_mask
-
     dataset = PreparedDataset(dataset_dir)
     classes = dataset.classes()
     masks = [read_mask(sample.mask, classes.num_classes) for sample in dataset.samples(split)]

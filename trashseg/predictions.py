@@ -4,6 +4,10 @@
     PRED/probs/<file_name>.npz    `probs`: (C, H, W), uint8 (p * 255, rounded) or float16
     PRED/masks/<file_name>.png    uint8 argmax class ids
 
+Writing: `create` makes the folder; `add` writes one image's entries (from any process,
+see `entry_writer`); `save` (or `complete`) writes the meta file last, so a folder with
+meta is complete.
+
 uint8 quantisation keeps the ensemble's inputs ~4x smaller than float16 with an error of
 at most 1/510 per probability, far below what changes an argmax in practice.
 """
@@ -11,6 +15,7 @@ at most 1/510 per probability, far below what changes an argmax in practice.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +24,10 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from trashseg.data.io import read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
+from trashseg.metrics import ConfusionMatrix
 
 ProbabilityDtype = Literal["uint8", "float16"]
 META_FILE = "predictions.json"
@@ -49,6 +56,17 @@ class PredictionSet:
         (root / "probs").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(parents=True, exist_ok=True)
         return cls(root, list(class_names), [], dtype, dict(source or {}))
+
+    @classmethod
+    def entry_writer(cls, root: str | Path, class_names: Sequence[str], dtype: ProbabilityDtype = "uint8") -> PredictionSet:
+        """A worker's handle on a folder the parent `create`d: it only `add`s entries; the
+        parent lists them with `complete` once every worker is done."""
+        return cls(Path(root), list(class_names), [], dtype, {})
+
+    def complete(self, file_names: Sequence[str]) -> None:
+        """Parent side of a parallel write: record `file_names` (split order) and write the meta."""
+        self.file_names = list(file_names)
+        self.save()
 
     @classmethod
     def open(cls, root: str | Path) -> PredictionSet:
@@ -108,10 +126,27 @@ class PredictionSet:
         return np.array(Image.open(self.mask_path(file_name)))
 
     def save(self) -> None:
-        """Write the meta file last, so a folder with meta is complete."""
+        """Write the meta file (atomically) last, so a folder with meta is complete."""
         meta = {"class_names": self.class_names, "file_names": self.file_names, "dtype": self.dtype, "source": self.source}
-        (self.root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        path = self.root / META_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, path)
 
+
+def score_predictions(predictions: PredictionSet, dataset: PreparedDataset, file_names: Sequence[str]) -> ConfusionMatrix:
+    """The confusion matrix of `predictions`' masks against `dataset`'s masks over `file_names`."""
+    matrix = ConfusionMatrix(len(predictions.class_names), predictions.class_names)
+    for file_name in file_names:
+        target = read_mask(dataset.mask_path(file_name), len(predictions.class_names))
+        predicted = predictions.mask(file_name)
+        if predicted.shape != target.shape:
+            raise DataError(
+                f"{file_name}: prediction is {predicted.shape}, ground truth {target.shape}; "
+                "predictions must be at the image's original size"
+            )
+        matrix.update(predicted, target)
+    return matrix
 
 def recorded_dataset_versions(source: dict) -> set[str]:
     """Every dataset version a prediction folder's `source` names, nested ensemble members

@@ -23,9 +23,8 @@ import numpy as np
 from PIL import Image
 
 from trashseg.config import to_dict
-from trashseg.data.layout import PreparedDataset
+from trashseg.data.layout import IGNORE_INDEX, PreparedDataset
 from trashseg.errors import ConfigError, DataError
-from trashseg.metrics import IGNORE_INDEX
 from trashseg.predictions import PredictionSet
 from trashseg.progress import Progress
 
@@ -106,6 +105,32 @@ def make_pseudo_labels(
     (out.root / "splits").mkdir(parents=True)
     classes.save(out.classes_file)
 
+    kept_images, kept, dropped = _write_confident_images(images, predictions, source, out, config)
+    if not kept:
+        shutil.rmtree(out.root)  # nothing usable was written; leave no half dataset behind
+        raise DataError(
+            f"no image has at least {config.min_confident_fraction} of its pixels at probability >= "
+            f"tau={config.tau} ({len(images)} images checked); lower tau or min_confident_fraction"
+        )
+
+    coco = {key: value for key, value in split_data.items() if key not in ("images", "annotations")}
+    coco["images"] = kept_images
+    coco["annotations"] = []  # the labels are the masks; pseudo-labels have no instances
+    out.split_file(PSEUDO_SPLIT).write_text(json.dumps(coco) + "\n")
+    lineage = _lineage(prediction_dir, predictions, dataset_dir, source, config, kept, dropped)
+    out.lineage_file.write_text(json.dumps(lineage, indent=2) + "\n")
+    log.info("pseudo-labels: kept %d, dropped %d image(s) -> %s", len(kept), len(dropped), out.root)
+    return PseudoLabelResult(
+        out.root,
+        [k["file_name"] for k in kept],
+        [d["file_name"] for d in dropped],
+        out.lineage_file,
+    )
+
+
+def _write_confident_images(images, predictions: PredictionSet, source: PreparedDataset, out: PreparedDataset, config):
+    """Write the mask and copy the image of each image confident enough; returns
+    (kept COCO image records, kept entries, dropped entries with reasons)."""
     kept_images, kept, dropped = [], [], []
     progress = Progress(len(images), "pseudo-labels", unit="img")
     for image in images:
@@ -129,18 +154,11 @@ def make_pseudo_labels(
             kept_images.append(image)
             kept.append({"file_name": name, "confident_fraction": fraction})
         progress.update(1)
-    if not kept:
-        shutil.rmtree(out.root)  # nothing usable was written; leave no half dataset behind
-        raise DataError(
-            f"no image has at least {config.min_confident_fraction} of its pixels at probability >= "
-            f"tau={config.tau} ({len(images)} images checked); lower tau or min_confident_fraction"
-        )
+    return kept_images, kept, dropped
 
-    coco = {key: value for key, value in split_data.items() if key not in ("images", "annotations")}
-    coco["images"] = kept_images
-    coco["annotations"] = []  # the labels are the masks; pseudo-labels have no instances
-    out.split_file(PSEUDO_SPLIT).write_text(json.dumps(coco) + "\n")
-    lineage = {
+
+def _lineage(prediction_dir, predictions: PredictionSet, dataset_dir, source: PreparedDataset, config, kept, dropped) -> dict:
+    return {
         "kind": "pseudo-labels",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_dataset": str(Path(dataset_dir).resolve()),
@@ -153,14 +171,6 @@ def make_pseudo_labels(
         "kept": kept,
         "dropped": dropped,
     }
-    out.lineage_file.write_text(json.dumps(lineage, indent=2) + "\n")
-    log.info("pseudo-labels: kept %d, dropped %d image(s) -> %s", len(kept), len(dropped), out.root)
-    return PseudoLabelResult(
-        out.root,
-        [k["file_name"] for k in kept],
-        [d["file_name"] for d in dropped],
-        out.lineage_file,
-    )
 
 
 def lineage_tags(pseudo_dataset_dir: str | Path) -> dict[str, str]:

@@ -32,7 +32,7 @@ BUNDLE_ARTIFACT_PATH = "bundle"
 # Version tags the promotion decision reads back; one name each, used everywhere.
 TAG_SCORE = "holdout_miou"
 TAG_HOLDOUT = "holdout_id"
-TAG_DATASET = "dataset_hash"
+TAG_DATASET = "dataset_version"
 TAG_ARCHITECTURES = "architectures"
 
 
@@ -44,7 +44,7 @@ class RegistryError(UserError):
 class ModelBundle:
     root: Path
     architectures: tuple[str, ...]
-    dataset_hash: str
+    dataset_version: str
     class_names: tuple[str, ...]
 
     @classmethod
@@ -54,7 +54,7 @@ class ModelBundle:
         if not manifest.is_file():
             raise DataError(f"{root} is not a model bundle (no {BUNDLE_FILE}); bundles are written by write_bundle")
         meta = json.loads(manifest.read_text())
-        return cls(root, tuple(meta["architectures"]), meta["dataset_hash"], tuple(meta["class_names"]))
+        return cls(root, tuple(meta["architectures"]), meta["dataset_version"], tuple(meta["class_names"]))
 
     def model_dir(self, architecture: str) -> Path:
         if architecture not in self.architectures:
@@ -69,7 +69,7 @@ def write_bundle(
     models: Mapping[str, str | Path],
     out_dir: str | Path,
     *,
-    dataset_hash: str,
+    dataset_version: str,
     class_names: Sequence[str],
 ) -> ModelBundle:
     """Copy each architecture's training output folder into one bundle folder."""
@@ -83,7 +83,7 @@ def write_bundle(
         shutil.copytree(model_dir, out_dir / "models" / architecture, dirs_exist_ok=True)
     manifest = {
         "architectures": list(models),
-        "dataset_hash": dataset_hash,
+        "dataset_version": dataset_version,
         "class_names": list(class_names),
     }
     (out_dir / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -193,7 +193,7 @@ def register_and_promote(
             tags={
                 TAG_SCORE: repr(float(score)),
                 TAG_HOLDOUT: holdout_id,
-                TAG_DATASET: bundle.dataset_hash,
+                TAG_DATASET: bundle.dataset_version,
                 TAG_ARCHITECTURES: ",".join(bundle.architectures),
                 **kfp_tags,
             },

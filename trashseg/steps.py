@@ -70,7 +70,7 @@ def prepare_step(
     cache hit on this parameter can only ever mean the same data. Returns the hash.
     """
     from trashseg.data.prepare import REPORT_MARKDOWN, prepare_dataset
-    from trashseg.reporting import stats_html
+    from trashseg.html_reports import stats_html
     from trashseg.storage import open_store, pull_dataset
 
     check_version(dataset_version)
@@ -79,14 +79,14 @@ def prepare_step(
         source = Path(work) / "source"
         pull_dataset(store, dataset_version, source)
         result = prepare_dataset(source, out_dir, val_fraction=val_fraction, seed=seed)
-    if result.dataset_hash != dataset_version:
+    if result.dataset_version != dataset_version:
         raise DataError(
-            f"dataset version {dataset_version} of {data_store} hashes to {result.dataset_hash} after download; "
+            f"dataset version {dataset_version} of {data_store} hashes to {result.dataset_version} after download; "
             "the stored version was altered — push the dataset again and use the new version"
         )
     shutil.copyfile(Path(out_dir) / REPORT_MARKDOWN, report_path)
     stats_html(Path(out_dir) / "stats", stats_html_path, title=f"Dataset {dataset_version[:12]}")
-    return result.dataset_hash
+    return result.dataset_version
 
 
 def check_version(dataset_version: str) -> None:
@@ -127,7 +127,7 @@ def train_step(
     architecture: str,
     iterations: int,
     image_size: int,
-    dataset_hash: str,
+    dataset_version: str,
     settings: Sequence[str],
     checkpoint_store: str,
     run: RunContext,
@@ -143,20 +143,15 @@ def train_step(
     chunks is exact: resume reaches the same weights). `init_bundle_dir`: a registered
     bundle whose weights for this architecture initialise the model (fine-tuning).
     """
+    from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state, resolve_checkpoint
     from trashseg.config import load_config
-    from trashseg.training import (
-        LAST_CHECKPOINT,
-        TrainConfig,
-        load_checkpoint_state,
-        resolve_checkpoint,
-        train,
-    )
+    from trashseg.training import TrainConfig, train
 
     overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
     if pseudo_dataset_dir is not None:
         overrides.append(f"pseudo_ratio={pseudo_ratio}")
     config = dataclasses.replace(load_config(TrainConfig, None, overrides), tracking=run.tracking())
-    tags = {**run.tags(), "dataset.version": dataset_hash}
+    tags = run.tags()  # train() tags the run with dataset.version from the dataset itself
     model_dir = Path(model_dir)
     # A fixed path: the resolved config (which holds it) must be equal when a retry resumes.
     init_dir = Path(tempfile.gettempdir()) / "trashseg-init" / f"{run.stage}-{architecture}"
@@ -190,7 +185,7 @@ def train_step(
     metadata = {
         "architecture": architecture,
         "checkpoint": resolve_checkpoint(model_dir).name,
-        "dataset_version": dataset_hash,
+        "dataset_version": dataset_version,
         "mlflow_run_id": final.get("mlflow_run_id") or "",
     }
     return TrainStepResult(best, metrics, metadata)
@@ -209,14 +204,14 @@ def _checkpoint_mirror(checkpoint_store: str):
 
 
 def _completed_iterations(model_dir: Path) -> int:
-    from trashseg.training import LAST_CHECKPOINT, load_checkpoint_state
+    from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state
 
     return int(load_checkpoint_state(model_dir / LAST_CHECKPOINT)["iteration"])
 
 
 def _export_bundle_weights(bundle_dir: str | Path, architecture: str, out_dir: str | Path) -> str:
     """Save a bundle model's weights as a transformers folder, which TrainConfig.pretrained loads."""
-    from trashseg.predict import load_checkpoint
+    from trashseg.checkpoints import load_checkpoint
     from trashseg.registry import ModelBundle
 
     model, _ = load_checkpoint(ModelBundle.open(bundle_dir).model_dir(architecture))
@@ -232,6 +227,14 @@ def predict_step(model_dir: str | Path, dataset_dir: str | Path, split: str, out
     from trashseg.predict import predict
 
     return len(predict(model_dir, dataset_dir, split, out_dir).file_names)
+
+
+def evaluate_step(prediction_dir: str | Path, dataset_dir: str | Path, split: str, html_path: str | Path, *, title: str):
+    """Score a prediction folder on `split` and write its HTML report; returns the
+    `trashseg.html_reports.EvaluationResult` (scalars, class names, confusion matrix)."""
+    from trashseg.html_reports import evaluation_report
+
+    return evaluation_report(prediction_dir, dataset_dir, split, html_path, title=title)
 
 
 # ---------------------------------------------------------------------------- recipe
@@ -300,7 +303,7 @@ def submission_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_path:
 # ---------------------------------------------------------------------------- registry
 
 
-def bundle_step(model_dirs: Sequence[str | Path], dataset_dir: str | Path, bundle_dir: str | Path, *, dataset_hash: str) -> list[str]:
+def bundle_step(model_dirs: Sequence[str | Path], dataset_dir: str | Path, bundle_dir: str | Path, *, dataset_version: str) -> list[str]:
     """One bundle of a round's training outputs, each found by the architecture in its config."""
     from trashseg.data.layout import PreparedDataset
     from trashseg.registry import write_bundle
@@ -312,7 +315,7 @@ def bundle_step(model_dirs: Sequence[str | Path], dataset_dir: str | Path, bundl
             raise DataError(f"two trained models of architecture {architecture!r} given ({models[architecture]}, {model_dir})")
         models[architecture] = model_dir
     classes = PreparedDataset(dataset_dir).classes()
-    return list(write_bundle(models, bundle_dir, dataset_hash=dataset_hash, class_names=classes.names).architectures)
+    return list(write_bundle(models, bundle_dir, dataset_version=dataset_version, class_names=classes.names).architectures)
 
 
 def register_step(

@@ -1,4 +1,5 @@
-"""MLflow tracking shared by every step that records runs (train, evaluate, ensemble, ...).
+"""MLflow tracking for the steps that record runs: training (`trashseg.training`) and
+model registration (`trashseg.registry`); evaluate and the ensemble do not record runs.
 
 The tracking URI comes from the stage config, else `MLFLOW_TRACKING_URI`, else a local
 SQLite file `sqlite:///<dir>/mlflow.db` (the embedded default). Runs are driven through

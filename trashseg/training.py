@@ -21,33 +21,47 @@ import logging
 import math
 import os
 import random
-import resource
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, normalise_batch, sample_seed
+from trashseg.checkpoints import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    LAST_CHECKPOINT,
+    check_resumable,
+    load_checkpoint_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from trashseg.config import save_config, to_dict
 from trashseg.data.classes import ClassTable
+from trashseg.data.io import read_mask, read_pair
 from trashseg.data.layout import PreparedDataset, Sample
+from trashseg.device import (
+    AmpMode,
+    Distributed,
+    autocast,
+    init_distributed,
+    local_device,
+    memory_mib,
+    resolve_amp_dtype,
+)
 from trashseg.errors import ConfigError, DataError
-from trashseg.metrics import IGNORE_INDEX, SegmentationScores
+from trashseg.metrics import ConfusionMatrix, SegmentationScores
+from trashseg.predict import predict_probabilities
 from trashseg.progress import Progress
 from trashseg.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "trashseg-checkpoint/1"
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
-# Fields that may change between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = frozenset({"checkpoint_interval", "eval_interval", "log_interval", "num_workers", "tracking"})
 LABELLED_STREAM, PSEUDO_STREAM = 0, 1
 # AdamW's step is about lr per weight: beyond 1 every weight is replaced by noise.
 MAX_LR = 1.0
@@ -65,7 +79,7 @@ class TrainConfig:
     warmup_iters: int = 1500
     poly_power: float = 1.0
     grad_accum: int = 1
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    amp: AmpMode = "auto"  # auto: bf16 on CUDA, off on CPU
     grad_clip: float | None = 1.0  # max global grad norm; null = no clipping
     seed: int = 0
     checkpoint_interval: int = 1000
@@ -134,39 +148,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- data
-
-
-def read_image(path: Path) -> np.ndarray:
-    from trashseg.data.images import read_rgb
-
-    if not path.is_file():
-        raise DataError(f"image {path} is missing; re-run prepare for this dataset")
-    return read_rgb(path)  # already a writable array of its own
-
-
-def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    from trashseg.data.images import read_gray
-
-    if not path.is_file():
-        raise DataError(f"mask {path} is missing; re-run prepare for this dataset")
-    mask = read_gray(path)
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise DataError(f"mask {path}: expected a single-channel uint8 PNG, got shape {mask.shape} {mask.dtype}")
-    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
-    if bad.any():
-        raise DataError(
-            f"mask {path} holds class ids {np.unique(mask[bad])[:10].tolist()} outside 0..{num_classes - 1} "
-            f"(and {IGNORE_INDEX} = ignore); its classes.json does not match the masks"
-        )
-    return mask
-
-
-def read_pair(sample: Sample, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    image = read_image(sample.image)
-    mask = read_mask(sample.mask, num_classes)
-    if image.shape[:2] != mask.shape:
-        raise DataError(f"{sample.file_name}: image is {image.shape[:2]} but its mask is {mask.shape}")
-    return image, mask
 
 
 @dataclass
@@ -277,140 +258,6 @@ def resolve_class_ids(values: tuple[str | int, ...], classes: ClassTable) -> tup
     return tuple(sorted(set(ids)))
 
 
-# --------------------------------------------------------------------- environment
-
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_type: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return _Dist(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), world=dist.get_world_size())
-
-
-def _barrier(dist_info: _Dist) -> None:
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def resolve_amp_dtype(amp: str, device_type: str):
-    if amp == "auto":
-        return torch.bfloat16 if device_type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-def memory_mib(device) -> float:
-    """Peak memory: CUDA max allocated on GPU, process peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def _rng_state() -> dict[str, Any]:
-    algorithm, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"algorithm": algorithm, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["algorithm"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gather_rng_states(dist_info: _Dist) -> list[dict[str, Any]]:
-    """Every rank's RNG state, in rank order (so each rank resumes its own stream)."""
-    state = _rng_state()
-    if dist_info.world == 1:
-        return [state]
-    import torch.distributed as dist
-
-    states: list = [None] * dist_info.world
-    dist.all_gather_object(states, state)
-    return states
-
-
-def _dataset_hash(dataset: PreparedDataset) -> str | None:
-    import json
-
-    path = dataset.root / "dataset.json"
-    if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
-    for key in ("hash", "content_hash", "sha256"):
-        if isinstance(meta, dict) and meta.get(key):
-            return str(meta[key])
-    return None
-
-
-# ---------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a training output folder's best.pt (else its last.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        path = next((path / name for name in ("best.pt", "last.pt") if (path / name).is_file()), path / "best.pt")
-    if not path.is_file():
-        raise DataError(
-            f"checkpoint {path} not found; train first (`trashseg train`), or pass a .pt file "
-            "or a training output folder"
-        )
-    return path
-
-
-def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
-    path = resolve_checkpoint(path)
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path} is not a trashseg checkpoint (format {CHECKPOINT_FORMAT}); it was not written by `trashseg train`")
-    return state
-
-
-def _check_resumable(saved: dict, current: dict) -> None:
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise ConfigError(
-            f"cannot resume: the config differs from the checkpoint's in {details}; "
-            "resume with the saved config.json or start a new output folder"
-        )
-
-
 def _poly_schedule(config: TrainConfig):
     warmup, total, power = config.warmup_iters, config.iterations, config.poly_power
 
@@ -435,9 +282,6 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 
 def validate(model, samples: list[Sample], classes: ClassTable, *, image_size, mean, std, batch_size, device, amp_dtype) -> SegmentationScores:
     """mIoU of `model` on `samples` at the training resolution, scored at each mask's own size."""
-    from trashseg.metrics import ConfusionMatrix
-    from trashseg.predict import predict_probabilities
-
     matrix = ConfusionMatrix(classes.num_classes, classes.names)
     for start in range(0, len(samples), batch_size):
         pairs = [read_pair(s, classes.num_classes) for s in samples[start : start + batch_size]]
@@ -458,6 +302,7 @@ def train(
     resume: bool = False,
     tags: Mapping[str, str] | None = None,
     stop_after: int | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
     """Train `config.architecture` on the dataset's train split; validate on its val split.
 
@@ -465,18 +310,80 @@ def train(
     run) while keeping the schedule of `config.iterations`; `resume=True` continues it.
     `pseudo_dataset` is a prepared dataset of pseudo-labelled images (its `train` split,
     255 = ignore); `config.pseudo_ratio` of every batch is drawn from it.
+    `on_checkpoint(path, iteration)` runs on rank 0 after each checkpoint (last.pt or
+    best.pt) is written, e.g. to mirror the output folder to an object store.
     """
-    from trashseg.models import build_model
-
     output_dir = Path(output_dir)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist_info = _init_distributed(device.type)
+    device = local_device()
+    dist = init_distributed(device.type)
     if stop_after is not None and not 0 < stop_after <= config.iterations:
         raise ConfigError(f"stop_after={stop_after}: expected 1..iterations ({config.iterations})")
     end = stop_after or config.iterations
 
+    data = _build_data_streams(config, dataset_dir, pseudo_dataset)
+    state = _build_model_and_optimizer(config, data.classes, device, dist)
+    paths = _OutputPaths(output_dir)
+    if resume:
+        _restore_state(state, config, paths.last, end, dist)
+    elif paths.last.exists():
+        raise ConfigError(
+            f"{output_dir} already holds a checkpoint ({paths.last}); pass --resume to continue it "
+            "or choose a new output folder (nothing is overwritten)"
+        )
+    loader = _build_loader(config, data, state.iteration, end, device, dist)
+    tracked = _start_tracking(config, data, state, output_dir, tags) if dist.is_main else None
+
+    loop = _StepLoop(config, data, state, device, dist, paths, tracked, on_checkpoint)
+    status = "FAILED"
+    try:
+        loop.run(loader, end)
+        status = "FINISHED" if end == config.iterations else "KILLED"
+    finally:
+        if tracked:
+            _finish_tracking(tracked, status, state, paths, end)
+        dist.shutdown()
+
+    return TrainResult(
+        output_dir=output_dir,
+        last_checkpoint=paths.last,
+        best_checkpoint=paths.best if paths.best.exists() else None,
+        best_miou=state.best_miou,
+        best_iteration=state.best_iteration,
+        iterations=end,
+        mlflow_run_id=state.run_id,
+    )
+
+
+# Called with (checkpoint path, iteration) after each checkpoint write, on rank 0.
+CheckpointCallback = Callable[[Path, int], None]
+
+
+@dataclass(frozen=True)
+class _OutputPaths:
+    root: Path
+
+    @property
+    def last(self) -> Path:
+        return self.root / LAST_CHECKPOINT
+
+    @property
+    def best(self) -> Path:
+        return self.root / BEST_CHECKPOINT
+
+
+@dataclass
+class _DataStreams:
+    """What the run reads: the labelled (and optional pseudo-label) training streams and the val split."""
+
+    dataset: PreparedDataset
+    classes: ClassTable
+    streams: list[_Stream]
+    val_samples: list[Sample]
+    copy_paste_ids: tuple[int, ...]
+    donors: list[Sample]  # training images holding a copy-paste class
+
+
+def _build_data_streams(config: TrainConfig, dataset_dir, pseudo_dataset) -> _DataStreams:
     dataset = PreparedDataset(dataset_dir)
     classes = dataset.classes()
     train_samples = dataset.samples("train")
@@ -485,7 +392,6 @@ def train(
     val_samples = dataset.samples("val") if "val" in dataset.splits() else []
     if config.eval_interval and not val_samples:
         raise DataError(f"{dataset.root} has no (or an empty) val split; add one or set eval_interval=0")
-
     if (pseudo_dataset is None) != (config.pseudo_ratio == 0):
         raise ConfigError(
             f"pseudo_ratio={config.pseudo_ratio} with pseudo_dataset={pseudo_dataset}: give both "
@@ -495,30 +401,49 @@ def train(
     present = None
     if config.class_balanced_sampling or config.copy_paste_classes:
         present = _classes_present(train_samples, classes.num_classes)
-    streams = [
-        _Stream(
-            train_samples,
-            config.batch_size - n_pseudo,
-            class_balanced_weights(present, classes.num_classes) if config.class_balanced_sampling else None,
-        )
-    ]
+    weights = class_balanced_weights(present, classes.num_classes) if config.class_balanced_sampling else None
+    streams = [_Stream(train_samples, config.batch_size - n_pseudo, weights)]
     if pseudo_dataset is not None:
-        pseudo = PreparedDataset(pseudo_dataset)
-        if pseudo.classes().names != classes.names:
-            raise DataError(
-                f"pseudo-label dataset {pseudo.root} has classes {list(pseudo.classes().names)}, "
-                f"the training set {list(classes.names)}; build it from this dataset's models"
-            )
-        pseudo_samples = pseudo.samples("train")
-        if not pseudo_samples:
-            raise DataError(f"pseudo-label dataset {pseudo.root} has an empty train split")
-        streams.append(_Stream(pseudo_samples, n_pseudo, None))
+        streams.append(_Stream(_pseudo_samples(pseudo_dataset, classes), n_pseudo, None))
     copy_paste_ids = resolve_class_ids(config.copy_paste_classes, classes)
     donors = [s for s, p in zip(train_samples, present or [], strict=False) if np.isin(p, copy_paste_ids).any()]
     if copy_paste_ids and not donors:
         raise DataError(
             f"copy_paste_classes {list(config.copy_paste_classes)}: no training image contains them; nothing to paste"
         )
+    return _DataStreams(dataset, classes, streams, val_samples, copy_paste_ids, donors)
+
+
+def _pseudo_samples(pseudo_dataset, classes: ClassTable) -> list[Sample]:
+    pseudo = PreparedDataset(pseudo_dataset)
+    if pseudo.classes().names != classes.names:
+        raise DataError(
+            f"pseudo-label dataset {pseudo.root} has classes {list(pseudo.classes().names)}, "
+            f"the training set {list(classes.names)}; build it from this dataset's models"
+        )
+    samples = pseudo.samples("train")
+    if not samples:
+        raise DataError(f"pseudo-label dataset {pseudo.root} has an empty train split")
+    return samples
+
+
+@dataclass
+class _TrainState:
+    """Everything a checkpoint holds and resume restores."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    iteration: int = 0
+    best_miou: float | None = None
+    best_iteration: int | None = None
+    run_id: str | None = None
+
+
+def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device, dist: Distributed) -> _TrainState:
+    from trashseg.models import build_model
 
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -528,236 +453,52 @@ def train(
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model = build_model(config.architecture, classes.num_classes, pretrained=config.pretrained).to(device)
-    mean, std = list(config.augment.mean), list(config.augment.std)
-
     # The fused kernel updates all parameters in one launch on CUDA (not on CPU: no gain there).
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly_schedule(config))
     amp_dtype = resolve_amp_dtype(config.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # Per-rank stream for model-side randomness (dropout, point sampling).
-    torch.manual_seed(config.seed + dist_info.rank)
+    torch.manual_seed(config.seed + dist.rank)
+    return _TrainState(model, optimizer, scheduler, scaler, amp_dtype)
 
-    start, best_miou, best_iteration, run_id = 0, None, None, None
-    last_path, best_path = output_dir / LAST_CHECKPOINT, output_dir / BEST_CHECKPOINT
-    if resume:
-        state = load_checkpoint_state(last_path, map_location=device)
-        _check_resumable(state["config"], to_dict(config))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        per_rank = state.get("rng_per_rank") or [state["rng"]]
-        if len(per_rank) != dist_info.world:
-            log.warning(
-                "%s was written by %d process(es), this run has %d: model-side randomness (dropout, point "
-                "sampling) restarts from rank 0's state, so the result will not match an uninterrupted run",
-                last_path, len(per_rank), dist_info.world,
-            )
-        _set_rng_state(per_rank[dist_info.rank] if len(per_rank) == dist_info.world else per_rank[0])
-        start, best_miou, best_iteration = state["iteration"], state["best_miou"], state["best_iteration"]
-        run_id = state.get("mlflow_run_id")
-        if start >= end:
-            raise ConfigError(f"{last_path} is already at iteration {start}; nothing left to train up to {end}")
-        if dist_info.is_main:
-            log.info("resuming from %s at iteration %d/%d", last_path, start, config.iterations)
-    elif last_path.exists():
-        raise ConfigError(
-            f"{output_dir} already holds a checkpoint ({last_path}); pass --resume to continue it "
-            "or choose a new output folder (nothing is overwritten)"
+
+def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end: int, dist: Distributed) -> None:
+    saved = load_checkpoint_state(last_path, map_location=next(state.model.parameters()).device)
+    check_resumable(saved["config"], to_dict(config))
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.scaler.load_state_dict(saved["scaler"])
+    per_rank = saved.get("rng_per_rank") or [saved["rng"]]
+    if len(per_rank) != dist.world:
+        log.warning(
+            "%s was written by %d process(es), this run has %d: model-side randomness (dropout, point "
+            "sampling) restarts from rank 0's state, so the result will not match an uninterrupted run",
+            last_path, len(per_rank), dist.world,
         )
+    set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0])
+    state.iteration, state.best_miou, state.best_iteration = saved["iteration"], saved["best_miou"], saved["best_iteration"]
+    state.run_id = saved.get("mlflow_run_id")
+    if state.iteration >= end:
+        raise ConfigError(f"{last_path} is already at iteration {state.iteration}; nothing left to train up to {end}")
+    if dist.is_main:
+        log.info("resuming from %s at iteration %d/%d", last_path, state.iteration, config.iterations)
 
-    train_module = _LossModule(model)
-    if dist_info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        if device.type == "cuda":
-            train_module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_module)
-        # Some families leave parameters unused in a step (e.g. auxiliary heads).
-        train_module = DistributedDataParallel(
-            train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
-
-    sampler = _KeySampler(streams, config.seed, start, end, config.grad_accum, dist_info.rank, dist_info.world)
+def _build_loader(config: TrainConfig, data: _DataStreams, start: int, end: int, device, dist: Distributed):
+    sampler = _KeySampler(data.streams, config.seed, start, end, config.grad_accum, dist.rank, dist.world)
     samples = _TrainSamples(
-        streams, classes.num_classes, TrainTransform(config.augment, config.image_size), config.seed,
-        copy_paste_ids, donors, config.augment.copy_paste,
+        data.streams, data.classes.num_classes, TrainTransform(config.augment, config.image_size), config.seed,
+        data.copy_paste_ids, data.donors, config.augment.copy_paste,
     )
     # A private generator: the loader must not draw from the global RNG that resume restores.
     # Workers live for the whole (single-pass) loader and keep 4 batches each in flight.
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         samples, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=device.type == "cuda",
         generator=torch.Generator(), persistent_workers=config.num_workers > 0,
         prefetch_factor=4 if config.num_workers > 0 else None, worker_init_fn=_one_thread_worker,
     )
-    forward, channels_last = train_module, device.type == "cuda" and config.channels_last
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda" and config.compile:
-        forward = torch.compile(train_module)
-    elif config.channels_last or config.compile:
-        log.info("channels_last/compile apply on CUDA only; training on %s without them", device.type)
-
-    tracked = None
-    if dist_info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.json")
-        classes.save(output_dir / "classes.json")
-        if config.tracking.enabled:
-            from trashseg.tracking import TrackedRun, git_sha
-
-            run_tags = {
-                "architecture": config.architecture,
-                "dataset": str(dataset.root),
-                "dataset.hash": _dataset_hash(dataset),
-                "git.sha": git_sha(),
-                "trashseg.step": "train",
-                **(tags or {}),
-            }
-            tracked = TrackedRun(
-                config.tracking, output_dir, run_name=f"train-{config.architecture}", tags=run_tags, resume_run_id=run_id
-            )
-            if run_id is None:
-                tracked.log_config(config)
-            run_id = tracked.run_id
-
-    def checkpoint_state(iteration: int, full: bool, rng_states: list | None = None) -> dict[str, Any]:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "architecture": config.architecture,
-            "num_classes": classes.num_classes,
-            "image_size": config.image_size,
-            "normalisation": {"mean": mean, "std": std},
-            "classes": classes.to_json(),
-            "config": to_dict(config),
-            "iteration": iteration,
-            "world_size": dist_info.world,
-            "best_miou": best_miou,
-            "best_iteration": best_iteration,
-            "mlflow_run_id": run_id,
-            "model": model.state_dict(),
-        }
-        if full:
-            state.update(
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-                rng=rng_states[0],
-                rng_per_rank=rng_states,
-            )
-        return state
-
-    global_batch = config.batch_size * config.grad_accum * dist_info.world
-    progress = Progress(end - start, f"train {config.architecture}", unit="it", interval_s=0.0)
-    status = "FAILED"
-    try:
-        model.train()
-        batches = iter(loader)
-        # The loss is summed on the device and read (a host sync) only at log, eval and checkpoint steps.
-        window_start, window_loss, window_steps = time.monotonic(), torch.zeros((), device=device), 0
-        for iteration in range(start, end):
-            model.set_training_progress(iteration, config.iterations)  # e.g. EoMT's mask annealing
-            for micro in range(config.grad_accum):
-                images, masks = next(batches)
-                # Batches travel as uint8 (see TrainTransform): normalised and widened on the device.
-                images = normalise_batch(images.to(device, non_blocking=True), mean, std)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                masks = masks.to(device, non_blocking=True).long()
-                sync = micro == config.grad_accum - 1 or dist_info.world == 1
-                context = train_module.no_sync() if not sync else contextlib.nullcontext()
-                with context:
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        loss = forward(images, masks)
-                    scaler.scale(loss / config.grad_accum).backward()
-                window_loss += loss.detach() / config.grad_accum
-            if config.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = iteration + 1
-            window_steps += 1
-
-            run_eval = val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations)
-            log_now = done % config.log_interval == 0 or done == end
-            if log_now or run_eval or done % config.checkpoint_interval == 0:
-                _check_finite(window_loss, done - window_steps, done, config)
-            if log_now and dist_info.is_main:
-                window_loss = window_loss.item()
-                elapsed = max(time.monotonic() - window_start, 1e-9)
-                images_per_s = window_steps * global_batch / elapsed
-                lr = scheduler.get_last_lr()[0]
-                mem = memory_mib(device)
-                progress.update(
-                    window_steps, iteration=f"{done}/{config.iterations}", loss=window_loss / window_steps,
-                    lr=lr, img_s=images_per_s, mem_mib=round(mem),
-                )
-                if tracked:
-                    tracked.log_metrics(
-                        {"train/loss": window_loss / window_steps, "train/lr": lr, "train/images_per_s": images_per_s, "train/memory_mib": mem},
-                        step=done,
-                    )
-            if log_now:
-                window_start, window_loss, window_steps = time.monotonic(), torch.zeros((), device=device), 0
-            if run_eval:
-                if dist_info.is_main:
-                    model.eval()
-                    with torch.no_grad():
-                        scores = validate(
-                            model, val_samples, classes, image_size=config.image_size, mean=mean, std=std,
-                            batch_size=config.batch_size, device=device, amp_dtype=amp_dtype,
-                        )
-                    model.train()
-                    log.info("validation at iteration %d: mIoU %.4f, pixel accuracy %.4f", done, scores.miou, scores.pixel_accuracy)
-                    if tracked:
-                        metrics = {"val/miou": scores.miou, "val/pixel_accuracy": scores.pixel_accuracy}
-                        metrics.update({f"val/iou/{name}": v for name, v in scores.iou.items() if not math.isnan(v)})
-                        tracked.log_metrics(metrics, step=done)
-                    if not math.isnan(scores.miou) and (best_miou is None or scores.miou > best_miou):
-                        best_miou, best_iteration = scores.miou, done
-                        save_checkpoint(best_path, checkpoint_state(done, full=False))
-                _barrier(dist_info)
-            if done % config.checkpoint_interval == 0 or done == end:
-                rng_states = _gather_rng_states(dist_info)
-                if dist_info.is_main:
-                    save_checkpoint(last_path, checkpoint_state(done, full=True, rng_states=rng_states))
-                _barrier(dist_info)
-        status = "FINISHED" if end == config.iterations else "KILLED"
-    finally:
-        if tracked:
-            if status != "FAILED":
-                if best_miou is not None:
-                    tracked.log_metrics({"val/best_miou": best_miou}, step=best_iteration or end)
-                for name in ("config.json", "classes.json"):
-                    tracked.log_artifact(output_dir / name)
-                tracked.log_artifact(best_path if best_path.exists() else last_path, "checkpoint")
-            tracked.end(status)
-        if dist_info.world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-    return TrainResult(
-        output_dir=output_dir,
-        last_checkpoint=last_path,
-        best_checkpoint=best_path if best_path.exists() else None,
-        best_miou=best_miou,
-        best_iteration=best_iteration,
-        iterations=end,
-        mlflow_run_id=run_id,
-    )
-
-
-def _check_finite(window_loss: torch.Tensor, first: int, done: int, config: TrainConfig) -> None:
-    """Fail on a non-finite loss sum, read at log and checkpoint steps (a non-finite step poisons the sum),
-    so no NaN weights are ever checkpointed and the step loop has no per-step host sync."""
-    if not torch.isfinite(window_loss):
-        raise FloatingPointError(
-            f"loss is {window_loss.item()} in iterations {first + 1}..{done}; lower lr ({config.lr}) or set amp=off"
-        )
 
 
 def _one_thread_worker(_worker_id: int) -> None:
@@ -765,6 +506,224 @@ def _one_thread_worker(_worker_id: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+
+
+def _start_tracking(config: TrainConfig, data: _DataStreams, state: _TrainState, output_dir: Path, tags):
+    """Rank 0: write config.json and classes.json, and open (or reopen) the MLflow run."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, output_dir / "config.json")
+    data.classes.save(output_dir / "classes.json")
+    if not config.tracking.enabled:
+        return None
+    from trashseg.tracking import TrackedRun, git_sha
+
+    run_tags = {
+        "architecture": config.architecture,
+        "dataset": str(data.dataset.root),
+        "dataset.version": data.dataset.dataset_version(),
+        "git.sha": git_sha(),
+        "trashseg.step": "train",
+        **(tags or {}),
+    }
+    tracked = TrackedRun(
+        config.tracking, output_dir, run_name=f"train-{config.architecture}", tags=run_tags, resume_run_id=state.run_id
+    )
+    if state.run_id is None:
+        tracked.log_config(config)
+    state.run_id = tracked.run_id
+    return tracked
+
+
+def _finish_tracking(tracked, status: str, state: _TrainState, paths: _OutputPaths, end: int) -> None:
+    if status != "FAILED":
+        if state.best_miou is not None:
+            tracked.log_metrics({"val/best_miou": state.best_miou}, step=state.best_iteration or end)
+        for name in ("config.json", "classes.json"):
+            tracked.log_artifact(paths.root / name)
+        tracked.log_artifact(paths.best if paths.best.exists() else paths.last, "checkpoint")
+    tracked.end(status)
+
+
+class _StepLoop:
+    """The optimizer steps from `state.iteration` to `end`, with logging, validation and checkpoints."""
+
+    def __init__(self, config, data, state, device, dist, paths, tracked, on_checkpoint) -> None:
+        self.config, self.data, self.state = config, data, state
+        self.device, self.dist, self.paths = device, dist, paths
+        self.tracked, self.on_checkpoint = tracked, on_checkpoint
+        self.train_module = _wrap_for_training(state.model, device, dist)
+        self.forward, self.channels_last = self.train_module, device.type == "cuda" and config.channels_last
+        if self.channels_last:
+            state.model.to(memory_format=torch.channels_last)
+        if device.type == "cuda" and config.compile:
+            self.forward = torch.compile(self.train_module)
+        elif config.channels_last or config.compile:
+            log.info("channels_last/compile apply on CUDA only; training on %s without them", device.type)
+        self.mean, self.std = list(config.augment.mean), list(config.augment.std)
+        self.global_batch = config.batch_size * config.grad_accum * dist.world
+
+    def run(self, loader, end: int) -> None:
+        config, start = self.config, self.state.iteration
+        progress = Progress(end - start, f"train {config.architecture}", unit="it", interval_s=0.0)
+        self.state.model.train()
+        batches = iter(loader)
+        window = _LossWindow(self.device)
+        for iteration in range(start, end):
+            window.add(self.step(batches, iteration))
+            done = iteration + 1
+            log_now = done % config.log_interval == 0 or done == end
+            run_eval = self.data.val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations)
+            if log_now or run_eval or done % config.checkpoint_interval == 0:
+                window.check_finite(done, config)  # before anything is validated or checkpointed
+            if log_now:
+                if self.dist.is_main:
+                    self.log(window, done, progress)
+                window = _LossWindow(self.device)
+            if run_eval:
+                if self.dist.is_main:
+                    self.validate_and_keep_best(done)
+                self.dist.barrier()
+            if done % config.checkpoint_interval == 0 or done == end:
+                self.write_last(done)
+
+    def step(self, batches, iteration: int) -> torch.Tensor:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss, on the device
+        (no host sync here: `_LossWindow` reads it at log, eval and checkpoint steps)."""
+        config, state = self.config, self.state
+        state.model.set_training_progress(iteration, config.iterations)  # e.g. EoMT's mask annealing
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(config.grad_accum):
+            images, masks = next(batches)
+            # Batches travel as uint8 (see TrainTransform): normalised and widened on the device.
+            images = normalise_batch(images.to(self.device, non_blocking=True), self.mean, self.std)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            masks = masks.to(self.device, non_blocking=True).long()
+            sync = micro == config.grad_accum - 1 or self.dist.world == 1
+            with self.train_module.no_sync() if not sync else contextlib.nullcontext():
+                with autocast(self.device, state.amp_dtype):
+                    loss = self.forward(images, masks)
+                state.scaler.scale(loss / config.grad_accum).backward()
+            step_loss += loss.detach() / config.grad_accum
+        if config.grad_clip is not None:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        return step_loss
+
+    def log(self, window: _LossWindow, done: int, progress: Progress) -> None:
+        images_per_s = window.steps * self.global_batch / window.elapsed()
+        lr = self.state.scheduler.get_last_lr()[0]
+        mem = memory_mib(self.device)
+        progress.update(
+            window.steps, iteration=f"{done}/{self.config.iterations}", loss=window.mean(),
+            lr=lr, img_s=images_per_s, mem_mib=round(mem),
+        )
+        if self.tracked:
+            metrics = {"train/loss": window.mean(), "train/lr": lr, "train/images_per_s": images_per_s, "train/memory_mib": mem}
+            self.tracked.log_metrics(metrics, step=done)
+
+    def validate_and_keep_best(self, done: int) -> None:
+        """Rank 0: score the val split; a new best mIoU writes best.pt."""
+        model, state = self.state.model, self.state
+        model.eval()
+        with torch.no_grad():
+            scores = validate(
+                model, self.data.val_samples, self.data.classes, image_size=self.config.image_size, mean=self.mean,
+                std=self.std, batch_size=self.config.batch_size, device=self.device, amp_dtype=state.amp_dtype,
+            )
+        model.train()
+        log.info("validation at iteration %d: mIoU %.4f, pixel accuracy %.4f", done, scores.miou, scores.pixel_accuracy)
+        if self.tracked:
+            metrics = {"val/miou": scores.miou, "val/pixel_accuracy": scores.pixel_accuracy}
+            metrics.update({f"val/iou/{name}": v for name, v in scores.iou.items() if not math.isnan(v)})
+            self.tracked.log_metrics(metrics, step=done)
+        if not math.isnan(scores.miou) and (state.best_miou is None or scores.miou > state.best_miou):
+            state.best_miou, state.best_iteration = scores.miou, done
+            self.save(self.paths.best, self.checkpoint(done, rng_states=None), done)
+
+    def write_last(self, done: int) -> None:
+        """All ranks: gather RNG states; rank 0 writes last.pt."""
+        rng_states = self.dist.all_gather(rng_state())
+        if self.dist.is_main:
+            self.save(self.paths.last, self.checkpoint(done, rng_states=rng_states), done)
+        self.dist.barrier()
+
+    def save(self, path: Path, checkpoint: dict[str, Any], done: int) -> None:
+        save_checkpoint(path, checkpoint)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(path, done)
+
+    def checkpoint(self, iteration: int, rng_states: list | None) -> dict[str, Any]:
+        """best.pt content (weights + meta); with `rng_states`, the full last.pt state."""
+        config, state, classes = self.config, self.state, self.data.classes
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "architecture": config.architecture,
+            "num_classes": classes.num_classes,
+            "image_size": config.image_size,
+            "normalisation": {"mean": self.mean, "std": self.std},
+            "classes": classes.to_json(),
+            "config": to_dict(config),
+            "iteration": iteration,
+            "world_size": self.dist.world,
+            "best_miou": state.best_miou,
+            "best_iteration": state.best_iteration,
+            "mlflow_run_id": state.run_id,
+            "model": state.model.state_dict(),
+        }
+        if rng_states is not None:
+            checkpoint.update(
+                optimizer=state.optimizer.state_dict(),
+                scheduler=state.scheduler.state_dict(),
+                scaler=state.scaler.state_dict(),
+                rng=rng_states[0],
+                rng_per_rank=rng_states,
+            )
+        return checkpoint
+
+
+class _LossWindow:
+    """Loss (summed on the device) and wall time since the last log line."""
+
+    def __init__(self, device) -> None:
+        self.start, self.total, self.steps = time.monotonic(), torch.zeros((), device=device), 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss
+        self.steps += 1
+
+    def check_finite(self, done: int, config) -> None:
+        """Fail on a non-finite loss in the window (one such step poisons the sum): one host sync."""
+        if not torch.isfinite(self.total):
+            raise FloatingPointError(
+                f"loss is {self.total.item()} in iterations {done - self.steps + 1}..{done}; "
+                f"lower lr ({config.lr}) or set amp=off"
+            )
+
+    def mean(self) -> float:
+        return self.total.item() / self.steps
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.start, 1e-9)
+
+
+def _wrap_for_training(model, device, dist: Distributed) -> torch.nn.Module:
+    """The module the step calls: the model's loss, under DDP when the job has several processes."""
+    train_module = _LossModule(model)
+    if dist.world == 1:
+        return train_module
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        train_module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_module)
+    # Some families leave parameters unused in a step (e.g. auxiliary heads).
+    return DistributedDataParallel(
+        train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    )
 
 
 class _LossModule(torch.nn.Module):

@@ -19,6 +19,7 @@ from cluster_helpers import (
 )
 
 from trashseg import storage
+from trashseg.data.merge import merge_batches
 from trashseg.data.prepare import dataset_hash
 from trashseg.errors import ConfigError, DataError
 from trashseg.storage import (
@@ -30,6 +31,7 @@ from trashseg.storage import (
     S3Store,
     StorageError,
 )
+from trashseg.storage import local as local_backend
 
 MiB = 1024 * 1024
 
@@ -155,7 +157,7 @@ def test_interrupted_local_write_leaves_no_object(tmp_path, monkeypatch):
         Path(dst).write_bytes(Path(src).read_bytes()[:2])
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(storage.shutil, "copyfile", copy_half_then_fail)
+    monkeypatch.setattr(local_backend.shutil, "copyfile", copy_half_then_fail)
     with pytest.raises(OSError, match="No space"):
         store.put_bytes(b"new bytes", "k/obj")
     with pytest.raises(OSError, match="No space"):
@@ -252,29 +254,15 @@ def test_merge_rejects_unknown_category(tmp_path):
     dataset = make_dataset(tmp_path / "ds")
     batch = make_batch(tmp_path / "b", n=1, seed=1, categories=("Metal", "Lava"))
     with pytest.raises(DataError, match="'Lava'.*expected one of: Paper, Metal"):
-        storage.merge_batches(dataset, {"b": batch}, tmp_path / "out", into="train.json")
+        merge_batches(dataset, {"b": batch}, tmp_path / "out", into="train.json")
 
 
-def test_locations_local_and_s3(moto_endpoint, tmp_path, monkeypatch):
+def test_open_store_picks_the_backend_by_location(moto_endpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("TRASHSEG_S3_ENDPOINT", f"http://{moto_endpoint}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     bucket = new_bucket(moto_endpoint)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "weights.pt").write_bytes(b"w" * 100)
-    (model / "config.json").write_text("{}")
-    location = storage.publish(model, f"s3://{bucket}/models/m1")
-    back = storage.fetch(location, tmp_path / "back")
-    assert (back / "weights.pt").read_bytes() == b"w" * 100
-    one = storage.fetch(f"s3://{bucket}/models/m1/config.json", tmp_path / "config.json")
-    assert one.read_text() == "{}"
-    assert storage.fetch(model, tmp_path / "unused") == model  # local paths are used in place
-    copied = storage.publish(model, tmp_path / "published")
-    assert (Path(copied) / "weights.pt").read_bytes() == b"w" * 100
-    with pytest.raises(DataError, match="already exists"):
-        storage.publish(model, tmp_path / "published")
     assert isinstance(storage.open_store(f"s3://{bucket}/x"), S3Store)
     assert isinstance(storage.open_store(tmp_path), LocalStore)
 

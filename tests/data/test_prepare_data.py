@@ -48,7 +48,7 @@ def test_prepare_writes_the_layout(source, tmp_path):
     assert all(s.image.is_file() and not s.mask.exists() for s in test_samples)  # unlabelled: no masks
 
     meta = json.loads((root.root / "dataset.json").read_text())
-    assert meta["hash"] == result.dataset_hash == dataset_hash(source)
+    assert meta["hash"] == result.dataset_version == dataset_hash(source)
     assert meta["splits"] == result.images and meta["source"] == str(source)
     report = json.loads(root.report_file.read_text())
     assert set(report["files"]) == {"train", "val", "test"}
@@ -56,7 +56,7 @@ def test_prepare_writes_the_layout(source, tmp_path):
     assert stats["images"] == 26 and stats["classes"][9]["name"] == "Battery"
     assert (root.stats_dir / "pixel_share.png").stat().st_size > 1000
     markdown = (root.root / "report.md").read_text()
-    assert result.dataset_hash in markdown and "| train | 22 |" in markdown and "Skipped records: 0" in markdown
+    assert result.dataset_version in markdown and "| train | 22 |" in markdown and "Skipped records: 0" in markdown
 
 
 def test_without_val_json_train_is_split_stratified_and_seeded(source, tmp_path):
@@ -65,7 +65,7 @@ def test_without_val_json_train_is_split_stratified_and_seeded(source, tmp_path)
     again = prepare_dataset(source, tmp_path / "b", val_fraction=0.25, seed=4)
     assert first.val_from_train and first.images["val"] in (5, 6)
     assert first.images["train"] + first.images["val"] == 22
-    assert again.images == first.images and again.dataset_hash == first.dataset_hash
+    assert again.images == first.images and again.dataset_version == first.dataset_version
     for split in ("train", "val"):
         assert (tmp_path / "a/splits" / f"{split}.json").read_bytes() == (tmp_path / "b/splits" / f"{split}.json").read_bytes()
     val = json.loads((tmp_path / "a/splits/val.json").read_text())

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from trashseg.checkpoints import load_checkpoint
 from trashseg.cli import main
 from trashseg.config import from_mapping
 from trashseg.errors import ConfigError
-from trashseg.predict import load_checkpoint
 from trashseg.training import TrainConfig, train
 
 
@@ -87,3 +87,16 @@ def test_cli_time_boxed_run_then_resume(sample_dataset, tmp_path, capsys):
     assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2
     out = capsys.readouterr().out
     assert json.loads(out[out.rindex("{\n") :])["last_checkpoint"] == str(tmp_path / "last.pt")
+
+
+def test_on_checkpoint_sees_each_written_checkpoint(sample_dataset, tmp_path):
+    seen = []
+
+    def record(path, iteration):
+        assert path.is_file()  # called after the atomic write
+        seen.append((path.name, iteration, torch.load(path, weights_only=True)["iteration"]))
+
+    config = _config(architecture="segformer-b0-tiny", iterations=4, eval_interval=4, checkpoint_interval=2)
+    train(config, sample_dataset, tmp_path / "run", on_checkpoint=record)
+    assert [(name, it) for name, it, _ in seen] == [("last.pt", 2), ("best.pt", 4), ("last.pt", 4)]
+    assert all(it == saved for _, it, saved in seen)

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from trashseg.checkpoints import load_checkpoint
 from trashseg.cli import main
+from trashseg.data.io import read_image, read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
 from trashseg.metrics import ConfusionMatrix
-from trashseg.predict import evaluate, load_checkpoint, predict, predict_probabilities
+from trashseg.predict import evaluate, predict, predict_probabilities
 from trashseg.predictions import PredictionSet
-from trashseg.training import read_image, read_mask
 
 
 def test_predict_with_tta_writes_probabilities_at_original_size(trained_checkpoint, sample_dataset, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from trashseg.checkpoints import load_checkpoint
 from trashseg.config import from_mapping
-from trashseg.predict import load_checkpoint
 from trashseg.tracking import TrackedRun, TrackingConfig
 from trashseg.training import TrainConfig, train
 
@@ -40,7 +40,7 @@ def test_training_logs_to_a_real_mlflow_server(mlflow_server, sample_dataset, tm
     assert run.data.metrics["val/best_miou"] == result.best_miou
     dataset_hash = json.loads((sample_dataset / "dataset.json").read_text())["hash"]
     tags = run.data.tags
-    assert tags["architecture"] == "segformer-b0-tiny" and tags["dataset.hash"] == dataset_hash
+    assert tags["architecture"] == "segformer-b0-tiny" and tags["dataset.version"] == dataset_hash
     assert tags["kfp.run_id"] == "kfp-run-123" and tags["team"] == "engine"
     assert len(tags.get("git.sha", "")) == 40 or shutil.which("git") is None
 

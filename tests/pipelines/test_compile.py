@@ -171,13 +171,13 @@ def test_no_credentials_in_yaml(compiled, pipeline):
     assert mlflow_users == expected
 
 
-def test_dataset_hash_keys_every_cached_task(compiled):
+def test_dataset_version_keys_every_cached_task(compiled):
     _, spec, _ = compiled["full"]
     cached = [(name, t) for _, name, t in tasks(spec) if t.get("cachingOptions", {}).get("enableCache")]
     executors = {executor_of(spec, t) for _, t in cached}
     assert executors == {"exec-prepare-data", "exec-train-model", "exec-train-model-2"}
     for name, task in cached:
-        source = task["inputs"]["parameters"]["dataset_hash"]["componentInputParameter"]
+        source = task["inputs"]["parameters"]["dataset_version"]["componentInputParameter"]
         assert source in ("dataset_version", "pipelinechannel--dataset_version"), name
     # the pipeline's own parameter is what feeds them, and it is required (no default)
     assert "defaultValue" not in spec["root"]["inputDefinitions"]["parameters"]["dataset_version"]
@@ -188,7 +188,7 @@ def test_retrain_caches_on_the_merged_version(compiled):
     cached = [(name, t) for _, name, t in tasks(spec) if t.get("cachingOptions", {}).get("enableCache")]
     assert {executor_of(spec, t) for _, t in cached} == {"exec-prepare-data", "exec-train-model"}
     for name, task in cached:
-        binding = task["inputs"]["parameters"]["dataset_hash"]
+        binding = task["inputs"]["parameters"]["dataset_version"]
         # the new version's hash, from the merge task (directly or through the loop's channel)
         producer = binding.get("taskOutputParameter", {}).get("producerTask") or binding.get("componentInputParameter")
         assert "merge-inbox" in producer, name

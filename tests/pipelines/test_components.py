@@ -68,14 +68,14 @@ def world(tmp_path_factory):
         patch.setenv("KFP_RUN_ID", RUN_ID)
         w.dataset, w.data_report, w.stats = (artifact(c, root, n) for c, n in ((Dataset, "dataset"), (Markdown, "data_report"), (HTML, "stats")))
         w.prepared_hash = prepare_data.python_func(
-            source=str(root / "store"), dataset_hash=w.version, val_fraction=0.2, seed=0,
+            source=str(root / "store"), dataset_version=w.version, val_fraction=0.2, seed=0,
             dataset=w.dataset, report=w.data_report, stats=w.stats,
         )
         w.models, w.train_metrics, w.train_scores, w.val_preds, w.test_preds = {}, {}, {}, {}, {}
         for arch in ARCHITECTURES:
             model, metrics = artifact(Model, root, f"model-{arch}"), artifact(Metrics, root, f"train-metrics-{arch}")
             w.train_scores[arch] = train_model.python_func(
-                dataset=w.dataset, architecture=arch, iterations=4, image_size=48, dataset_hash=w.version,
+                dataset=w.dataset, architecture=arch, iterations=4, image_size=48, dataset_version=w.version,
                 train_settings=TRAIN_SETTINGS, checkpoint_store=str(root / "checkpoints"),
                 tracking_uri=w.tracking_uri, experiment="components", model=model, metrics=metrics,
             )
@@ -102,7 +102,7 @@ def world(tmp_path_factory):
         w.submission = artifact(Artifact, root, "submission.csv")
         w.rows = make_submission.python_func(ensemble=w.ensemble, dataset=w.dataset, submission=w.submission)
         w.bundle = artifact(Model, root, "bundle")
-        w.bundled = bundle_models.python_func(models=list(w.models.values()), dataset=w.dataset, dataset_hash=w.version, bundle=w.bundle)
+        w.bundled = bundle_models.python_func(models=list(w.models.values()), dataset=w.dataset, dataset_version=w.version, bundle=w.bundle)
         w.decision = artifact(Markdown, root, "decision.md")
         w.promoted = register_model.python_func(
             bundle=w.bundle, dataset=w.dataset, score=w.ensemble_miou, model_name="components", min_improvement=0.0,
@@ -118,7 +118,7 @@ def test_prepare_data_verifies_the_version(world, tmp_path):
     assert "data:image/png;base64," in Path(world.stats.path).read_text()
     with pytest.raises(UserError, match="not a content hash"):
         prepare_data.python_func(
-            source=str(world.root / "store"), dataset_hash="latest", val_fraction=0.2, seed=0,
+            source=str(world.root / "store"), dataset_version="latest", val_fraction=0.2, seed=0,
             dataset=artifact(Dataset, tmp_path, "d"), report=artifact(Markdown, tmp_path, "r"), stats=artifact(HTML, tmp_path, "s"),
         )
 
@@ -140,7 +140,7 @@ def test_train_model_resumes_from_the_mirror(world, tmp_path, monkeypatch):
     arch = ARCHITECTURES[0]
     retried = artifact(Model, tmp_path, "retried")
     train_model.python_func(
-        dataset=world.dataset, architecture=arch, iterations=4, image_size=48, dataset_hash=world.version,
+        dataset=world.dataset, architecture=arch, iterations=4, image_size=48, dataset_version=world.version,
         train_settings=TRAIN_SETTINGS, checkpoint_store=str(world.root / "checkpoints"), tracking_uri=world.tracking_uri,
         experiment="components", model=retried, metrics=artifact(Metrics, tmp_path, "m"),
     )

@@ -86,7 +86,7 @@ def test_full_run_is_tracked_in_mlflow(full_run):
     pseudo = [r for r in runs if r.data.tags.get("kfp.stage") == "pseudo"]
     assert len(pseudo) == 2 and all(float(r.data.params["pseudo_ratio"]) == 0.5 for r in pseudo)
     champion = client.get_model_version_by_alias(MODEL, CHAMPION)
-    assert champion.tags["kfp.run_id"] == run.kfp_run_id and champion.tags["dataset_hash"] == run.dataset_version
+    assert champion.tags["kfp.run_id"] == run.kfp_run_id and champion.tags["dataset_version"] == run.dataset_version
 
 
 def test_retrain_without_new_data_ends_early(full_run):
@@ -118,7 +118,7 @@ def test_retrain_with_new_batch_promotes_only_if_better(full_run, tmp_path):
         better = run_retrain(out, **_retrain_settings(), model_name=MODEL, min_improvement=-1.0)
     champion = client.get_model_version_by_alias(MODEL, CHAMPION)
     assert champion.tags["kfp.run_id"] == better.kfp_run_id
-    new_version = champion.tags["dataset_hash"]
+    new_version = champion.tags["dataset_version"]
     assert new_version != first.dataset_version
     assert "batch-1" in json.loads((out / "store" / "datasets" / new_version / "manifest.json").read_text())["inbox_batches"]
     finetuned = client.search_runs(

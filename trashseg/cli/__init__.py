@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "trashseg.cli.data",
     "trashseg.cli.engine",
     "trashseg.cli.recipe",
-    "trashseg.cli.storage",
+    "trashseg.cli.data_versions",
     "trashseg.cli.view",
 )
 

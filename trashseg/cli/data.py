@@ -182,7 +182,7 @@ def prepare_command(args: argparse.Namespace) -> int:
     )
     print(
         f"prepared {result.root}: images {result.images}, skipped {result.skipped} "
-        f"(every record with its reason: {result.root / 'report.json'}), hash {result.dataset_hash}"
+        f"(every record with its reason: {result.root / 'report.json'}), hash {result.dataset_version}"
     )
     classes = ClassTable.load(result.root / "classes.json")
     if not classes.is_identity:

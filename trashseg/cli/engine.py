@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from trashseg.device import AMP_CHOICES
 from trashseg.errors import ConfigError
 
 
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--tta-scales", default="1.0", help="comma-separated scale factors of the training size, e.g. 0.75,1,1.25"
     )
-    predict.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    predict.add_argument("--amp", choices=AMP_CHOICES, default="auto")
     predict.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored probability type")
     predict.set_defaults(func=run_predict)
 
@@ -108,7 +109,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from trashseg.reporting import evaluation_report
+    from trashseg.html_reports import evaluation_report
 
     html_path = Path(args.html) if args.html else Path(args.predictions) / "report.html"
     metrics_path = args.metrics or Path(args.predictions) / "metrics.json"

@@ -605,7 +605,3 @@ def decode_rle(rle: dict) -> np.ndarray:
         warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
         return mask_utils.decode(rle).astype(bool)
 
-
-def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """(height, width) bool mask of one annotation's segmentation."""
-    return decode_rle(segmentation_rle(segmentation, height, width))

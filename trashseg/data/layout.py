@@ -4,21 +4,25 @@
     ROOT/splits/<split>.json     COCO annotation file per split (test: images, maybe no annotations)
     ROOT/images/<file_name>      image files, at their COCO file_name
     ROOT/masks/<file_name>.png   uint8 class-id masks (255 = ignore), file_name's suffix replaced
+    ROOT/dataset.json            the dataset version (content hash of the source) and split counts
     ROOT/report.json             validation report (skipped records with reasons)
     ROOT/stats/                  dataset statistics (JSON + PNG plots)
     ROOT/lineage.json            optional: where the data came from (e.g. pseudo-labels)
 
-Training, prediction and evaluation read only through this module, so pseudo-label
-datasets (same layout) are read exactly like labelled ones.
+Every path of a prepared dataset is named here, and every pixel read goes through
+`trashseg.data.io`, so pseudo-label datasets (same layout) are read exactly like labelled ones.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from trashseg.data.classes import ClassTable
 from trashseg.errors import DataError
+
+IGNORE_INDEX = 255  # mask value of pixels no loss or metric counts
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class PreparedDataset:
     @property
     def classes_file(self) -> Path:
         return self.root / "classes.json"
+
+    @property
+    def dataset_file(self) -> Path:
+        return self.root / "dataset.json"
 
     @property
     def report_file(self) -> Path:
@@ -63,16 +71,22 @@ class PreparedDataset:
     def classes(self) -> ClassTable:
         return ClassTable.load(self.classes_file)
 
-    def dataset_version(self) -> str | None:
-        """The content hash this dataset was prepared from (dataset.json), or None when it
-        records none (a folder not written by `prepare`, or one that cannot be read here)."""
-        import json
-
+    def metadata(self) -> dict:
+        """ROOT/dataset.json as written by `prepare` ({} when absent, e.g. a pseudo-label dataset)."""
+        if not self.dataset_file.is_file():
+            return {}
         try:
-            version = json.loads((self.root / "dataset.json").read_bytes()).get("hash")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return version if isinstance(version, str) else None
+            meta = json.loads(self.dataset_file.read_bytes())
+        except (OSError, ValueError) as error:
+            raise DataError(f"{self.dataset_file} is not readable JSON ({error}); re-run prepare") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{self.dataset_file} holds {type(meta).__name__}, expected a JSON object; re-run prepare")
+        return meta
+
+    def dataset_version(self) -> str | None:
+        """The content hash `prepare` recorded, or None when the folder has none."""
+        version = self.metadata().get("hash")
+        return str(version) if version else None
 
     def splits(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "splits").glob("*.json"))

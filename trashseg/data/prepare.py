@@ -14,7 +14,6 @@ computed from other data.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -22,70 +21,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trashseg.data.coco import CocoDataset, load_coco, read_json, write_coco
+from trashseg.data.coco import CocoDataset, load_coco, write_coco
 from trashseg.data.layout import PreparedDataset
 from trashseg.data.masks import write_masks
 from trashseg.data.splits import train_val_split
 from trashseg.data.stats import compute_stats, write_stats
+from trashseg.data.version import ANNOTATION_FILES, dataset_hash
 from trashseg.errors import DataError
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_FILES = ("train.json", "val.json", "test.json")
-DATASET_FILE = "dataset.json"
 REPORT_MARKDOWN = "report.md"
 MAX_MARKDOWN_SKIPPED = 50  # report.md lists this many skipped records; report.json has all
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class PrepareResult:
     root: Path
-    dataset_hash: str
+    dataset_version: str  # the content hash (trashseg.data.version.dataset_hash)
     images: dict[str, int]  # split -> kept images
     annotations: dict[str, int]  # split -> kept annotations
     skipped: dict[str, int] = field(default_factory=dict)  # split -> skipped records
     class_names: tuple[str, ...] = ()
     val_from_train: bool = False
-
-
-def dataset_hash(source: str | Path, image_root: str | Path | None = None) -> str:
-    """sha256 over the annotation files and the bytes of every image they name.
-
-    Stable: files are taken in a fixed order (annotation files by name, then images by
-    file_name), each preceded by its name and length so no two layouts collide. A named
-    image that is missing hashes as missing, so adding it later changes the hash."""
-    source = Path(source)
-    image_root = Path(image_root) if image_root is not None else source
-    digest = hashlib.sha256()
-    file_names: set[str] = set()
-    present = [name for name in ANNOTATION_FILES if (source / name).is_file()]
-    if not present:
-        raise DataError(f"{source} holds none of {', '.join(ANNOTATION_FILES)}; nothing to hash")
-    for name in present:
-        raw = (source / name).read_bytes()
-        _update(digest, f"annotation:{name}", raw)
-        try:
-            images = json.loads(raw).get("images", [])
-            file_names.update(im["file_name"] for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            pass  # an unreadable file is still hashed by its bytes; load_coco reports it
-    for file_name in sorted(file_names):
-        path = image_root / file_name
-        if not path.is_file():
-            _update(digest, f"missing:{file_name}", b"")
-            continue
-        digest.update(f"image:{file_name}:{path.stat().st_size}\n".encode())
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _update(digest: Any, name: str, data: bytes) -> None:
-    digest.update(f"{name}:{len(data)}\n".encode())
-    digest.update(data)
 
 
 def prepare_dataset(
@@ -160,10 +119,10 @@ def prepare_dataset(
         "val_fraction": val_fraction if val_from_train else None,
         "seed": seed,
     }
-    (out.root / DATASET_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    out.dataset_file.write_text(json.dumps(meta, indent=2) + "\n")
     result = PrepareResult(
         root=out.root,
-        dataset_hash=digest,
+        dataset_version=digest,
         images=images,
         annotations=annotations,
         skipped={name: len(ds.report.skipped) for name, ds in datasets.items()},
@@ -251,7 +210,7 @@ def markdown_report(result: PrepareResult, datasets: dict[str, CocoDataset], sta
     lines = [
         "# Dataset report",
         "",
-        f"- content hash: `{result.dataset_hash}`",
+        f"- content hash: `{result.dataset_version}`",
         f"- classes: {len(result.class_names)} ({', '.join(result.class_names)})",
         "- val: " + ("split from train.json (stratified)" if result.val_from_train else "from val.json"),
         "",
@@ -288,10 +247,3 @@ def markdown_report(result: PrepareResult, datasets: dict[str, CocoDataset], sta
 def _category_cell(category_id: int | None) -> str:
     return "-" if category_id is None else str(category_id)
 
-
-def read_dataset_meta(root: str | Path) -> dict[str, Any]:
-    """ROOT/dataset.json of a prepared dataset."""
-    path = Path(root) / DATASET_FILE
-    if not path.is_file():
-        raise DataError(f"{path} not found; {root} was not written by `trashseg prepare`")
-    return read_json(path)

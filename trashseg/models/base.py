@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trashseg.data.layout import IGNORE_INDEX
 from trashseg.errors import DataError
-
-IGNORE_INDEX = 255
 
 
 class SegmentationModel(nn.Module):

@@ -147,15 +147,17 @@ def _confusion_chart(names: list[str], matrix: np.ndarray) -> bytes:
 def _overlays(prediction_dir, dataset_dir, split: str, count: int):
     from PIL import Image
 
+    from trashseg.data.io import read_image, read_mask
     from trashseg.data.layout import PreparedDataset
     from trashseg.predictions import PredictionSet
 
     dataset = PreparedDataset(dataset_dir)
-    palette = dataset.classes().palette()
+    classes = dataset.classes()
+    palette = classes.palette()
     predictions = PredictionSet.open(prediction_dir)
     for sample in dataset.samples(split)[:count]:
-        image = np.asarray(Image.open(sample.image).convert("RGB"))
-        truth = np.asarray(Image.open(sample.mask))
+        image = read_image(sample.image)
+        truth = read_mask(sample.mask, classes.num_classes)
         predicted = predictions.mask(sample.file_name)
         panels = [image, _blend(image, truth, palette), _blend(image, predicted, palette)]
         buffer = io.BytesIO()

@@ -1,0 +1,131 @@
+"""The checkpoint format: what `train` writes, how a checkpoint is found, loaded and resumed.
+
+    last.pt  full training state: model, optimizer, scheduler, scaler, every rank's RNGs, iteration
+    best.pt  model weights + meta at the best validation mIoU
+
+Both carry the meta prediction needs (architecture, classes, image size, normalisation),
+so a checkpoint file alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trashseg.data.classes import ClassTable
+from trashseg.errors import ConfigError, DataError
+
+CHECKPOINT_FORMAT = "trashseg-checkpoint/1"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+# Fields that may change between a run and its resumption without changing the result.
+RESUMABLE_CHANGES = frozenset({"checkpoint_interval", "eval_interval", "log_interval", "num_workers", "tracking"})
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    architecture: str
+    classes: ClassTable
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    iteration: int
+    best_miou: float | None
+    config: dict[str, Any]
+    path: Path
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a training output folder's best.pt (else its last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        names = (BEST_CHECKPOINT, LAST_CHECKPOINT)
+        path = next((path / name for name in names if (path / name).is_file()), path / BEST_CHECKPOINT)
+    if not path.is_file():
+        raise DataError(
+            f"checkpoint {path} not found; train first (`trashseg train`), or pass a .pt file "
+            "or a training output folder"
+        )
+    return path
+
+
+def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
+    """The raw state dict of a checkpoint file or training output folder, format-checked."""
+    path = resolve_checkpoint(path)
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path} is not a trashseg checkpoint (format {CHECKPOINT_FORMAT}); it was not written by `trashseg train`")
+    return state
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, CheckpointMeta) from a `.pt` file or a training output folder."""
+    from trashseg.models import build_model
+
+    path = resolve_checkpoint(path)
+    state = load_checkpoint_state(path, map_location="cpu")
+    classes = ClassTable.from_json(state["classes"])
+    model = build_model(state["architecture"], classes.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    meta = CheckpointMeta(
+        architecture=state["architecture"],
+        classes=classes,
+        image_size=int(state["image_size"]),
+        mean=tuple(state["normalisation"]["mean"]),
+        std=tuple(state["normalisation"]["std"]),
+        iteration=int(state["iteration"]),
+        best_miou=state.get("best_miou"),
+        config=state["config"],
+        path=Path(path),
+    )
+    return model, meta
+
+
+def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Raise unless `current` (a TrainConfig as a dict) differs from `saved` only in RESUMABLE_CHANGES."""
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume: the config differs from the checkpoint's in {details}; "
+            "resume with the saved config.json or start a new output folder"
+        )
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (python, numpy, torch, CUDA) model code draws from, as plain data."""
+    algorithm, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"algorithm": algorithm, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["algorithm"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,244 @@
+"""The S3 backend (through `minio`). Connection settings come from the environment
+(names in `trashseg.secrets`), which the pipelines fill from Kubernetes Secrets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TypeVar
+
+from trashseg import secrets
+from trashseg.errors import ConfigError, DataError
+from trashseg.storage.base import (
+    CHUNK,
+    SHA256_METADATA,
+    IntegrityError,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    RetryPolicy,
+    check_key,
+    join_key,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_PART_SIZE = 64 * 1024 * 1024  # S3 multipart part size; minio's minimum is 5 MiB
+# S3 error codes that mean "try again later", not "your request is wrong".
+TRANSIENT_S3_CODES = frozenset(
+    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
+     "OperationAborted", "ThrottlingException"}
+)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach the S3 endpoint. `from_env` reads the variables named in trashseg.secrets."""
+
+    endpoint: str  # host:port
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    secure: bool = True
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
+        env = os.environ if environ is None else environ
+        endpoint = env.get(secrets.ENV_ENDPOINT, "").strip()
+        if not endpoint:
+            raise ConfigError(
+                f"s3:// locations need {secrets.ENV_ENDPOINT} (host:port or http(s)://host:port) set; "
+                f"on the cluster it comes from the ConfigMap {secrets.STORAGE_CONFIG_MAP}, locally export it"
+            )
+        secure = _parse_bool(env.get(secrets.ENV_SECURE, "true"), secrets.ENV_SECURE)
+        for scheme, scheme_secure in (("https://", True), ("http://", False)):
+            if endpoint.startswith(scheme):
+                endpoint, secure = endpoint[len(scheme):], scheme_secure
+        endpoint = endpoint.rstrip("/")
+        if "/" in endpoint:
+            raise ConfigError(
+                f"{secrets.ENV_ENDPOINT}={endpoint!r} has a path; expected host:port with an optional http(s):// scheme"
+            )
+        access, secret = env.get(secrets.ENV_ACCESS_KEY), env.get(secrets.ENV_SECRET_KEY)
+        if bool(access) != bool(secret):
+            raise ConfigError(
+                f"set both {secrets.ENV_ACCESS_KEY} and {secrets.ENV_SECRET_KEY} or neither "
+                f"(on the cluster both come from the Secret {secrets.S3_CREDENTIALS_SECRET})"
+            )
+        return cls(endpoint, access or None, secret or None, secure, env.get(secrets.ENV_REGION) or None)
+
+
+def _parse_bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean; expected true or false")
+
+
+def _is_transient(error: BaseException) -> bool:
+    import urllib3.exceptions
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    if isinstance(error, S3Error):
+        return error.code in TRANSIENT_S3_CODES
+    if isinstance(error, ServerError):
+        return error.status_code >= 500
+    if isinstance(error, InvalidResponseError):  # a proxy's or load balancer's non-XML error page
+        status = getattr(error, "_code", 0)  # minio keeps the HTTP status only here
+        return status == 429 or status >= 500
+    return isinstance(
+        error, ConnectionError | TimeoutError | urllib3.exceptions.HTTPError
+    )
+
+
+class S3Store(ObjectStore):
+    """`s3://bucket/prefix` through the minio client (MinIO, SeaweedFS, Ceph, AWS...)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        settings: S3Settings | None = None,
+        retry: RetryPolicy | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        timeout_s: float = 300.0,
+    ) -> None:
+        import urllib3
+        from minio import Minio
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.location = "s3://" + join_key(bucket, self.prefix)
+        self.settings = settings or S3Settings.from_env()
+        self.retry = retry or RetryPolicy()
+        self.part_size = part_size
+        # Retries are ours alone (RetryPolicy), so urllib3's own are off: one policy, one log line each.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout_s, 30.0), read=timeout_s),
+            retries=False,
+            maxsize=10,
+        )
+        self.client = Minio(
+            self.settings.endpoint,
+            access_key=self.settings.access_key,
+            secret_key=self.settings.secret_key,
+            secure=self.settings.secure,
+            region=self.settings.region,
+            http_client=http,
+        )
+
+    def _name(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def _key(self, name: str) -> str:
+        return name[len(self.prefix) + 1:] if self.prefix else name
+
+    def _run(self, what: str, operation: Callable[[], T]) -> T:
+        return self.retry.run(what, operation, _is_transient)
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if missing; True when it was created."""
+        if self._run(f"check bucket {self.bucket}", lambda: self.client.bucket_exists(self.bucket)):
+            return False
+        region = self.settings.region or "us-east-1"
+        self._run(f"create bucket {self.bucket}", lambda: self.client.make_bucket(self.bucket, location=region))
+        return True
+
+    def _upload(self, src: Path, key: str, size: int, sha256: str) -> None:
+        self._run(
+            f"upload {src} -> {self.uri(key)}",
+            lambda: self.client.fput_object(
+                self.bucket, self._name(key), str(src),
+                metadata={SHA256_METADATA: sha256}, part_size=self.part_size,
+            ),
+        )
+
+    def _download(self, key: str, out: IO[bytes]) -> ObjectInfo:
+        def attempt() -> ObjectInfo:
+            out.seek(0)
+            out.truncate()
+            response = self._get(key)
+            try:
+                recorded = self._recorded(key, response.headers)
+                for chunk in response.stream(CHUNK):
+                    out.write(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+            return recorded
+
+        return self._run(f"download {self.uri(key)}", attempt)
+
+    def _get(self, key: str):
+        from minio.error import S3Error
+
+        try:
+            return self.client.get_object(self.bucket, self._name(key))
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchBucket"):
+                raise ObjectNotFound(f"no object {self.uri(key)} ({error.code})") from error
+            raise
+
+    def _recorded(self, key: str, headers: Mapping[str, str]) -> ObjectInfo:
+        sha = headers.get(f"x-amz-meta-{SHA256_METADATA}")
+        if not sha:
+            raise IntegrityError(
+                f"{self.uri(key)} has no sha256 metadata: it was not written by trashseg; upload it "
+                "with `trashseg data` commands or ObjectStore.put_file so downloads can be verified"
+            )
+        return ObjectInfo(key, int(headers["content-length"]), sha)
+
+    def stat(self, key: str) -> ObjectInfo:
+        from minio.error import S3Error
+
+        key = check_key(key)
+
+        def attempt() -> ObjectInfo:
+            try:
+                stat = self.client.stat_object(self.bucket, self._name(key))
+            except S3Error as error:
+                if error.code in ("NoSuchKey", "NoSuchBucket", "ResponseCode404"):
+                    raise ObjectNotFound(f"no object {self.uri(key)} ({error.code})") from error
+                raise
+            headers = {k.lower(): v for k, v in (stat.metadata or {}).items()}
+            headers["content-length"] = str(stat.size)
+            return self._recorded(key, headers)
+
+        return self._run(f"stat {self.uri(key)}", attempt)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        name = self._name(check_key(prefix)) if prefix else self.prefix
+        names = self._run(
+            f"list {self.uri(prefix)}",
+            lambda: [
+                o.object_name
+                for o in self.client.list_objects(self.bucket, prefix=name + "/" if name else None, recursive=True)
+            ],
+        )
+        return sorted(self._key(n) for n in names)
+
+    def delete(self, key: str) -> None:
+        key = check_key(key)
+        self._run(f"delete {self.uri(key)}", lambda: self.client.remove_object(self.bucket, self._name(key)))
+
+
+def is_s3(location: str | Path) -> bool:
+    return str(location).startswith("s3://")
+
+
+def split_s3(location: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b")."""
+    if not is_s3(location):
+        raise DataError(f"{location!r} is not an s3:// location; expected s3://bucket/prefix")
+    bucket, _, key = location[len("s3://"):].partition("/")
+    if not bucket:
+        raise DataError(f"{location!r} names no bucket; expected s3://bucket/prefix")
+    return bucket, key.strip("/")
