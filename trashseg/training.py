@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, sample_seed
+from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, normalise_batch, sample_seed
 from trashseg.checkpoints import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -91,6 +91,10 @@ class TrainConfig:
     class_balanced_sampling: bool = False
     pseudo_ratio: float = 0.0  # fraction of each batch drawn from the pseudo-label dataset
     deterministic: bool = False
+    # Opt-in GPU speed-ups, applied on CUDA only (on CPU they are skipped: no gain measured
+    # there, and compiling would dominate short runs). Numerics may differ in the last bits.
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training step's forward
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -449,7 +453,8 @@ def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device,
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model = build_model(config.architecture, classes.num_classes, pretrained=config.pretrained).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    # The fused kernel updates all parameters in one launch on CUDA (not on CPU: no gain there).
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly_schedule(config))
     amp_dtype = resolve_amp_dtype(config.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -488,10 +493,19 @@ def _build_loader(config: TrainConfig, data: _DataStreams, start: int, end: int,
         data.copy_paste_ids, data.donors, config.augment.copy_paste,
     )
     # A private generator: the loader must not draw from the global RNG that resume restores.
+    # Workers live for the whole (single-pass) loader and keep 4 batches each in flight.
     return torch.utils.data.DataLoader(
         samples, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator(), persistent_workers=False,
+        generator=torch.Generator(), persistent_workers=config.num_workers > 0,
+        prefetch_factor=4 if config.num_workers > 0 else None, worker_init_fn=_one_thread_worker,
     )
+
+
+def _one_thread_worker(_worker_id: int) -> None:
+    """Data-loader workers are one core each: OpenCV's own thread pool would oversubscribe them."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _start_tracking(config: TrainConfig, data: _DataStreams, state: _TrainState, output_dir: Path, tags):
@@ -538,6 +552,13 @@ class _StepLoop:
         self.device, self.dist, self.paths = device, dist, paths
         self.tracked, self.on_checkpoint = tracked, on_checkpoint
         self.train_module = _wrap_for_training(state.model, device, dist)
+        self.forward, self.channels_last = self.train_module, device.type == "cuda" and config.channels_last
+        if self.channels_last:
+            state.model.to(memory_format=torch.channels_last)
+        if device.type == "cuda" and config.compile:
+            self.forward = torch.compile(self.train_module)
+        elif config.channels_last or config.compile:
+            log.info("channels_last/compile apply on CUDA only; training on %s without them", device.type)
         self.mean, self.std = list(config.augment.mean), list(config.augment.std)
         self.global_batch = config.batch_size * config.grad_accum * dist.world
 
@@ -546,38 +567,44 @@ class _StepLoop:
         progress = Progress(end - start, f"train {config.architecture}", unit="it", interval_s=0.0)
         self.state.model.train()
         batches = iter(loader)
-        window = _LossWindow()
+        window = _LossWindow(self.device)
         for iteration in range(start, end):
             window.add(self.step(batches, iteration))
             done = iteration + 1
-            if self.dist.is_main and (done % config.log_interval == 0 or done == end):
-                self.log(window, done, progress)
-                window = _LossWindow()
-            if self.data.val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations):
+            log_now = done % config.log_interval == 0 or done == end
+            run_eval = self.data.val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations)
+            if log_now or run_eval or done % config.checkpoint_interval == 0:
+                window.check_finite(done, config)  # before anything is validated or checkpointed
+            if log_now:
+                if self.dist.is_main:
+                    self.log(window, done, progress)
+                window = _LossWindow(self.device)
+            if run_eval:
                 if self.dist.is_main:
                     self.validate_and_keep_best(done)
                 self.dist.barrier()
             if done % config.checkpoint_interval == 0 or done == end:
                 self.write_last(done)
 
-    def step(self, batches, iteration: int) -> float:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+    def step(self, batches, iteration: int) -> torch.Tensor:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss, on the device
+        (no host sync here: `_LossWindow` reads it at log, eval and checkpoint steps)."""
         config, state = self.config, self.state
         state.model.set_training_progress(iteration, config.iterations)  # e.g. EoMT's mask annealing
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=self.device)
         for micro in range(config.grad_accum):
             images, masks = next(batches)
-            images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+            # Batches travel as uint8 (see TrainTransform): normalised and widened on the device.
+            images = normalise_batch(images.to(self.device, non_blocking=True), self.mean, self.std)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            masks = masks.to(self.device, non_blocking=True).long()
             sync = micro == config.grad_accum - 1 or self.dist.world == 1
             with self.train_module.no_sync() if not sync else contextlib.nullcontext():
                 with autocast(self.device, state.amp_dtype):
-                    loss = self.train_module(images, masks)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at iteration {iteration}; lower lr ({config.lr}) or set amp=off"
-                    )
+                    loss = self.forward(images, masks)
                 state.scaler.scale(loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
+            step_loss += loss.detach() / config.grad_accum
         if config.grad_clip is not None:
             state.scaler.unscale_(state.optimizer)
             torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
@@ -660,17 +687,25 @@ class _StepLoop:
 
 
 class _LossWindow:
-    """Loss and wall time since the last log line."""
+    """Loss (summed on the device) and wall time since the last log line."""
 
-    def __init__(self) -> None:
-        self.start, self.total, self.steps = time.monotonic(), 0.0, 0
+    def __init__(self, device) -> None:
+        self.start, self.total, self.steps = time.monotonic(), torch.zeros((), device=device), 0
 
-    def add(self, loss: float) -> None:
+    def add(self, loss: torch.Tensor) -> None:
         self.total += loss
         self.steps += 1
 
+    def check_finite(self, done: int, config) -> None:
+        """Fail on a non-finite loss in the window (one such step poisons the sum): one host sync."""
+        if not torch.isfinite(self.total):
+            raise FloatingPointError(
+                f"loss is {self.total.item()} in iterations {done - self.steps + 1}..{done}; "
+                f"lower lr ({config.lr}) or set amp=off"
+            )
+
     def mean(self) -> float:
-        return self.total / self.steps
+        return self.total.item() / self.steps
 
     def elapsed(self) -> float:
         return max(time.monotonic() - self.start, 1e-9)
