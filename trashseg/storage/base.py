@@ -293,8 +293,8 @@ class ObjectStore(ABC):
             self.get_file(key, path)
             return path.read_bytes()
 
-    def put_json(self, value: object, key: str) -> ObjectInfo:
-        return self.put_bytes(json.dumps(value, indent=2, sort_keys=True).encode(), key)
+    def put_json(self, value: object, key: str, *, create_only: bool = False) -> ObjectInfo:
+        return self.put_bytes(json.dumps(value, indent=2, sort_keys=True).encode(), key, create_only=create_only)
 
     def get_json(self, key: str) -> object:
         return json.loads(self.get_bytes(key))
