@@ -268,7 +268,10 @@ def pull_dataset(store: ObjectStore, version: str, dest: str | Path) -> DatasetM
         progress = Progress(len(manifest.files), f"pull dataset {manifest.version}", unit="files")
         for expected in manifest.files:
             key = join_key(files_prefix, expected.key)
-            got = store.get_file(key, staging / expected.key)
+            try:
+                got = store.get_file(key, staging / expected.key)
+            except (IntegrityError, ObjectNotFound) as error:
+                raise IntegrityError(f"dataset version {manifest.version} is damaged: {error}; {REPAIR_HINT}") from error
             if (got.size, got.sha256) != (expected.size, expected.sha256):
                 raise IntegrityError(
                     f"{store.uri(key)} does not match dataset version {manifest.version}'s manifest (sha256 "
