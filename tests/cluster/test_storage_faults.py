@@ -359,3 +359,15 @@ def test_cli_under_a_fault_injecting_proxy_is_exact_or_fails_clearly(moto_endpoi
             failed += 1
     assert proxy.failures() >= rounds  # the faults really happened
     assert exact >= rounds // 2, f"only {exact}/{rounds} rounds got through"
+
+
+def test_unreadable_records_are_integrity_errors_not_tracebacks(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    version = storage.push_dataset(make_dataset(tmp_path / "ds"), store).version
+    store.put_bytes(b"{not json", manifest_key(version))
+    with pytest.raises(IntegrityError, match="not a readable manifest.*--repair"):
+        storage.list_versions(store)
+    store.put_bytes(b"x", "k")
+    (store.root / ".trashseg-meta" / "k.json").write_text("{}")
+    with pytest.raises(IntegrityError, match="unreadable checksum record"):
+        store.get_bytes("k")

@@ -217,10 +217,7 @@ def read_manifest(store: ObjectStore, version: str) -> DatasetManifest:
             f"dataset version {version!r} not found in {store.uri()}; known versions: "
             f"{', '.join(known) or 'none (push one with `trashseg data push`)'}"
         )
-    try:
-        manifest = DatasetManifest.from_dict(store.get_json(key))
-    except (ValueError, KeyError, TypeError) as error:
-        raise IntegrityError(f"{store.uri(key)} is not a readable manifest ({error!r}); {REPAIR_HINT}") from error
+    manifest = _load_manifest(store, key)
     if manifest.version != version:
         raise IntegrityError(f"{store.uri(key)} claims version {manifest.version!r}, not {version!r}; {REPAIR_HINT}")
     for entry in manifest.files:
@@ -230,10 +227,17 @@ def read_manifest(store: ObjectStore, version: str) -> DatasetManifest:
     return manifest
 
 
+def _load_manifest(store: ObjectStore, key: str) -> DatasetManifest:
+    try:
+        return DatasetManifest.from_dict(store.get_json(key))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise IntegrityError(f"{store.uri(key)} is not a readable manifest ({error!r}); {REPAIR_HINT}") from error
+
+
 def list_versions(store: ObjectStore) -> list[DatasetManifest]:
     """Complete versions (those with a manifest), oldest first."""
     manifests = [
-        DatasetManifest.from_dict(store.get_json(key))
+        _load_manifest(store, key)
         for key in store.keys(DATASETS_PREFIX)
         if key.count("/") == 2 and key.endswith("/" + MANIFEST_NAME)
     ]
@@ -347,7 +351,11 @@ def push_batch(folder: str | Path, store: ObjectStore, batch: str) -> list[Objec
     if not _claim_batch(store, batch, digest.hexdigest(), len(images) + 1):
         log.info("inbox batch %s is already in %s with this content; nothing to upload", batch, store.uri())
         return [store.stat(key) for key in store.keys(prefix) if not key.endswith("/" + BATCH_MARKER)]
-    infos = [store.put_file(path, join_key(prefix, path.relative_to(folder).as_posix())) for path in images]
+    progress = Progress(len(images), f"upload batch {batch} -> {store.uri(prefix)}", unit="files")
+    infos = []
+    for path in images:
+        infos.append(store.put_file(path, join_key(prefix, path.relative_to(folder).as_posix())))
+        progress.update(1)
     infos.append(store.put_file(annotations, join_key(prefix, BATCH_ANNOTATIONS)))
     return infos
 

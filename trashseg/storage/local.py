@@ -88,8 +88,13 @@ class LocalStore(ObjectStore):
                 f"{self.uri(key)} has no recorded checksum ({meta} missing): it was not written by "
                 "trashseg; upload it with `trashseg data` commands or ObjectStore.put_file"
             )
-        recorded = json.loads(meta.read_text())
-        return ObjectInfo(key, int(recorded["size"]), recorded[SHA256_METADATA])
+        try:
+            recorded = json.loads(meta.read_text())
+            return ObjectInfo(key, int(recorded["size"]), str(recorded[SHA256_METADATA]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise IntegrityError(
+                f"{self.uri(key)} has an unreadable checksum record {meta} ({error!r}); re-upload it from a good copy"
+            ) from error
 
     def _download(self, key: str, out: IO[bytes]) -> ObjectInfo:
         with self._locked(key, exclusive=False):
