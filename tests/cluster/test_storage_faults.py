@@ -334,10 +334,12 @@ def test_cli_under_a_fault_injecting_proxy_is_exact_or_fails_clearly(moto_endpoi
                         "TRASHSEG_S3_READ_TIMEOUT_S": "0.4", "TRASHSEG_S3_CONNECT_TIMEOUT_S": "1",
                         "TRASHSEG_S3_DEADLINE_S": str(deadline_s)}.items():
         monkeypatch.setenv(name, value)
-    proxy.plan = lambda i, method: rng.choice(FaultyProxy.FAULTS) if rng.random() < 0.2 else None
+    rate = [0.2]
+    proxy.plan = lambda i, method: rng.choice(FaultyProxy.FAULTS) if rng.random() < rate[0] else None
     location = f"s3://{bucket}/root"
     exact = failed = 0
     for round_ in range(rounds):
+        rate[0] = 0.85 if round_ % 6 == 5 else 0.2  # some rounds so faulty that they must fail, cleanly
         folder = make_dataset(tmp_path / f"ds{round_}", n=2, seed=10 * round_)
         caplog.clear()
         began = time.monotonic()
@@ -357,8 +359,10 @@ def test_cli_under_a_fault_injecting_proxy_is_exact_or_fails_clearly(moto_endpoi
             assert "failed" in caplog.text or "deadline" in caplog.text, caplog.text[-2000:]
             assert not pulled_dir.exists()
             failed += 1
+    print(f"fault proxy: {exact} rounds exact, {failed} failed cleanly, {proxy.failures()} faults injected")
     assert proxy.failures() >= rounds  # the faults really happened
     assert exact >= rounds // 2, f"only {exact}/{rounds} rounds got through"
+    assert failed >= 1  # the clean-failure path was exercised too
 
 
 def test_unreadable_records_are_integrity_errors_not_tracebacks(tmp_path):

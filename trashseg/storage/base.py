@@ -189,9 +189,11 @@ def reporting_write_errors(dest: Path) -> Iterator[None]:
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:
             raise
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free space there" if full else "make that folder writable"
         raise LocalWriteError(
             f"cannot write {dest}: {error.strerror or error} ({free_space(dest.parent)}); the partial file was "
-            "removed: free space there (or choose another destination) and run the command again"
+            f"removed: {fix} (or choose another destination) and run the command again"
         ) from error
 
 

@@ -262,6 +262,8 @@ def pull_dataset(store: ObjectStore, version: str, dest: str | Path) -> DatasetM
     out, so a failed pull (corrupt object, disk full) leaves dest as it was."""
     manifest = read_manifest(store, resolve_version(store, version))
     dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"cannot pull dataset version {manifest.version} into {dest}: it is a file; expected a folder")
     files_prefix = join_key(_version_prefix(manifest.version), "files")
     with reporting_write_errors(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
