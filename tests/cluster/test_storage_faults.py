@@ -7,7 +7,6 @@ fault-injecting proxy in front of moto for a bounded number of rounds.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import random
@@ -30,13 +29,12 @@ from cluster_helpers import (
 from test_cluster_storage import corrupt
 
 from trashseg import storage
-from trashseg.data.version import dataset_hash
 from trashseg.cli import main
+from trashseg.data.version import dataset_hash
 from trashseg.errors import ConfigError, DataError
 from trashseg.storage import (
     IntegrityError,
     LocalStore,
-    LocalWriteError,
     RetryPolicy,
     S3Settings,
     S3Store,
@@ -188,7 +186,7 @@ def test_concurrent_pushes_under_one_name_never_mix(store, tmp_path):
         start = threading.Barrier(2)
         outcomes: list[object] = [None, None]
 
-        def push(i):
+        def push(i, name=name, start=start, outcomes=outcomes):
             start.wait()
             try:
                 storage.push_batch(batches[i], store, name)
