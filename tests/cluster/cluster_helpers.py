@@ -56,7 +56,8 @@ class FaultyProxy:
       "reset"        TCP RST, no reply;
       "cut-headers"  the request reaches S3, its reply is cut inside the header block;
       "cut-body"     the request reaches S3, its reply is cut half-way through the body;
-      "stall"        no reply for `stall_s` seconds, then the connection closes.
+      "stall"        no reply for `stall_s` seconds, then the connection closes;
+      "trickle"      the reply's body one byte every 50 ms (never idle long enough to time out).
     Forwarded headers go out in a random order (seeded), so a cut lands anywhere among them.
     """
 
@@ -108,6 +109,14 @@ class FaultyProxy:
                     self.wfile.write(block[: rng.randrange(len(head), len(block) - 2)])
                 elif action == "cut-body":
                     self.wfile.write(block + data[: len(data) // 2])
+                elif action == "trickle":
+                    self.wfile.write(block)
+                    for i in range(len(data)):
+                        time.sleep(0.05)
+                        try:
+                            self.wfile.write(data[i:i + 1])
+                        except OSError:  # the client gave up
+                            return
                 else:
                     self.wfile.write(block + data)
 

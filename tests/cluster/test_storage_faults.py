@@ -307,6 +307,17 @@ def test_stalled_server_gives_up_at_the_deadline(moto_endpoint, faulty_proxy, ca
     assert retries and "timed out" in retries[0].getMessage().lower()  # each retry is logged as it happens
 
 
+def test_trickling_reply_is_cut_at_the_deadline(moto_endpoint, faulty_proxy):
+    proxy = faulty_proxy(lambda i, method: None)
+    store = proxied_store(moto_endpoint, proxy, read_timeout_s=0.5, deadline_s=0.8)
+    store.put_bytes(os.urandom(4000), "k/obj")  # 4000 bytes at 20 B/s: 200 s, never idle for 0.5 s
+    proxy.plan = lambda i, method: "trickle" if method == "GET" else None
+    begin = time.monotonic()
+    with pytest.raises(StorageError, match="passed its deadline .* while receiving data"):
+        store.get_bytes("k/obj")
+    assert time.monotonic() - begin < 2.5
+
+
 def test_timeouts_and_deadline_come_from_the_environment():
     env = {"TRASHSEG_S3_ENDPOINT": "h:1", "TRASHSEG_S3_CONNECT_TIMEOUT_S": "2", "TRASHSEG_S3_READ_TIMEOUT_S": "7.5",
            "TRASHSEG_S3_DEADLINE_S": "90"}

@@ -101,8 +101,9 @@ class RetryPolicy:
         return base * (0.5 + random.random() / 2)  # jitter: clients retrying together spread out
 
     def run(self, what: str, operation: Callable[[], T], is_transient: Callable[[BaseException], bool],
-            *, deadline: float | None = None) -> T:
-        """operation() until it succeeds; `deadline` (time.monotonic()) ends the retries early."""
+            *, deadline: Callable[[], float] | None = None) -> T:
+        """operation() until it succeeds; `deadline()` (a time.monotonic() value, which a
+        transfer may push back once it knows its size) ends the retries early."""
         for attempt in range(1, self.attempts + 1):
             try:
                 return operation()
@@ -115,7 +116,7 @@ class RetryPolicy:
                         "check that the object store is up and reachable (TRASHSEG_S3_ENDPOINT)"
                     ) from error
                 delay = self.delay(attempt - 1)
-                if deadline is not None and time.monotonic() + delay >= deadline:
+                if deadline is not None and time.monotonic() + delay >= deadline():
                     raise StorageError(
                         f"{what} gave up at its deadline after {attempt} attempt(s), last with "
                         f"{type(error).__name__}: {error}; check that the object store is up and reachable "

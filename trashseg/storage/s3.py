@@ -43,6 +43,8 @@ ENV_CONNECT_TIMEOUT = "TRASHSEG_S3_CONNECT_TIMEOUT_S"
 ENV_READ_TIMEOUT = "TRASHSEG_S3_READ_TIMEOUT_S"
 ENV_DEADLINE = "TRASHSEG_S3_DEADLINE_S"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A transfer's deadline grows by its size at this rate, so big objects get the time they need.
+MIN_TRANSFER_RATE = 1024 * 1024  # bytes/s
 
 
 class IncompleteResponse(ConnectionError):
@@ -61,7 +63,7 @@ class S3Settings:
     # A connection must open within connect_timeout_s, and a started request may go
     # read_timeout_s without receiving a byte (the server's processing of one multipart part
     # included) before the attempt counts as failed and is retried. One object operation,
-    # all its retries together, gives up after deadline_s.
+    # all its retries together, gives up after deadline_s plus its size / MIN_TRANSFER_RATE.
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     deadline_s: float = 1800.0
@@ -185,8 +187,14 @@ class S3Store(ObjectStore):
     def _key(self, name: str) -> str:
         return name[len(self.prefix) + 1:] if self.prefix else name
 
-    def _run(self, what: str, operation: Callable[[], T], *, deadline: float | None = None) -> T:
-        deadline = deadline if deadline is not None else time.monotonic() + self.settings.deadline_s
+    def _deadline(self, size: int = 0) -> float:
+        """When an operation moving `size` bytes, starting now, gives up (time.monotonic())."""
+        return time.monotonic() + self.settings.deadline_s + size / MIN_TRANSFER_RATE
+
+    def _run(self, what: str, operation: Callable[[], T], *, deadline: Callable[[], float] | None = None) -> T:
+        if deadline is None:
+            fixed = self._deadline()
+            deadline = lambda: fixed  # noqa: E731
         return self.retry.run(what, operation, _is_transient, deadline=deadline)
 
     def ensure_bucket(self) -> bool:
@@ -201,12 +209,14 @@ class S3Store(ObjectStore):
         if create_only:
             self._run(f"create {self.uri(key)}", lambda: self._put_if_absent(src, key, sha256))
             return
+        deadline = self._deadline(size)
         self._run(
             f"upload {src} -> {self.uri(key)}",
             lambda: self.client.fput_object(
                 self.bucket, self._name(key), str(src),
                 metadata={SHA256_METADATA: sha256}, part_size=self.part_size,
             ),
+            deadline=lambda: deadline,
         )
 
     def _put_if_absent(self, src: Path, key: str, sha256: str) -> None:
@@ -228,20 +238,26 @@ class S3Store(ObjectStore):
             raise
 
     def _download(self, key: str, out: IO[bytes]) -> ObjectInfo:
-        deadline = time.monotonic() + self.settings.deadline_s
+        limit = [self._deadline()]  # pushed back by the object's size once a response tells it
+        start = time.monotonic()
 
         def attempt() -> ObjectInfo:
             out.seek(0)
             out.truncate()
             response = self._get(key)
             try:
+                length = response.headers.get("content-length") or ""
+                if length.isdigit():
+                    limit[0] = max(limit[0], start + self.settings.deadline_s + int(length) / MIN_TRANSFER_RATE)
                 # The body first: a response cut in its headers shows up as a short body or
                 # a missing Content-Length, both transient, before the checksum is judged.
-                for chunk in response.stream(CHUNK):
-                    if time.monotonic() > deadline:
+                # read1 returns what one socket read brings, so the deadline holds against a trickle.
+                while chunk := response.read1(CHUNK):
+                    if time.monotonic() > limit[0]:
                         raise StorageError(
-                            f"download {self.uri(key)} passed its deadline of {self.settings.deadline_s:g}s while "
-                            f"receiving data; allow more time with {ENV_DEADLINE} or check the network"
+                            f"download {self.uri(key)} passed its deadline ({self.settings.deadline_s:g}s plus its size at "
+                            f"{MIN_TRANSFER_RATE / 2**20:g} MiB/s) while receiving data; allow more time "
+                            f"with {ENV_DEADLINE} or check the network"
                         )
                     out.write(chunk)
                 headers = {k.lower(): v for k, v in response.headers.items()}
@@ -256,7 +272,7 @@ class S3Store(ObjectStore):
                 raise IncompleteResponse(f"the response for {self.uri(key)} lost its sha256 header in transit")
             return recorded
 
-        return self._run(f"download {self.uri(key)}", attempt, deadline=deadline)
+        return self._run(f"download {self.uri(key)}", attempt, deadline=lambda: limit[0])
 
     def _get(self, key: str):
         from minio.error import S3Error
