@@ -268,6 +268,9 @@ def pull_dataset(store: ObjectStore, version: str, dest: str | Path) -> DatasetM
     with reporting_write_errors(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".pulling", dir=dest.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become dest's mode
     try:
         for expected in manifest.files:  # every path is checked before anything is written
             safe_join(staging, expected.key, what=f"manifest entry of dataset version {manifest.version}")
