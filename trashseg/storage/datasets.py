@@ -31,6 +31,7 @@ merge itself is data logic: `trashseg.data.merge.merge_batches`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -378,11 +379,11 @@ def _claim_batch(store: ObjectStore, batch: str, content_sha256: str, files: int
         raise DataError(refusal)  # pushed before batch markers: its content is not on record
     marker = {"batch": batch, "content_sha256": content_sha256, "files": files,
               "created": datetime.now(UTC).isoformat(timespec="microseconds")}
-    try:
+    with contextlib.suppress(ObjectExists):
         store.put_json(marker, marker_key, create_only=True)
-        return True
-    except ObjectExists:
-        claimed = store.get_json(marker_key)
+    # Read back even after our own create: a server that ignores If-None-Match may have let a
+    # rival's marker replace ours, and a retried create of ours reports ObjectExists.
+    claimed = store.get_json(marker_key)
     if not isinstance(claimed, dict) or claimed.get("content_sha256") != content_sha256:
         raise DataError(refusal)
     return not complete

@@ -36,7 +36,7 @@ DEFAULT_PART_SIZE = 64 * 1024 * 1024  # S3 multipart part size; minio's minimum 
 # S3 error codes that mean "try again later", not "your request is wrong".
 TRANSIENT_S3_CODES = frozenset(
     {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
-     "OperationAborted", "ThrottlingException"}
+     "OperationAborted", "ThrottlingException", "ConditionalRequestConflict"}
 )
 # Timeouts and the per-operation deadline, overridable from the environment.
 ENV_CONNECT_TIMEOUT = "TRASHSEG_S3_CONNECT_TIMEOUT_S"
@@ -233,7 +233,7 @@ class S3Store(ObjectStore):
             # minio's public put_object turns unknown headers into user metadata; this is its PutObject call.
             self.client._put_object(self.bucket, self._name(key), data, headers=headers)
         except S3Error as error:
-            if error.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if error.code == "PreconditionFailed":  # ConditionalRequestConflict (a racing write) is retried
                 raise ObjectExists(f"{self.uri(key)} already exists; it is written once and never replaced") from error
             raise
 
