@@ -52,8 +52,11 @@ class LocalStore(ObjectStore):
     def _locked(self, key: str, *, exclusive: bool) -> Iterator[None]:
         lock = self.root / LOCAL_META_DIR / f"{key}.lock"
         try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the key's first lock: make its folder (rarely, so not each time)
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             if not exclusive and error.errno in (errno.EROFS, errno.EACCES):
                 yield  # a read-only store: nobody can write it, so reading needs no lock
