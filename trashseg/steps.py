@@ -82,7 +82,7 @@ def prepare_step(
     if result.dataset_version != dataset_version:
         raise DataError(
             f"dataset version {dataset_version} of {data_store} hashes to {result.dataset_version} after download; "
-            "the stored version was altered — push the dataset again and use the new version"
+            "the stored version was altered — repair it from a good copy with `trashseg data push --repair FOLDER`"
         )
     shutil.copyfile(Path(out_dir) / REPORT_MARKDOWN, report_path)
     stats_html(Path(out_dir) / "stats", stats_html_path, title=f"Dataset {dataset_version[:12]}")
