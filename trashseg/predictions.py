@@ -15,7 +15,6 @@ at most 1/510 per probability, far below what changes an argmax in practice.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from trashseg.data.io import read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
+from trashseg.fileio import atomic_write, write_text
 from trashseg.metrics import ConfusionMatrix
 
 ProbabilityDtype = Literal["uint8", "float16"]
@@ -103,13 +103,11 @@ class PredictionSet:
             raise DataError(f"{file_name}: mask of shape {mask.shape}, expected {probs.shape[1:]}")
         probs = np.asarray(probs, dtype=np.float32)
         stored = np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8) if self.dtype == "uint8" else probs.astype(np.float16)
-        path = self.probs_path(file_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, probs=stored)
-        mask_path = self.mask_path(file_name)
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.probs_path(file_name)) as handle:
+            np.savez_compressed(handle, probs=stored)
         labels = probs.argmax(axis=0) if mask is None else mask
-        Image.fromarray(labels.astype(np.uint8)).save(mask_path)
+        with atomic_write(self.mask_path(file_name)) as handle:
+            Image.fromarray(labels.astype(np.uint8)).save(handle, format="PNG")
         if file_name not in self.file_names:
             self.file_names.append(file_name)
 
@@ -128,10 +126,7 @@ class PredictionSet:
     def save(self) -> None:
         """Write the meta file (atomically) last, so a folder with meta is complete."""
         meta = {"class_names": self.class_names, "file_names": self.file_names, "dtype": self.dtype, "source": self.source}
-        path = self.root / META_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(self.root / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def score_predictions(predictions: PredictionSet, dataset: PreparedDataset, file_names: Sequence[str]) -> ConfusionMatrix:

@@ -19,6 +19,7 @@ import numpy as np
 
 from trashseg.data.classes import ClassTable
 from trashseg.errors import DataError
+from trashseg.fileio import atomic_write
 
 HEADER = ("image_id", "PredictionString")
 SUBMISSION_SIZE = 256
@@ -82,11 +83,10 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, np.ndarray]]) -
     Returns the number of rows. The caller decides the order (the test annotation order);
     `write_submission_from_predictions` does that from a prediction folder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     seen: set[str] = set()
-    with path.open("wb") as handle:
+    # A failed write (bad row, full disk) leaves no truncated CSV at `path`.
+    with atomic_write(path) as handle:
         handle.write(",".join(HEADER).encode() + b"\n")
         for file_name, class_map in rows:
             if file_name in seen:
