@@ -32,7 +32,7 @@ from trashseg.data.io import read_mask
 from trashseg.data.layout import PreparedDataset, Sample
 from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
-from trashseg.predictions import PredictionSet, score_predictions
+from trashseg.predictions import PredictionSet, check_made_from, score_predictions
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +362,7 @@ class RecipeRunner:
         for split, sets in self.splits.items():
             for name, prediction in zip(self.names, sets, strict=True):
                 _check_prediction_set(prediction, name, split, samples[split], self.classes.names)
+                check_made_from(prediction, self.dataset, split)
         self.consensus_ids = _consensus_model_ids(self.names, config)
         candidates = (*self.names, *_enabled_stages(config))
         if config.pinned_stage and config.pinned_stage not in candidates:

@@ -157,6 +157,32 @@ def recorded_dataset_versions(source: dict) -> set[str]:
     return versions
 
 
+def check_made_from(
+    predictions: PredictionSet, dataset: PreparedDataset, split: str, *, where: str | None = None,
+    error: type[DataError] = DataError,
+) -> None:
+    """Refuse `predictions` made from another split or dataset version than `dataset`'s `split`.
+
+    File names alone cannot tell two datasets apart (every export has 0001.jpg), so the
+    split and dataset version recorded in predictions.json (ensemble members included) are
+    compared; a folder or dataset that records none has nothing to compare."""
+    where = where or f"split {split!r} of {dataset.root}"
+    splits = recorded_splits(predictions.source)
+    if splits and splits != {split}:
+        raise error(
+            f"{predictions.root} holds predictions of split(s) {sorted(splits)}, not {split!r} "
+            f"({where}); predict the {split} split"
+        )
+    expected_version = dataset.dataset_version()
+    versions = recorded_dataset_versions(predictions.source)
+    if expected_version and versions and versions != {expected_version}:
+        raise error(
+            f"{predictions.root} was predicted on dataset version(s) {', '.join(v[:12] for v in sorted(versions))}, "
+            f"but {where} belongs to version {expected_version[:12]}; the file names may match, the "
+            "images do not. Predict this dataset's split with `trashseg predict`"
+        )
+
+
 def recorded_splits(source: dict) -> set[str]:
     """The splits a prediction folder's `source` (and its ensemble members) were made from."""
     return {r["split"] for r in _source_records(source) if isinstance(r.get("split"), str)}

@@ -25,7 +25,7 @@ from PIL import Image
 from trashseg.config import to_dict
 from trashseg.data.layout import IGNORE_INDEX, PreparedDataset
 from trashseg.errors import ConfigError, DataError
-from trashseg.predictions import PredictionSet
+from trashseg.predictions import PredictionSet, check_made_from
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def make_pseudo_labels(
         raise DataError(
             f"split {config.split!r} not found in {dataset_dir}; available: {', '.join(source.splits()) or 'none'}"
         )
+    check_made_from(predictions, source, config.split)  # same file names, other images: wrong labels
     split_data = json.loads(split_file.read_text())
     images = split_data.get("images", [])
     predicted = set(predictions.file_names)
