@@ -237,13 +237,18 @@ def find_champion(model_name: str, tracking_uri: str):
     """The champion's ModelVersion (tags, source), or None."""
     from mlflow import MlflowClient
 
-    return _version_by_alias(MlflowClient(tracking_uri=tracking_uri), model_name, CHAMPION)
+    from trashseg.tracking import client_uri
+
+    return _version_by_alias(MlflowClient(tracking_uri=client_uri(tracking_uri)), model_name, CHAMPION)
 
 
 def fetch_champion(model_name: str, out_dir: str | Path, *, tracking_uri: str) -> Champion:
     """Download the champion's bundle into `out_dir`."""
     import mlflow
 
+    from trashseg.tracking import client_uri
+
+    tracking_uri = client_uri(tracking_uri)  # no password in the messages below, nor in MLflow's
     champion = find_champion(model_name, tracking_uri)
     if champion is None:
         raise RegistryError(

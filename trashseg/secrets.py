@@ -95,7 +95,10 @@ def install_log_redaction() -> None:
 
     def factory(*args, **kwargs) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's to report, not ours
+            return record
         if "@" in message:
             record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trashseg.errors import ConfigError, DataError
+from trashseg.secrets import redact
 from trashseg.tracking import KFP_RUN_ID_ENV, TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -376,7 +377,7 @@ def check_inbox_step(data_store: str, model_name: str, tracking_uri: str) -> Inb
     champion = find_champion(model_name, tracking_uri)
     if champion is None:
         raise RegistryError(
-            f"registered model {model_name!r} has no {CHAMPION!r} at {tracking_uri}; run the full pipeline first"
+            f"registered model {model_name!r} has no {CHAMPION!r} at {redact(tracking_uri)}; run the full pipeline first"
         )
     base = champion.tags[TAG_DATASET]
     batches = new_batches(open_store(data_store), base)

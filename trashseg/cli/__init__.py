@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool) -> None:
+    from trashseg.secrets import install_log_redaction
+
+    install_log_redaction()  # no URI password in any log line, ours or a library's
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
