@@ -31,6 +31,7 @@ from trashseg.crf import CrfConfig, WorkerPool, crf_prediction_set
 from trashseg.data.io import read_mask
 from trashseg.data.layout import PreparedDataset, Sample
 from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import write_text
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
 from trashseg.predictions import PredictionSet, check_made_from, score_predictions
 
@@ -207,7 +208,7 @@ class GatingDecision:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> GatingDecision:

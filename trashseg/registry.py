@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trashseg.errors import ConfigError, DataError, UserError
+from trashseg.fileio import write_text
 from trashseg.tracking import TrackingConfig
 
 CHAMPION = "champion"
@@ -86,7 +87,7 @@ def write_bundle(
         "dataset_version": dataset_version,
         "class_names": list(class_names),
     }
-    (out_dir / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(out_dir / BUNDLE_FILE, json.dumps(manifest, indent=2) + "\n")
     return ModelBundle.open(out_dir)
 
 

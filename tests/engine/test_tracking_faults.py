@@ -146,8 +146,9 @@ def test_a_run_left_running_by_a_killed_process_is_marked_killed(sample_dataset,
 
 
 def test_full_disk_at_a_checkpoint_reports_that_write_not_mlflow(sample_dataset, tmp_path, monkeypatch):
-    import trashseg.checkpoints as checkpoints
     from mlflow.exceptions import MlflowException
+
+    import trashseg.checkpoints as checkpoints
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
