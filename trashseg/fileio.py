@@ -102,6 +102,12 @@ def write_bytes(dest: str | Path, data: bytes) -> None:
         handle.write(data)
 
 
+def save_figure(figure, dest: str | Path, **savefig_options) -> None:
+    """A matplotlib figure as a PNG at `dest`, atomically."""
+    with atomic_write(dest) as handle:
+        figure.savefig(handle, format="png", **savefig_options)
+
+
 def remove_partials(dest: Path) -> list[Path]:
     """Delete what killed writes of `dest` left behind; returns what was removed."""
     removed = sorted(dest.parent.glob(partial_name(dest))) if dest.parent.is_dir() else []

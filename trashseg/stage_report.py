@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trashseg.fileio import atomic_write, write_text
+from trashseg.fileio import save_figure, write_text
 from trashseg.metrics import SegmentationScores
 
 
@@ -159,8 +159,7 @@ def _chart(scores, stages, class_names, selected, path: Path) -> None:
     bottom.set_ylim(0, 1)
     bottom.legend(fontsize=7, ncols=min(len(stages), 4))
     figure.tight_layout()
-    with atomic_write(path) as handle:
-        figure.savefig(handle, format="png", dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
 
 
