@@ -30,7 +30,7 @@ from typing import Any
 
 from trashseg.config import to_dict
 from trashseg.errors import ConfigError, DataError
-from trashseg.fileio import temp_path
+from trashseg.fileio import remove_partials, temp_path
 from trashseg.secrets import (
     MLFLOW_CREDENTIALS_SECRET_TO_ENV,
     has_credentials,
@@ -113,6 +113,7 @@ def ensure_sqlite_store(uri: str) -> None:
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    remove_partials(path)  # what a process killed during an earlier creation left
     with temp_path(path) as tmp:
         store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").resolve().as_uri())
         store.engine.dispose()

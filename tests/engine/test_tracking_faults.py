@@ -117,6 +117,44 @@ def test_a_kill_during_store_creation_leaves_no_store_behind(tmp_path, monkeypat
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(tracked.run_id).info.status == "FINISHED"
 
 
+_CREATE_STORE = """
+import sys
+from trashseg.tracking import TrackedRun, TrackingConfig
+import mlflow.store.tracking.sqlalchemy_store  # imported before the clock starts
+print("ready", flush=True)
+TrackedRun(TrackingConfig(), sys.argv[1]).end()
+"""
+
+
+def test_sigkill_at_any_moment_of_store_creation_leaves_a_usable_folder(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    # Real kills at several moments of the schema set-up (which takes seconds), in parallel.
+    delays = (0.3, 2.0)
+    children = []
+    for i, delay in enumerate(delays):
+        folder = tmp_path / f"kill-{i}"
+        child = subprocess.Popen([sys.executable, "-c", _CREATE_STORE, str(folder)], stdout=subprocess.PIPE, text=True)
+        children.append((folder, delay, child))
+    for _, _, child in children:
+        assert child.stdout.readline().strip() == "ready"
+    start = time.monotonic()
+    for _, delay, child in sorted(children, key=lambda c: c[1]):
+        time.sleep(max(0.0, start + delay - time.monotonic()))
+        child.kill()
+        child.wait()
+    for folder, _, _ in children:
+        # a kill mid-creation leaves only a temporary file, which the next start removes
+        assert not (folder / "mlflow.db").exists() or not _partials(folder)
+        with TrackedRun(TrackingConfig(experiment="after-kill"), folder) as tracked:
+            tracked.log_metrics({"a": 1.0}, step=0)
+        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        assert client.get_run(tracked.run_id).data.metrics == {"a": 1.0}
+        assert _partials(folder) == []
+
+
 def test_sigterm_marks_the_run_killed_with_metrics_up_to_the_checkpoint(sample_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 

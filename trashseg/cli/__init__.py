@@ -46,9 +46,19 @@ def configure_logging(verbose: bool) -> None:
     )
 
 
+def _redacting_excepthook(exc_type, exc, tb) -> None:
+    """An unexpected error's traceback, as Python prints it, without URI passwords."""
+    import traceback
+
+    from trashseg.secrets import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    sys.excepthook = _redacting_excepthook
     try:
         result = args.func(args)
     except UserError as error:
