@@ -32,6 +32,7 @@ from trashseg.config import to_dict
 from trashseg.errors import ConfigError, DataError
 from trashseg.fileio import remove_partials, temp_path
 from trashseg.secrets import (
+    MLFLOW_CREDENTIALS_SECRET,
     MLFLOW_CREDENTIALS_SECRET_TO_ENV,
     has_credentials,
     install_log_redaction,
@@ -85,7 +86,7 @@ def client_uri(uri: str) -> str:
     log.warning(
         "the MLflow tracking URI %s carries credentials; set %s and %s instead (the pipelines do, from "
         "the %s Secret). They are used for this process and never logged or saved",
-        redact(uri), ENV_USERNAME, ENV_PASSWORD, "trashseg-mlflow-credentials",
+        redact(uri), ENV_USERNAME, ENV_PASSWORD, MLFLOW_CREDENTIALS_SECRET,
     )
     if not os.environ.get(ENV_PASSWORD):
         os.environ[ENV_USERNAME] = urllib.parse.unquote(parts.username or "")

@@ -49,6 +49,7 @@ def test_credentials_in_the_tracking_uri_never_reach_output_files_or_mlflow(
     captured = capfd.readouterr()
     shown = caplog.text + captured.out + captured.err
     assert PASSWORD not in shown
+    assert "View run train-segformer-b0-tiny at: http://127.0.0.1:" in captured.out  # MLflow's own line
     assert "carries credentials" in caplog.text and "MLFLOW_TRACKING_PASSWORD" in caplog.text
     assert "alice:***@" in caplog.text
     # the credentials were moved to the variables MLflow reads
