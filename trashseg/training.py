@@ -21,6 +21,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ from trashseg.device import (
     resolve_amp_dtype,
 )
 from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import partial_name, remove_partials
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
 from trashseg.predict import predict_probabilities
 from trashseg.progress import Progress
@@ -320,27 +323,38 @@ def train(
         raise ConfigError(f"stop_after={stop_after}: expected 1..iterations ({config.iterations})")
     end = stop_after or config.iterations
 
-    data = _build_data_streams(config, dataset_dir, pseudo_dataset)
-    state = _build_model_and_optimizer(config, data.classes, device, dist)
     paths = _OutputPaths(output_dir)
-    if resume:
-        _restore_state(state, config, paths.last, end, dist)
-    elif paths.last.exists():
+    saved = _resume_checkpoint(paths, config, dist) if resume else None
+    if saved is not None and saved["iteration"] >= end:
+        dist.shutdown()
+        return _already_trained(paths, saved, config, end, dist)
+    if not resume and paths.last.exists():
         raise ConfigError(
             f"{output_dir} already holds a checkpoint ({paths.last}); pass --resume to continue it "
             "or choose a new output folder (nothing is overwritten)"
         )
+    if dist.is_main:
+        for stale in (*remove_partials(paths.last), *remove_partials(paths.best)):
+            log.info("removed %s, a checkpoint write a killed process left unfinished", stale)
+
+    data = _build_data_streams(config, dataset_dir, pseudo_dataset)
+    state = _build_model_and_optimizer(config, data.classes, device, dist)
+    if saved is not None:
+        _restore_state(state, saved, paths.last, dist)
     loader = _build_loader(config, data, state.iteration, end, device, dist)
     tracked = _start_tracking(config, data, state, output_dir, tags) if dist.is_main else None
 
     loop = _StepLoop(config, data, state, device, dist, paths, tracked, on_checkpoint)
-    status = "FAILED"
     try:
-        loop.run(loader, end)
-        status = "FINISHED" if end == config.iterations else "KILLED"
-    finally:
+        with _sigterm_as_exit():
+            loop.run(loader, end)
         if tracked:
-            _finish_tracking(tracked, status, state, paths, end)
+            _finish_tracking(tracked, "FINISHED" if end == config.iterations else "KILLED", state, paths, end)
+    except BaseException as error:
+        if tracked:  # the run is marked FAILED or KILLED; `error`, the first one, is what is reported
+            tracked.end_after_error(error)
+        raise
+    finally:
         dist.shutdown()
 
     return TrainResult(
@@ -463,9 +477,43 @@ def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device,
     return _TrainState(model, optimizer, scheduler, scaler, amp_dtype)
 
 
-def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end: int, dist: Distributed) -> None:
-    saved = load_checkpoint_state(last_path, map_location=next(state.model.parameters()).device)
-    check_resumable(saved["config"], to_dict(config))
+def _resume_checkpoint(paths: _OutputPaths, config: TrainConfig, dist: Distributed) -> dict[str, Any] | None:
+    """`--resume`: last.pt's state (checked against `config`), or None to start fresh when
+    there is none, so a retry loop that always passes --resume works from the first try."""
+    if paths.last.is_file():
+        saved = load_checkpoint_state(paths.last)
+        check_resumable(saved["config"], to_dict(config))
+        return saved
+    if dist.is_main:
+        if any(paths.root.glob(partial_name(paths.last))) or (paths.root / "config.json").is_file():
+            log.warning(
+                "nothing to resume in %s: the earlier training there had not reached its first checkpoint "
+                "(no %s was written); starting fresh from iteration 0", paths.root, LAST_CHECKPOINT,
+            )
+        else:
+            log.info("nothing to resume in %s (no %s): starting a new training", paths.root, LAST_CHECKPOINT)
+    return None
+
+
+def _already_trained(paths: _OutputPaths, saved: dict[str, Any], config: TrainConfig, end: int, dist: Distributed) -> TrainResult:
+    """`--resume` of a run already at (or past) `end`: nothing to do, which is a success."""
+    if dist.is_main:
+        log.info(
+            "%s is already trained to iteration %d (of %d; asked for %d): nothing to do",
+            paths.last, saved["iteration"], config.iterations, end,
+        )
+    return TrainResult(
+        output_dir=paths.root,
+        last_checkpoint=paths.last,
+        best_checkpoint=paths.best if paths.best.exists() else None,
+        best_miou=saved["best_miou"],
+        best_iteration=saved["best_iteration"],
+        iterations=saved["iteration"],
+        mlflow_run_id=saved.get("mlflow_run_id"),
+    )
+
+
+def _restore_state(state: _TrainState, saved: dict[str, Any], last_path: Path, dist: Distributed) -> None:
     state.model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -480,10 +528,26 @@ def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end
     set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0])
     state.iteration, state.best_miou, state.best_iteration = saved["iteration"], saved["best_miou"], saved["best_iteration"]
     state.run_id = saved.get("mlflow_run_id")
-    if state.iteration >= end:
-        raise ConfigError(f"{last_path} is already at iteration {state.iteration}; nothing left to train up to {end}")
     if dist.is_main:
-        log.info("resuming from %s at iteration %d/%d", last_path, state.iteration, config.iterations)
+        log.info("resuming from %s at iteration %d/%d", last_path, state.iteration, saved["config"]["iterations"])
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (pod deletion, preemption) ends training as SystemExit(143), so the MLflow run
+    is marked KILLED and a checkpoint being written leaves no partial."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _build_loader(config: TrainConfig, data: _DataStreams, start: int, end: int, device, dist: Distributed):
@@ -654,6 +718,8 @@ class _StepLoop:
 
     def save(self, path: Path, checkpoint: dict[str, Any], done: int) -> None:
         save_checkpoint(path, checkpoint)
+        if self.tracked:  # what a kill after this point loses is only what the checkpoint loses
+            self.tracked.flush()
         if self.on_checkpoint is not None:
             self.on_checkpoint(path, done)
 
