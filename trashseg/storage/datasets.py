@@ -43,15 +43,19 @@ class DatasetManifest:
     files: tuple[ObjectInfo, ...]
     inbox_batches: tuple[str, ...] = ()
     parent: str | None = None
+    source: str | None = None  # what a mirrored version copies (a weights hub id); None for datasets
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "version": self.version,
             "created": self.created,
             "parent": self.parent,
             "inbox_batches": list(self.inbox_batches),
             "files": [{"path": f.key, "size": f.size, "sha256": f.sha256} for f in self.files],
         }
+        if self.source is not None:
+            data["source"] = self.source
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DatasetManifest:
@@ -61,6 +65,7 @@ class DatasetManifest:
             files=tuple(ObjectInfo(f["path"], int(f["size"]), f["sha256"]) for f in data["files"]),
             inbox_batches=tuple(data.get("inbox_batches", ())),
             parent=data.get("parent"),
+            source=data.get("source"),
         )
 
     @property
@@ -68,8 +73,8 @@ class DatasetManifest:
         return sum(f.size for f in self.files)
 
 
-def _version_prefix(version: str) -> str:
-    return join_key(DATASETS_PREFIX, version)
+def _version_prefix(version: str, prefix: str = DATASETS_PREFIX) -> str:
+    return join_key(prefix, version)
 
 
 def push_dataset(
@@ -78,20 +83,25 @@ def push_dataset(
     *,
     inbox_batches: Sequence[str] = (),
     parent: str | None = None,
+    prefix: str = DATASETS_PREFIX,
+    version: str | None = None,
+    source: str | None = None,
 ) -> DatasetManifest:
     """Upload a dataset folder as a content-addressed version; files first, manifest last.
 
     Pushing a version that already exists uploads nothing and returns its manifest.
+    `prefix`, `version` (the folder's content hash) and `source` let other content-addressed
+    folders (mirrored weights, `trashseg.weights`) use the same versions under their own prefix.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} does not exist or is not a folder")
-    version = dataset_hash(folder)
-    manifest_key = join_key(_version_prefix(version), MANIFEST_NAME)
+    version = version or dataset_hash(folder)
+    manifest_key = join_key(_version_prefix(version, prefix), MANIFEST_NAME)
     if store.exists(manifest_key):
-        log.info("dataset version %s already in %s; nothing to upload", version, store.uri())
-        return read_manifest(store, version)
-    files_prefix = join_key(_version_prefix(version), "files")
+        log.info("version %s already in %s; nothing to upload", version, store.uri(prefix))
+        return read_manifest(store, version, prefix=prefix)
+    files_prefix = join_key(_version_prefix(version, prefix), "files")
     uploaded = store.put_folder(folder, files_prefix)
     files = tuple(ObjectInfo(i.key[len(files_prefix) + 1:], i.size, i.sha256) for i in uploaded)
     manifest = DatasetManifest(
@@ -100,16 +110,17 @@ def push_dataset(
         files=files,
         inbox_batches=tuple(sorted(set(inbox_batches))),
         parent=parent,
+        source=source,
     )
     store.put_json(manifest.to_dict(), manifest_key)
-    log.info("pushed dataset version %s (%d files, %d bytes) to %s", version, len(files), manifest.total_bytes, store.uri())
+    log.info("pushed version %s (%d files, %d bytes) to %s", version, len(files), manifest.total_bytes, store.uri(prefix))
     return manifest
 
 
-def read_manifest(store: ObjectStore, version: str) -> DatasetManifest:
-    key = join_key(_version_prefix(version), MANIFEST_NAME)
+def read_manifest(store: ObjectStore, version: str, *, prefix: str = DATASETS_PREFIX) -> DatasetManifest:
+    key = join_key(_version_prefix(version, prefix), MANIFEST_NAME)
     if not store.exists(key):
-        known = [m.version for m in list_versions(store)]
+        known = [m.version for m in list_versions(store, prefix=prefix)]
         raise DataError(
             f"dataset version {version!r} not found in {store.uri()}; known versions: "
             f"{', '.join(known) or 'none (push one with `trashseg data push`)'}"
@@ -117,11 +128,11 @@ def read_manifest(store: ObjectStore, version: str) -> DatasetManifest:
     return DatasetManifest.from_dict(store.get_json(key))
 
 
-def list_versions(store: ObjectStore) -> list[DatasetManifest]:
+def list_versions(store: ObjectStore, *, prefix: str = DATASETS_PREFIX) -> list[DatasetManifest]:
     """Complete versions (those with a manifest), oldest first."""
     manifests = [
         DatasetManifest.from_dict(store.get_json(key))
-        for key in store.keys(DATASETS_PREFIX)
+        for key in store.keys(prefix)
         if key.count("/") == 2 and key.endswith("/" + MANIFEST_NAME)
     ]
     return sorted(manifests, key=lambda m: (m.created, m.version))
@@ -137,11 +148,11 @@ def resolve_version(store: ObjectStore, version: str) -> str:
     return versions[-1].version
 
 
-def pull_dataset(store: ObjectStore, version: str, dest: str | Path) -> DatasetManifest:
+def pull_dataset(store: ObjectStore, version: str, dest: str | Path, *, prefix: str = DATASETS_PREFIX) -> DatasetManifest:
     """Download a version into dest; every file is checked against the manifest."""
-    manifest = read_manifest(store, resolve_version(store, version))
+    manifest = read_manifest(store, resolve_version(store, version) if prefix == DATASETS_PREFIX else version, prefix=prefix)
     dest = Path(dest)
-    files_prefix = join_key(_version_prefix(manifest.version), "files")
+    files_prefix = join_key(_version_prefix(manifest.version, prefix), "files")
     progress = Progress(len(manifest.files), f"pull dataset {manifest.version}", unit="files")
     for expected in manifest.files:
         got = store.get_file(join_key(files_prefix, expected.key), dest / expected.key)
