@@ -17,7 +17,6 @@ Output folder:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -473,9 +472,8 @@ def _build_start(config: TrainConfig, classes: ClassTable, dist: Distributed, we
         if dist.is_main:
             log.info("%s trains from scratch (random init, pretrained=%s)", config.architecture, config.pretrained)
         return build_model(config.architecture, classes.num_classes), None
-    model, load = load_pretrained_model(config.architecture, classes.num_classes, source)
-    # Named as configured (the hub id), not by the cache folder it was read from.
-    return model, dataclasses.replace(load, checkpoint=config.pretrained)
+    # Named as configured (the hub id), not by the cache folder a mirrored copy was read from.
+    return load_pretrained_model(config.architecture, classes.num_classes, source, label=config.pretrained)
 
 
 def _build_model_and_optimizer(

@@ -212,7 +212,9 @@ def build_model(name: str, num_classes: int, *, pretrained: str | None = None) -
     return load_pretrained_model(name, num_classes, pretrained)[0]
 
 
-def load_pretrained_model(name: str, num_classes: int, pretrained: str) -> tuple[SegmentationModel, PretrainedLoad]:
+def load_pretrained_model(
+    name: str, num_classes: int, pretrained: str, *, label: str | None = None
+) -> tuple[SegmentationModel, PretrainedLoad]:
     """Architecture `name` with weights from `pretrained`: a local folder or hub id of a
     transformers checkpoint of the same family (for `mask2former-dinat-*` also a transformers
     DiNAT checkpoint, which sets the backbone; for `mask2former-semask-*` also a Swin or
@@ -221,7 +223,8 @@ def load_pretrained_model(name: str, num_classes: int, pretrained: str) -> tuple
 
     Tensors the checkpoint lacks or has in another shape (a class head for another number of
     classes) are left at random init and reported; a checkpoint providing under half of the
-    architecture's tensors is refused as the wrong architecture.
+    architecture's tensors is refused as the wrong architecture. `label` names the checkpoint
+    in the report (the hub id a mirrored copy was read for); default: `pretrained`.
     """
     spec = architecture_spec(name)
     num_classes = _checked_classes(num_classes)
@@ -233,11 +236,11 @@ def load_pretrained_model(name: str, num_classes: int, pretrained: str) -> tuple
         network, loaded = _load_network(spec, num_classes, pretrained)
         model = spec.wrapper(name, num_classes, network.train())
     own = list(model.network.state_dict())
-    report = PretrainedLoad(pretrained, len(loaded), len(own), tuple(k for k in own if k not in loaded))
+    report = PretrainedLoad(label or pretrained, len(loaded), len(own), tuple(k for k in own if k not in loaded))
     log.log(
         logging.WARNING if report.reinitialised else logging.INFO,
         "%s starts from %s: %d of %d tensors loaded, %d tensors not loaded (re-initialised): %s",
-        name, pretrained, report.loaded, report.total, len(report.reinitialised),
+        name, report.checkpoint, report.loaded, report.total, len(report.reinitialised),
         report.params()["pretrained.reinitialised"],
     )
     return model, report
