@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from trashseg.errors import ConfigError
-from trashseg.storage import DatasetManifest, ObjectStore, list_versions, pull_dataset, push_dataset
+from trashseg.storage import DatasetManifest, ObjectStore, list_versions, pull_dataset, push_dataset, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,15 @@ def resolve_pretrained(pretrained: str | None, *, store: ObjectStore | None, cac
     require_mirrors([pretrained], store)
     manifest = find_mirror(store, pretrained)
     dest = Path(cache_dir) / manifest.version
-    pull_dataset(store, manifest.version, dest, prefix=WEIGHTS_PREFIX)
+    if not _cached(manifest, dest):  # e.g. pulled by another process of this task on this node
+        pull_dataset(store, manifest.version, dest, prefix=WEIGHTS_PREFIX)
     log.info("pretrained %s resolved offline from %s (version %s)", pretrained, store.uri(WEIGHTS_PREFIX), manifest.version)
     return str(dest)
+
+
+def _cached(manifest: DatasetManifest, dest: Path) -> bool:
+    """Whether every file of the version is already in dest with its manifest's checksum."""
+    return all(
+        (dest / f.key).is_file() and (dest / f.key).stat().st_size == f.size and sha256_file(dest / f.key) == f.sha256
+        for f in manifest.files
+    )

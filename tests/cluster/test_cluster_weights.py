@@ -68,14 +68,19 @@ def test_mirrored_checkpoint_resolves_offline_and_trains(s3_env, hub_checkpoint,
     assert loaded == total - 2
 
 
-def test_a_mirror_modified_after_the_push_is_refused(s3_env, hub_checkpoint, tmp_path):
+def test_the_cache_is_verified_and_a_mirror_modified_after_the_push_is_refused(s3_env, hub_checkpoint, tmp_path):
     store = open_store(s3_env)
     main(["weights", "mirror", str(hub_checkpoint), "--store", s3_env, "--name", HUB_ID])
     version = find_mirror(store, HUB_ID).version
+    cached = resolve_pretrained(HUB_ID, store=store, cache_dir=tmp_path / "cache")
+    original = (hub_checkpoint / "config.json").read_bytes()
+    (tmp_path / "cache" / version / "config.json").write_text("{}")  # a damaged cache is pulled again
+    assert resolve_pretrained(HUB_ID, store=store, cache_dir=tmp_path / "cache") == cached
+    assert (tmp_path / "cache" / version / "config.json").read_bytes() == original
     config_key = f"{WEIGHTS_PREFIX}/{version}/files/config.json"
     store.put_bytes(store.get_bytes(config_key) + b" ", config_key)
     with pytest.raises(IntegrityError, match="does not match"):
-        resolve_pretrained(HUB_ID, store=store, cache_dir=tmp_path / "cache")
+        resolve_pretrained(HUB_ID, store=store, cache_dir=tmp_path / "fresh-cache")
 
 
 def test_missing_mirror_fails_before_training_naming_the_mirror_command(s3_env, tmp_path):
