@@ -21,7 +21,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from trashseg.errors import ConfigError
-from trashseg.storage import DatasetManifest, ObjectStore, list_versions, pull_dataset, push_dataset, sha256_file
+from trashseg.storage import (
+    DatasetManifest,
+    ObjectStore,
+    list_versions,
+    pull_dataset,
+    push_dataset,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPreTrainedModel,
 )
 
+from trashseg.models.backbones import swin_backbone_config
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.mask2former import semantic_log_probs, semantic_targets
 from trashseg.models.maskdino_loss import Targets, maskdino_loss
-from trashseg.models.backbones import swin_backbone_config
 
 # Sampling points per head and level in decoder cross-attention (Deformable DETR / DINO default).
 DECODER_POINTS = 4

@@ -39,10 +39,10 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerForU
 from transformers.models.swin.modeling_swin import SwinBackbone, window_partition, window_reverse
 
 from trashseg.errors import ConfigError
+from trashseg.models.backbones import SWIN_SIZES, TINY_SWIN
 from trashseg.models.base import cross_entropy, resize_to
 from trashseg.models.fapn import FaPNPixelDecoder
 from trashseg.models.mask2former import Mask2FormerSegmentation, mask2former_config
-from trashseg.models.backbones import SWIN_SIZES, TINY_SWIN
 
 log = logging.getLogger(__name__)
 

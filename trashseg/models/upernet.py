@@ -11,6 +11,7 @@ from transformers import UperNetConfig, UperNetForSemanticSegmentation
 from trashseg.models.backbones import convnext_backbone_config, swin_backbone_config
 from trashseg.models.base import SegmentationModel, cross_entropy, resize_to
 
+
 def upernet_config(
     backbone: str, variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
 ) -> UperNetConfig:
