@@ -84,11 +84,21 @@ def _push(folder: Path, store: ObjectStore, name: str) -> DatasetManifest:
 def _download(hub_id: str, dest: Path) -> Path:
     """The checkpoint's config and weights from the hub (safetensors, else pytorch_model.bin)."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
-    patterns = ["*.json", "*.safetensors"]
-    folder = Path(snapshot_download(hub_id, local_dir=dest / "snapshot", allow_patterns=patterns))
+    def fetch(patterns: list[str]) -> Path:
+        try:
+            return Path(snapshot_download(hub_id, local_dir=dest / "snapshot", allow_patterns=patterns))
+        except (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+            raise ConfigError(
+                f"cannot download {hub_id!r} from the Hugging Face hub ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'}); run the mirror where the hub is "
+                "reachable, or mirror a local transformers folder with --name HUB_ID"
+            ) from None
+
+    folder = fetch(["*.json", "*.safetensors"])
     if not any(folder.glob("*.safetensors")):  # older checkpoints (e.g. DiNAT) ship only .bin
-        folder = Path(snapshot_download(hub_id, local_dir=dest / "snapshot", allow_patterns=["*.json", "*.bin"]))
+        folder = fetch(["*.json", "*.bin"])
     for cache in folder.glob(".cache"):  # huggingface_hub's download metadata is no part of the checkpoint
         shutil.rmtree(cache)
     return folder

@@ -95,3 +95,10 @@ def test_missing_mirror_fails_before_training_naming_the_mirror_command(s3_env, 
 def test_train_refuses_a_hub_id_missing_from_the_weights_store(s3_env, sample_dataset, tmp_path):
     with pytest.raises(ConfigError, match=f"{HUB_ID} are not mirrored.*trashseg weights mirror {HUB_ID}"):
         train(_config(pretrained=HUB_ID), sample_dataset, tmp_path / "run", weights_store=s3_env)
+
+
+def test_mirroring_without_hub_access_is_a_clear_error(s3_env, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["weights", "mirror", "acme/not-downloadable", "--store", s3_env]) == 2
+    assert "cannot download 'acme/not-downloadable' from the Hugging Face hub" in caplog.text
+    assert main(["weights", "mirror", str(s3_env.replace("s3://", "/nonexistent/")), "--store", s3_env]) == 2
