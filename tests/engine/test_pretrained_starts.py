@@ -62,3 +62,13 @@ def test_a_checkpoint_of_another_architecture_is_refused(trained_checkpoint):
     model, load = load_pretrained_model("segformer-b0-tiny", 7, str(trained_checkpoint))
     assert load.reinitialised == ("decode_head.classifier.weight", "decode_head.classifier.bias")
     assert load.loaded == load.total - 2 and model.num_classes == 7
+
+
+def test_per_size_drop_path_rates_come_from_the_table():
+    def rate(name):
+        return ARCHITECTURES[name].make_config(11).backbone_config.drop_path_rate
+
+    assert rate("mask2former-swin-l") == rate("mask2former-dinat-l") == rate("upernet-swin-b") == 0.3
+    assert rate("upernet-convnext-l") == 0.4
+    assert rate("mask2former-swin-l-tiny") == rate("upernet-convnext-l-tiny") == 0.0
+    assert ARCHITECTURES["segformer-b5"].make_config(11).drop_path_rate == 0.1
