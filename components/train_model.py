@@ -24,11 +24,13 @@ def train_model(
     pseudo_dataset: Input[Dataset] = None,
     pseudo_ratio: float = 0.0,
     init_bundle: Input[Model] = None,
+    weights_store: str = "",
 ) -> float:
     """`train_settings`: `key=value` overrides of TrainConfig. `checkpoint_store`: where
     checkpoints are mirrored, so a retried task resumes instead of starting over.
     `pseudo_dataset`: pseudo-labelled data, `pseudo_ratio` of each batch; `init_bundle`: a registered bundle whose
-    weights for this architecture initialise training (fine-tuning). Returns val mIoU."""
+    weights for this architecture initialise training (fine-tuning); `weights_store`: where
+    pretrained starts are mirrored (read offline). Returns val mIoU."""
     from trashseg.steps import RunContext, train_step
 
     result = train_step(
@@ -44,6 +46,7 @@ def train_model(
         pseudo_dataset_dir=pseudo_dataset.path if pseudo_dataset else None,
         pseudo_ratio=pseudo_ratio,
         init_bundle_dir=init_bundle.path if init_bundle else None,
+        weights_store=weights_store,
     )
     model.metadata.update(result.model_metadata)
     for name, value in result.metrics.items():

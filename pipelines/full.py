@@ -15,6 +15,7 @@ task); `full_pipeline` is the default build, used by kfp.local and the tests.
 # from real annotation objects, not strings.
 from kfp import dsl
 
+from components.check_weights import check_weights
 from components.make_pseudo_labels import make_pseudo_labels
 from components.prepare_data import prepare_data
 from components.record_status import record_status
@@ -71,17 +72,25 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
             mlflow=True,
         )
         with dsl.ExitHandler(status, name="full-run"):
+            # Pretrained starts are read from data_store's mirror (cluster nodes may have no
+            # internet); a missing one fails here, on a CPU, before any GPU task starts.
+            weights = cpu_task(
+                check_weights(architectures=architectures, train_settings=train_settings, weights_store=data_store),
+                settings,
+                object_store=True,
+            ).set_display_name("check-weights")
             prepared = cpu_task(
                 prepare_data(source=data_store, dataset_version=dataset_version, val_fraction=val_fraction, seed=split_seed),
                 settings,
                 object_store=True,
                 cache=True,
-            ).set_display_name("prepare")
+            ).set_display_name("prepare").after(weights)
             dataset = prepared.outputs["dataset"]
 
             base = train_round(
                 settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
                 checkpoint_store, tracking_uri, experiment, stage="base", default_iterations=DEFAULT_ITERATIONS,
+                weights_store=data_store,
             )
             first = ensemble_round(settings, base, dataset, ensemble_settings, name="ensemble")
 
@@ -94,6 +103,7 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                     settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
                     checkpoint_store, tracking_uri, experiment, stage="pseudo", default_iterations=DEFAULT_ITERATIONS,
                     pseudo_dataset=pseudo.outputs["pseudo_dataset"], pseudo_ratio=pseudo_ratio,
+                    weights_store=data_store,
                 )
                 second = ensemble_round(settings, retrained, dataset, ensemble_settings, name="ensemble-pseudo")
                 finish_round(settings, second, retrained, dataset, model_name, min_improvement, tracking_uri, experiment)

@@ -16,11 +16,12 @@ from pipelines.cluster import cpu_task, gpu_task
 def train_round(
     settings, architectures, dataset, dataset_version, iterations, image_size, train_settings,
     checkpoint_store, tracking_uri, experiment, *, stage, default_iterations, pseudo_dataset=None, pseudo_ratio=None,
-    init_bundle=None,
+    init_bundle=None, weights_store="",
 ):
     """ParallelFor over architectures: train, predict val and test, evaluate on val; then
     bundle the round's models. `default_iterations` (the pipeline's default, known at compile
-    time) sizes the training retry window."""
+    time) sizes the training retry window. `weights_store`: where the pretrained starts are
+    mirrored (the data store); tasks read them from there with no network."""
     # The loop has no name=: a named ParallelFor followed by dsl.Collected makes the consumers
     # fail with "cannot find producer task" on KFP backends up to 2.15 (kubeflow/pipelines#13239).
     with dsl.ParallelFor(architectures, parallelism=settings.parallelism) as architecture:
@@ -31,7 +32,7 @@ def train_round(
             train_model(
                 dataset=dataset, architecture=architecture, iterations=iterations, image_size=image_size,
                 dataset_version=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
-                tracking_uri=tracking_uri, experiment=experiment, stage=stage, **extra,
+                tracking_uri=tracking_uri, experiment=experiment, stage=stage, weights_store=weights_store, **extra,
             ),
             settings, retry_iterations=default_iterations, cache=True, object_store=True, mlflow=True,
         ).set_display_name(f"train-{stage}")

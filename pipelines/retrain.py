@@ -89,7 +89,7 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                     settings, champion.outputs["Output"], dataset, merged.output, iterations, image_size,
                     train_settings, checkpoint_store, tracking_uri, experiment, stage="finetune",
                     default_iterations=DEFAULT_FINETUNE_ITERATIONS,
-                    init_bundle=champion.outputs["bundle"],
+                    init_bundle=champion.outputs["bundle"], weights_store=data_store,
                 )
                 ensembled = ensemble_round(settings, finetuned, dataset, ensemble_settings, name="ensemble-finetune")
                 finish_round(

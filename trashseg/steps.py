@@ -136,6 +136,7 @@ def train_step(
     pseudo_dataset_dir: str | Path | None = None,
     pseudo_ratio: float = 0.0,
     init_bundle_dir: str | Path | None = None,
+    weights_store: str = "",
 ) -> TrainStepResult:
     """Train one architecture into `model_dir`.
 
@@ -144,6 +145,8 @@ def train_step(
     `checkpoint_interval` iterations, and a retried task resumes from there (training in
     chunks is exact: resume reaches the same weights). `init_bundle_dir`: a registered
     bundle whose weights for this architecture initialise the model (fine-tuning).
+    `weights_store`: where pretrained starts are mirrored (`trashseg weights mirror`); a hub id
+    in the config is read from there, with no network.
     """
     from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state, resolve_checkpoint
     from trashseg.config import load_config
@@ -174,7 +177,7 @@ def train_step(
         stop = min(done + chunk, config.iterations)
         done = train(
             config, dataset_dir, model_dir, pseudo_dataset=pseudo_dataset_dir, resume=done > 0, tags=tags,
-            stop_after=stop,
+            stop_after=stop, weights_store=weights_store or None,
         ).iterations
         if mirror is not None:
             mirror.put_folder(model_dir, prefix)
@@ -191,6 +194,27 @@ def train_step(
         "mlflow_run_id": final.get("mlflow_run_id") or "",
     }
     return TrainStepResult(best, metrics, metadata)
+
+
+def check_weights_step(architectures: Sequence[str], settings: Sequence[str], weights_store: str) -> list[str]:
+    """Before any GPU task: every pretrained start the training tasks will read (each
+    architecture's default, or `pretrained=` in `settings`) must be mirrored in `weights_store`.
+    Raises a ConfigError naming the `trashseg weights mirror` commands; returns the starts."""
+    from trashseg.config import load_config
+    from trashseg.storage import open_store
+    from trashseg.training import TrainConfig
+    from trashseg.weights import NO_PRETRAINED, require_mirrors
+
+    starts = sorted({
+        start
+        for architecture in architectures
+        if (start := load_config(TrainConfig, None, [f"architecture={architecture}", *settings]).pretrained) != NO_PRETRAINED
+        and not Path(start).exists()
+    })
+    if starts:
+        require_mirrors(starts, open_store(weights_store))
+    log.info("pretrained starts mirrored in %s: %s", weights_store, ", ".join(starts) or "none needed")
+    return starts
 
 
 def _checkpoint_mirror(checkpoint_store: str):

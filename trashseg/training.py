@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import threading
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -73,12 +74,15 @@ MAX_LR = 1.0
 @dataclass(frozen=True)
 class TrainConfig:
     architecture: str = "segformer-b0"
-    pretrained: str | None = None  # local folder or hub id; None = random init
+    # Start: None = the architecture's default (`trashseg architectures`; full sizes start from a
+    # hub checkpoint, tiny twins from random init); "none" = random init; else a hub id, a
+    # transformers folder, or a trashseg best.pt / training folder of the same architecture.
+    pretrained: str | None = None
     image_size: int = 512
     batch_size: int = 8  # per process and micro-batch; global batch = batch_size * grad_accum * world size
     iterations: int = 80_000  # optimizer steps
-    lr: float = 1e-4
-    weight_decay: float = 0.01  # not applied to biases and norm weights
+    lr: float | None = None  # None = the architecture's default (`trashseg architectures`)
+    weight_decay: float | None = None  # None = the architecture's default; not applied to biases and norm weights
     warmup_iters: int = 1500
     poly_power: float = 1.0
     grad_accum: int = 1
@@ -115,6 +119,7 @@ class TrainConfig:
                 f"architecture={self.architecture!r} is unknown; valid names: {', '.join(ARCHITECTURES)} "
                 "(`trashseg architectures` lists them with parameter counts)"
             )
+        self._fill_architecture_defaults(ARCHITECTURES[self.architecture])
         if self.image_size < 32:
             raise ConfigError(f"image_size={self.image_size}: expected >= 32 pixels")
         # Written as `not (in range)` so NaN, which fails every comparison, is refused too.
@@ -137,6 +142,18 @@ class TrainConfig:
                 f"pseudo_ratio={self.pseudo_ratio} with batch_size={self.batch_size} puts no pseudo-labelled "
                 "image in a batch; raise pseudo_ratio or batch_size"
             )
+
+    def _fill_architecture_defaults(self, spec) -> None:
+        """Unset start and optimiser settings take the architecture's defaults; the saved config
+        holds the values used, so a resumed or reloaded config means the same run."""
+        from trashseg.weights import NO_PRETRAINED
+
+        if self.pretrained is None:
+            object.__setattr__(self, "pretrained", spec.default_pretrained or NO_PRETRAINED)
+        if self.lr is None:
+            object.__setattr__(self, "lr", spec.training.lr)
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", spec.training.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -306,6 +323,7 @@ def train(
     tags: Mapping[str, str] | None = None,
     stop_after: int | None = None,
     on_checkpoint: CheckpointCallback | None = None,
+    weights_store: str | None = None,
 ) -> TrainResult:
     """Train `config.architecture` on the dataset's train split; validate on its val split.
 
@@ -315,6 +333,8 @@ def train(
     255 = ignore); `config.pseudo_ratio` of every batch is drawn from it.
     `on_checkpoint(path, iteration)` runs on rank 0 after each checkpoint (last.pt or
     best.pt) is written, e.g. to mirror the output folder to an object store.
+    `weights_store`: a store holding mirrored pretrained checkpoints (`trashseg weights
+    mirror`); a hub id in `config.pretrained` is then read from there, with no network.
     """
     output_dir = Path(output_dir)
     device = local_device()
@@ -338,7 +358,7 @@ def train(
             log.info("removed %s, a checkpoint write a killed process left unfinished", stale)
 
     data = _build_data_streams(config, dataset_dir, pseudo_dataset)
-    state = _build_model_and_optimizer(config, data.classes, device, dist)
+    state = _build_model_and_optimizer(config, data.classes, device, dist, weights_store)
     if saved is not None:
         _restore_state(state, saved, paths.last, dist)
     loader = _build_loader(config, data, state.iteration, end, device, dist)
@@ -454,11 +474,29 @@ class _TrainState:
     best_miou: float | None = None
     best_iteration: int | None = None
     run_id: str | None = None
+    pretrained_load: Any = None  # the start's PretrainedLoad, for tracking; not checkpointed
 
 
-def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device, dist: Distributed) -> _TrainState:
-    from trashseg.models import build_model
+def _build_start(config: TrainConfig, classes: ClassTable, dist: Distributed, weights_store: str | None):
+    """(model, PretrainedLoad or None): the architecture from its pretrained start or random init."""
+    from trashseg.models import build_model, load_pretrained_model
+    from trashseg.storage import open_store
+    from trashseg.weights import resolve_pretrained
 
+    store = open_store(weights_store) if weights_store else None
+    cache = Path(tempfile.gettempdir()) / "trashseg-weights"
+    source = resolve_pretrained(config.pretrained, store=store, cache_dir=cache)
+    if source is None:
+        if dist.is_main:
+            log.info("%s trains from scratch (random init, pretrained=%s)", config.architecture, config.pretrained)
+        return build_model(config.architecture, classes.num_classes), None
+    # Named as configured (the hub id), not by the cache folder a mirrored copy was read from.
+    return load_pretrained_model(config.architecture, classes.num_classes, source, label=config.pretrained)
+
+
+def _build_model_and_optimizer(
+    config: TrainConfig, classes: ClassTable, device, dist: Distributed, weights_store: str | None = None
+) -> _TrainState:
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
@@ -466,7 +504,8 @@ def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device,
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)  # same initial weights on every rank
-    model = build_model(config.architecture, classes.num_classes, pretrained=config.pretrained).to(device)
+    model, pretrained_load = _build_start(config, classes, dist, weights_store)
+    model = model.to(device)
     # The fused kernel updates all parameters in one launch on CUDA (not on CPU: no gain there).
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly_schedule(config))
@@ -474,7 +513,7 @@ def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device,
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # Per-rank stream for model-side randomness (dropout, point sampling).
     torch.manual_seed(config.seed + dist.rank)
-    return _TrainState(model, optimizer, scheduler, scaler, amp_dtype)
+    return _TrainState(model, optimizer, scheduler, scaler, amp_dtype, pretrained_load=pretrained_load)
 
 
 def _resume_checkpoint(paths: _OutputPaths, config: TrainConfig, dist: Distributed) -> dict[str, Any] | None:
@@ -594,6 +633,8 @@ def _start_tracking(config: TrainConfig, data: _DataStreams, state: _TrainState,
     )
     if state.run_id is None:
         tracked.log_config(config)
+        start = state.pretrained_load.params() if state.pretrained_load else {"pretrained.checkpoint": "none (random init)"}
+        tracked.log_params(start)
     state.run_id = tracked.run_id
     return tracked
 

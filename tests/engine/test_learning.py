@@ -19,17 +19,19 @@ FACTOR_OVER_MAJORITY = 2.5
 @pytest.mark.parametrize(
     "architecture, iterations, batch_size, lr",
     [
-        ("segformer-b0-tiny", 300, 8, 3e-3),
+        ("segformer-b0-tiny", 300, 8, None),  # the architecture's defaults (lr 3e-3, no weight decay)
         ("mask2former-swin-t-tiny", 400, 4, 2e-3),
     ],
 )
 def test_tiny_model_learns_far_beyond_majority_class(sample_dataset, tmp_path, architecture, iterations, batch_size, lr):
+    optimiser = {} if lr is None else dict(lr=lr, weight_decay=0.0)
     config = from_mapping(
         TrainConfig,
         dict(
             architecture=architecture, image_size=96, batch_size=batch_size, iterations=iterations,
-            warmup_iters=10, lr=lr, weight_decay=0.0, eval_interval=100, checkpoint_interval=iterations,
+            warmup_iters=10, eval_interval=100, checkpoint_interval=iterations,
             log_interval=50, num_workers=0, augment={"scale_range": [0.75, 1.25]}, tracking={"enabled": False},
+            **optimiser,
         ),
     )
     result = train(config, sample_dataset, tmp_path / "run")

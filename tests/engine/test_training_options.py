@@ -60,12 +60,16 @@ def test_pseudo_dataset_with_other_classes_is_rejected(sample_dataset, tmp_path)
         train(_tiny(batch_size=2, pseudo_ratio=0.5), sample_dataset, tmp_path / "run", pseudo_dataset=pseudo)
 
 
-def test_architectures_command_lists_names_with_parameter_counts(capsys):
+def test_architectures_command_lists_names_with_parameter_counts_and_default_starts(capsys):
     assert main(["architectures"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    table = {line.split()[0]: line.split()[1] for line in lines}
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert "segformer-b0-tiny" in table and "mask2former-swin-l" in table
-    assert float(table["mask2former-swin-l"].rstrip("M")) > float(table["mask2former-swin-t"].rstrip("M")) > 1
+    assert float(table["mask2former-swin-l"][0].rstrip("M")) > float(table["mask2former-swin-t"][0].rstrip("M")) > 1
+    # params, lr, weight decay, default start: full sizes name a hub checkpoint, tiny twins none
+    assert table["mask2former-swin-l"][1:] == ["1e-04", "0.05", "facebook/mask2former-swin-large-ade-semantic"]
+    assert table["mask2former-dinat-l"][3] == "shi-labs/dinat-large-11x11-in22k-in1k-384"
+    assert table["segformer-b0-tiny"][1:] == ["3e-03", "0", "none"]
 
 
 @pytest.mark.gpu

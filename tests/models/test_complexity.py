@@ -39,4 +39,4 @@ def test_architectures_command_prints_gflops_on_request(capsys):
     assert "2 per multiply-add" in lines[0]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert list(rows) == ["segformer-b0-tiny", "mask2former-semask-swin-t-tiny"]
-    assert all(float(gflops) > 0 for _, gflops in rows.values())
+    assert all(float(values[1]) > 0 for values in rows.values())

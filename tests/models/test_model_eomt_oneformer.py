@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trashseg.errors import ConfigError
-from trashseg.models import ARCHITECTURES, build_model, eomt, oneformer
+from trashseg.models import ARCHITECTURES, build_model
 from trashseg.models.eomt import mask_probability
 from trashseg.models.oneformer import TASK_VOCABULARY, task_token_ids
 
@@ -139,11 +139,12 @@ def test_other_class_count_keeps_the_body_and_reports_the_new_head(name, head, t
     assert heads and all(p.shape[0] == 8 for p in heads)  # 7 classes + "no object"
 
 
-def test_default_checkpoints_name_full_size_architectures_of_their_family():
-    for module, family in ((eomt, "eomt"), (oneformer, "oneformer")):
-        for name, hub_id in module.DEFAULT_CHECKPOINTS.items():
-            assert ARCHITECTURES[name].family == family and not ARCHITECTURES[name].tiny
-            assert hub_id.count("/") == 1
+def test_default_checkpoints_of_eomt_and_oneformer_are_their_published_hub_models():
+    for name, spec in ARCHITECTURES.items():
+        if name.startswith(("eomt-", "oneformer-")) and spec.default_pretrained is not None:
+            assert not spec.tiny and spec.default_pretrained.count("/") == 1
+            owner = "tue-mps/" if name.startswith("eomt-") else "shi-labs/oneformer_ade20k_"
+            assert spec.default_pretrained.startswith(owner)
 
 
 def test_task_token_is_the_semantic_sentence_padded_to_the_task_length():

@@ -217,3 +217,18 @@ def test_images_reject_bad_tags():
             Images("ghcr.io/trashseg", tag)
     with pytest.raises(ValueError, match="registry"):
         Images("Ghcr.io/Trash/", "abc")
+
+
+def test_full_pipeline_checks_mirrored_weights_on_a_cpu_before_any_gpu_task(compiled):
+    _, spec, *_ = compiled["full"]
+    by_name = {task_name: task for _, task_name, task in tasks(spec)}
+    check = by_name["check-weights"]
+    assert check["inputs"]["parameters"]["weights_store"]["componentInputParameter"].endswith("data_store")
+    # prepare waits for the check, and every training task consumes prepare's dataset.
+    assert "check-weights" in by_name["prepare-data"]["dependentTasks"]
+    executors = spec["deploymentSpec"]["executors"]
+    assert "accelerator" not in str(executors[executor_of(spec, check)])
+    trains = [task for _, name, task in tasks(spec) if name.startswith("train-model")]
+    assert trains and all("accelerator" in str(executors[executor_of(spec, task)]) for task in trains)
+    for task in trains:
+        assert task["inputs"]["parameters"]["weights_store"]["componentInputParameter"].endswith("data_store")

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "trashseg.cli.engine",
     "trashseg.cli.recipe",
     "trashseg.cli.data_versions",
+    "trashseg.cli.weights",
     "trashseg.cli.view",
 )
 

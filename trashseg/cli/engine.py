@@ -56,7 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--html", help="HTML page to write, as the pipeline's evaluate step (default: PREDICTIONS/report.html)")
     evaluate.set_defaults(func=run_evaluate)
 
-    architectures = subparsers.add_parser("architectures", help="list architecture names with parameter counts")
+    architectures = subparsers.add_parser(
+        "architectures",
+        help="list architectures: parameter counts, default starting checkpoint, default lr and weight decay",
+    )
     architectures.add_argument(
         "--gflops", action="store_true",
         help="also count inference GFLOPs (FLOPs, 2 per multiply-add) per image; a few seconds per full-size model",
@@ -123,15 +126,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_architectures(args: argparse.Namespace) -> int:
-    from trashseg.models import architecture_table
+    from trashseg.models import architecture_spec, architecture_table
     from trashseg.models.complexity import inference_gflops
 
     rows = architecture_table(names=args.only)
-    if args.gflops:
-        print(f"{'architecture':<32} {'params':>10} {'GFLOPs@' + str(args.image_size):>12}  (FLOPs: 2 per multiply-add)")
+    gflops = f" {'GFLOPs@' + str(args.image_size):>12}" if args.gflops else ""
+    note = "  (FLOPs: 2 per multiply-add)" if args.gflops else ""
+    print(f"{'architecture':<32} {'params':>10}{gflops} {'lr':>7} {'wd':>5}  pretrained (default start){note}")
     for name, params in rows:
+        spec = architecture_spec(name)
         line = f"{name:<32} {params / 1e6:9.2f}M"
         if args.gflops:  # printed as counted: the whole table takes a minute or two on CPU
             line += f" {inference_gflops(name, args.image_size):12.4g}"
+        line += f" {spec.training.lr:7.0e} {spec.training.weight_decay:5.2g}  {spec.default_pretrained or 'none'}"
         print(line, flush=True)
     return 0

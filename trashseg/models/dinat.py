@@ -47,7 +47,6 @@ DINAT_LARGE = dict(
     num_heads=[6, 12, 24, 48],
     kernel_size=11,
     mlp_ratio=2.0,
-    drop_path_rate=0.3,
     dilations=[
         [1, 20, 1],
         [1, 5, 1, 10],
@@ -62,7 +61,6 @@ DINAT_TINY = dict(
     num_heads=[1, 2, 4, 8],
     kernel_size=3,
     mlp_ratio=2.0,
-    drop_path_rate=0.0,
     dilations=[[2], [1], [1], [1]],
 )
 _STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -74,8 +72,10 @@ class TrashsegDinatConfig(DinatConfig):
     model_type = "trashseg_dinat"
 
 
-def dinat_backbone_config(*, tiny: bool) -> TrashsegDinatConfig:
-    return TrashsegDinatConfig(**(DINAT_TINY if tiny else DINAT_LARGE), out_features=_STAGES)
+def dinat_backbone_config(*, tiny: bool, drop_path_rate: float = 0.0) -> TrashsegDinatConfig:
+    """DiNAT-L (or its tiny twin); the drop-path rate comes from the architecture table."""
+    size = DINAT_TINY if tiny else DINAT_LARGE
+    return TrashsegDinatConfig(**size, drop_path_rate=0.0 if tiny else drop_path_rate, out_features=_STAGES)
 
 
 class DinatPatchEmbeddings(nn.Module):
@@ -318,7 +318,7 @@ def is_dinat_checkpoint(pretrained: str) -> bool:
     return AutoConfig.from_pretrained(pretrained).model_type == "dinat"
 
 
-def load_dinat_weights(backbone: DinatBackbone, pretrained: str) -> None:
+def load_dinat_weights(backbone: DinatBackbone, pretrained: str) -> set[str]:
     """Copy a transformers DiNAT checkpoint's weights into `backbone` by name where shapes match.
 
     Relative position biases (no natten 0.21 equivalent) and tensors without a counterpart are
@@ -352,6 +352,7 @@ def load_dinat_weights(backbone: DinatBackbone, pretrained: str) -> None:
         json.dumps(sorted(set(skipped) - set(relative_biases))[:20]),
         json.dumps(not_loaded[:20]),
     )
+    return set(loaded)
 
 
 def _read_weights(pretrained: str) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from trashseg.models.mask2former import semantic_log_probs, semantic_targets
 
 # DINOv2 ViT sizes with 4 registers (Oquab et al. 2023; Darcet et al. 2024), at EoMT's patch size
 # of 16. Query count and native image size follow the published checkpoint each size loads from
-# (see DEFAULT_CHECKPOINTS): COCO panoptic at 640 px (200 queries) for S and B, ADE20K semantic at
+# (the architecture table's default checkpoints): COCO panoptic at 640 px (200 queries) for S and B, ADE20K semantic at
 # 512 px (100 queries) for L, so that their position embeddings and queries load unchanged.
 EOMT_SIZES = {
     "s": dict(
@@ -65,28 +65,20 @@ TINY_EOMT = dict(
     train_num_points=1024,
 )
 
-# Published EoMT checkpoints in transformers format (model cards of the tue-mps organisation on
-# the Hugging Face hub, checked 2026-12): DINOv2 backbones, heads for COCO / ADE20K classes.
-DEFAULT_CHECKPOINTS = {
-    "eomt-dinov2-s": "tue-mps/coco_panoptic_eomt_small_640_2x",
-    "eomt-dinov2-b": "tue-mps/coco_panoptic_eomt_base_640_2x",
-    "eomt-dinov2-l": "tue-mps/ade20k_semantic_eomt_large_512",
-    # DINOv3 weights are under Meta's DINOv3 licence; only the L semantic checkpoint was found.
-    "eomt-dinov3-l": "tue-mps/ade_semantic_eomt_large_512_dinov3",
-}
-
 # EoMT's annealing windows as fractions of training, from its COCO configs (12 epochs; block i
 # of 4 anneals from epoch 2 + 2i to 4 + 2i): the windows tile [1/6, 5/6] in equal parts, the
 # first query block first, so the final sixth of training runs entirely unmasked.
 _ANNEAL_START, _ANNEAL_END, _ANNEAL_POWER = 1 / 6, 5 / 6, 0.9
 
 
-def eomt_config(variant: str, num_classes: int, *, tiny: bool) -> EomtConfig:
-    size = TINY_EOMT if tiny else dict(EOMT_SIZES[variant], num_blocks=4, drop_path_rate=0.0)
+def eomt_config(variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float) -> EomtConfig:
+    size = TINY_EOMT if tiny else dict(EOMT_SIZES[variant], num_blocks=4, drop_path_rate=drop_path_rate)
     return EomtConfig(**size, num_labels=num_classes)
 
 
-def eomt_dinov3_config(variant: str, num_classes: int, *, tiny: bool) -> EomtDinov3Config:
+def eomt_dinov3_config(
+    variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
+) -> EomtDinov3Config:
     """DINOv3 ViTs: the DINOv2 sizes with a 4x MLP, rotary position embeddings (any grid)."""
     if tiny:
         size = dict(TINY_EOMT, intermediate_size=4 * TINY_EOMT["hidden_size"])
@@ -94,6 +86,7 @@ def eomt_dinov3_config(variant: str, num_classes: int, *, tiny: bool) -> EomtDin
         size = dict(
             EOMT_SIZES[variant],
             num_blocks=4,
+            drop_path_rate=drop_path_rate,
             intermediate_size=4 * EOMT_SIZES[variant]["hidden_size"],
         )
     return EomtDinov3Config(**size, num_labels=num_classes)

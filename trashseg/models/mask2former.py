@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, PretrainedConfig
 
+from trashseg.models.backbones import swin_backbone_config
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel, full_precision, resize_to
 from trashseg.models.dinat import dinat_backbone_config
-from trashseg.models.upernet import swin_backbone_config
 
 # The published semantic-segmentation decoder: 6 deformable pixel-decoder layers, 9 masked-
 # attention layers (+ the initial prediction, hence 10), 256 wide, 100 queries.
@@ -49,15 +49,20 @@ def mask2former_config(
     )
 
 
-def mask2former_swin_config(variant: str, num_classes: int, *, tiny: bool) -> Mask2FormerConfig:
-    backbone = swin_backbone_config(variant, tiny=tiny, drop_path_rate=0.3)
+def mask2former_swin_config(
+    variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
+) -> Mask2FormerConfig:
+    backbone = swin_backbone_config(variant, tiny=tiny, drop_path_rate=drop_path_rate)
     return mask2former_config(backbone, num_classes, tiny=tiny)
 
 
-def mask2former_dinat_config(variant: str, num_classes: int, *, tiny: bool) -> Mask2FormerConfig:
+def mask2former_dinat_config(
+    variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
+) -> Mask2FormerConfig:
     if variant != "l":
         raise ValueError(f"only DiNAT-L is published for Mask2Former; got variant {variant!r}")
-    return mask2former_config(dinat_backbone_config(tiny=tiny), num_classes, tiny=tiny)
+    backbone = dinat_backbone_config(tiny=tiny, drop_path_rate=drop_path_rate)
+    return mask2former_config(backbone, num_classes, tiny=tiny)
 
 
 class Mask2FormerSegmentation(SegmentationModel):

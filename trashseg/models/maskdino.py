@@ -33,10 +33,10 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPreTrainedModel,
 )
 
+from trashseg.models.backbones import swin_backbone_config
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.mask2former import semantic_log_probs, semantic_targets
 from trashseg.models.maskdino_loss import Targets, maskdino_loss
-from trashseg.models.upernet import swin_backbone_config
 
 # Sampling points per head and level in decoder cross-attention (Deformable DETR / DINO default).
 DECODER_POINTS = 4
@@ -72,8 +72,10 @@ _TINY_DECODER = dict(
 )
 
 
-def maskdino_swin_config(variant: str, num_classes: int, *, tiny: bool) -> Mask2FormerConfig:
-    backbone = swin_backbone_config(variant, tiny=tiny, drop_path_rate=0.3)
+def maskdino_swin_config(
+    variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
+) -> Mask2FormerConfig:
+    backbone = swin_backbone_config(variant, tiny=tiny, drop_path_rate=drop_path_rate)
     return Mask2FormerConfig(
         backbone_config=backbone,
         num_labels=num_classes,

@@ -21,10 +21,10 @@ import torch
 from transformers import OneFormerConfig, OneFormerForUniversalSegmentation, PretrainedConfig
 
 from trashseg.errors import ConfigError
+from trashseg.models.backbones import swin_backbone_config
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import dinat_backbone_config
 from trashseg.models.mask2former import semantic_log_probs, semantic_targets
-from trashseg.models.upernet import swin_backbone_config
 
 TASK_VOCABULARY = {
     "<pad>": 0,
@@ -55,14 +55,6 @@ _TINY_DECODER = dict(
     train_num_points=1024,
 )
 
-# Published OneFormer checkpoints in transformers format (SHI Labs on the Hugging Face hub,
-# model cards checked 2026-12): ADE20K, 150 classes; heads are re-initialised for the dataset.
-DEFAULT_CHECKPOINTS = {
-    "oneformer-swin-l": "shi-labs/oneformer_ade20k_swin_large",
-    "oneformer-dinat-l": "shi-labs/oneformer_ade20k_dinat_large",
-}
-
-
 def task_token_ids(task: str, length: int) -> torch.Tensor:
     """(length,) ids of "the task is {task}" in TASK_VOCABULARY, padded with <pad>."""
     words = ["the", "task", "is", task]
@@ -77,14 +69,14 @@ def task_token_ids(task: str, length: int) -> torch.Tensor:
 
 
 def oneformer_config(
-    backbone: str, variant: str, num_classes: int, *, tiny: bool
+    backbone: str, variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
 ) -> OneFormerConfig:
     if variant != "l":
         raise ValueError(f"OneFormer is published with {backbone}-L only; got variant {variant!r}")
     backbone_config: PretrainedConfig = (
-        swin_backbone_config(variant, tiny=tiny, drop_path_rate=0.3)
+        swin_backbone_config(variant, tiny=tiny, drop_path_rate=drop_path_rate)
         if backbone == "swin"
-        else dinat_backbone_config(tiny=tiny)
+        else dinat_backbone_config(tiny=tiny, drop_path_rate=drop_path_rate)
     )
     return OneFormerConfig(
         backbone_config=backbone_config,

@@ -18,7 +18,9 @@ _SEGFORMER_SIZES = {
 }
 
 
-def segformer_config(variant: str, num_classes: int, *, tiny: bool) -> SegformerConfig:
+def segformer_config(
+    variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
+) -> SegformerConfig:
     if tiny:
         size = dict(hidden_sizes=[32, 32, 64, 64], depths=[1, 1, 1, 1], decoder_hidden_size=32)
     else:
@@ -28,6 +30,7 @@ def segformer_config(variant: str, num_classes: int, *, tiny: bool) -> Segformer
         num_attention_heads=[1, 2, 5, 8] if not tiny else [1, 1, 2, 2],
         sr_ratios=[8, 4, 2, 1],
         semantic_loss_ignore_index=255,
+        drop_path_rate=drop_path_rate,  # also on the tiny twin: transformers' 0.1 is what it learned with
         **size,
     )
 

@@ -39,10 +39,10 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerForU
 from transformers.models.swin.modeling_swin import SwinBackbone, window_partition, window_reverse
 
 from trashseg.errors import ConfigError
+from trashseg.models.backbones import SWIN_SIZES, TINY_SWIN
 from trashseg.models.base import cross_entropy, resize_to
 from trashseg.models.fapn import FaPNPixelDecoder
 from trashseg.models.mask2former import Mask2FormerSegmentation, mask2former_config
-from trashseg.models.upernet import SWIN_SIZES, TINY_SWIN
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,13 @@ class TrashsegSeMaskSwinConfig(SwinConfig):
     model_type = "trashseg_semask_swin"
 
 
-def semask_swin_backbone_config(variant: str, num_classes: int, *, tiny: bool) -> TrashsegSeMaskSwinConfig:
+def semask_swin_backbone_config(
+    variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
+) -> TrashsegSeMaskSwinConfig:
     size = TINY_SWIN if tiny else SWIN_SIZES[variant]
     return TrashsegSeMaskSwinConfig(
         **size,
-        drop_path_rate=0.0 if tiny else 0.3,  # DROP_PATH_RATE of the SeMask-Mask2Former configs
+        drop_path_rate=0.0 if tiny else drop_path_rate,
         out_features=["stage1", "stage2", "stage3", "stage4"],
         num_semantic_classes=num_classes,
         semantic_window_size=size["window_size"],  # SEM_WINDOW_SIZE = WINDOW_SIZE in their configs
@@ -172,13 +174,14 @@ if TrashsegSeMaskSwinConfig.model_type not in Mask2FormerConfig.backbones_suppor
 
 
 def mask2former_semask_config(
-    pixel_decoder: str, variant: str, num_classes: int, *, tiny: bool,
+    pixel_decoder: str, variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float,
     semantic_loss_weight: float = SEMANTIC_LOSS_WEIGHT,
 ) -> Mask2FormerConfig:
     """Mask2Former on SeMask-Swin; `pixel_decoder` is "msdeformattn" (Mask2Former's own) or "fapn"."""
     if pixel_decoder not in ("msdeformattn", "fapn"):
         raise ConfigError(f"pixel_decoder is {pixel_decoder!r}; expected 'msdeformattn' or 'fapn'")
-    config = mask2former_config(semask_swin_backbone_config(variant, num_classes, tiny=tiny), num_classes, tiny=tiny)
+    backbone = semask_swin_backbone_config(variant, num_classes, tiny=tiny, drop_path_rate=drop_path_rate)
+    config = mask2former_config(backbone, num_classes, tiny=tiny)
     config.pixel_decoder = pixel_decoder
     config.semantic_loss_weight = semantic_loss_weight
     return config
@@ -228,7 +231,7 @@ def is_semask_checkpoint(pretrained: str) -> bool:
     return getattr(backbone, "model_type", None) == TrashsegSeMaskSwinConfig.model_type
 
 
-def load_swin_weights(network: SeMaskMask2FormerNetwork, pretrained: str) -> None:
+def load_swin_weights(network: SeMaskMask2FormerNetwork, pretrained: str) -> set[str]:
     """Fill `network` from a transformers Swin (SwinModel/SwinBackbone/classifier) or
     Mask2Former-Swin checkpoint by key where shapes match; semantic layers, and whatever else the
     checkpoint lacks (the whole head for a plain Swin), keep their fresh init.
@@ -256,6 +259,7 @@ def load_swin_weights(network: SeMaskMask2FormerNetwork, pretrained: str) -> Non
         pretrained, len(loaded), len(own), encoder_loaded, len(encoder_keys), len(semantic),
         json.dumps(skipped[:20]), json.dumps([k for k in not_loaded if k not in semantic][:20]),
     )
+    return set(loaded)
 
 
 _ENCODER = "model.pixel_level_module.encoder."

@@ -37,7 +37,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,15 +73,19 @@ class DatasetManifest:
     files: tuple[ObjectInfo, ...]
     inbox_batches: tuple[str, ...] = ()
     parent: str | None = None
+    source: str | None = None  # what a mirrored version copies (a weights hub id); None for datasets
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "version": self.version,
             "created": self.created,
             "parent": self.parent,
             "inbox_batches": list(self.inbox_batches),
             "files": [{"path": f.key, "size": f.size, "sha256": f.sha256} for f in self.files],
         }
+        if self.source is not None:
+            data["source"] = self.source
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DatasetManifest:
@@ -91,6 +95,7 @@ class DatasetManifest:
             files=tuple(ObjectInfo(f["path"], int(f["size"]), f["sha256"]) for f in data["files"]),
             inbox_batches=tuple(data.get("inbox_batches", ())),
             parent=data.get("parent"),
+            source=data.get("source"),
         )
 
     @property
@@ -98,8 +103,23 @@ class DatasetManifest:
         return sum(f.size for f in self.files)
 
 
-def _version_prefix(version: str) -> str:
-    return join_key(DATASETS_PREFIX, version)
+@dataclass(frozen=True)
+class VersionKind:
+    """What a content-addressed version holds: where its versions live, how a folder hashes
+    to its version name, and which of its files the version is made of (each with size and
+    sha256). Datasets are one kind; mirrored weights (`trashseg.weights`) another."""
+
+    prefix: str
+    content_hash: Callable[[Path], str]
+    covered_files: Callable[[Path], Sequence[str]]  # relative paths the content hash covers
+    noun: str = "dataset"
+
+
+DATASETS = VersionKind(DATASETS_PREFIX, dataset_hash, hashed_files)
+
+
+def _version_prefix(version: str, kind: VersionKind | None = None) -> str:
+    return join_key((kind or DATASETS).prefix, version)
 
 
 def push_dataset(
@@ -109,26 +129,31 @@ def push_dataset(
     inbox_batches: Sequence[str] = (),
     parent: str | None = None,
     repair: bool = False,
+    kind: VersionKind | None = None,
+    source: str | None = None,
 ) -> DatasetManifest:
     """Upload a dataset folder as a content-addressed version; files first, manifest last.
 
     Pushing a version that already exists uploads nothing and returns its manifest; with
     `repair`, every stored file is verified first and the ones that are missing, corrupt or
     different from the folder's are uploaded again (and a rewritten manifest restored).
+    `kind` (default datasets) and `source` let other content-addressed folders (mirrored
+    weights) use the same versions under their own prefix.
     """
+    kind = kind or DATASETS
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} does not exist or is not a folder")
-    version = dataset_hash(folder)
-    local = _version_files(folder)
-    manifest_key = join_key(_version_prefix(version), MANIFEST_NAME)
+    version = kind.content_hash(folder)
+    local = _version_files(folder, kind)
+    manifest_key = join_key(_version_prefix(version, kind), MANIFEST_NAME)
     if store.exists(manifest_key):
         if repair:
-            return _repair_version(folder, store, version, local)
-        log.info("dataset version %s already in %s; nothing to upload (verify and fix it with --repair)",
-                 version, store.uri())
-        return read_manifest(store, version)
-    files_prefix = join_key(_version_prefix(version), "files")
+            return _repair_version(folder, store, version, local, kind)
+        log.info("%s version %s already in %s; nothing to upload (verify and fix it with --repair)",
+                 kind.noun, version, store.uri(kind.prefix))
+        return read_manifest(store, version, kind=kind)
+    files_prefix = join_key(_version_prefix(version, kind), "files")
     progress = Progress(len(local), f"upload {folder} -> {store.uri(files_prefix)}", unit="files")
     for info in local:
         store.put_file(folder / info.key, join_key(files_prefix, info.key))
@@ -139,18 +164,20 @@ def push_dataset(
         files=local,
         inbox_batches=tuple(sorted(set(inbox_batches))),
         parent=parent,
+        source=source,
     )
     store.put_json(manifest.to_dict(), manifest_key)
-    log.info("pushed dataset version %s (%d files, %d bytes) to %s", version, len(local), manifest.total_bytes, store.uri())
+    log.info("pushed %s version %s (%d files, %d bytes) to %s", kind.noun, version, len(local), manifest.total_bytes,
+             store.uri(kind.prefix))
     return manifest
 
 
-def _version_files(folder: Path) -> tuple[ObjectInfo, ...]:
+def _version_files(folder: Path, kind: VersionKind) -> tuple[ObjectInfo, ...]:
     """The folder's files that make up its version, each with size and sha256.
 
     A file the hash does not cover would ride along unverified (and be dropped when the
     version already exists), so any such file is refused."""
-    covered = hashed_files(folder)
+    covered = kind.covered_files(folder)
     for rel in covered:
         safe_join(folder, rel, what=f"file_name in {folder}")  # a `../` image would not round-trip
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
@@ -165,9 +192,11 @@ def _version_files(folder: Path) -> tuple[ObjectInfo, ...]:
     return tuple(ObjectInfo(rel, (folder / rel).stat().st_size, sha256_file(folder / rel)) for rel in covered)
 
 
-def _repair_version(folder: Path, store: ObjectStore, version: str, local: tuple[ObjectInfo, ...]) -> DatasetManifest:
+def _repair_version(
+    folder: Path, store: ObjectStore, version: str, local: tuple[ObjectInfo, ...], kind: VersionKind
+) -> DatasetManifest:
     """Make the stored version match `folder` (which hashes to it): re-upload what fails verification."""
-    prefix = _version_prefix(version)
+    prefix = _version_prefix(version, kind)
     files_prefix = join_key(prefix, "files")
     manifest_key = join_key(prefix, MANIFEST_NAME)
     try:
@@ -210,12 +239,13 @@ def _repair_version(folder: Path, store: ObjectStore, version: str, local: tuple
     return manifest
 
 
-def read_manifest(store: ObjectStore, version: str) -> DatasetManifest:
-    key = join_key(_version_prefix(version), MANIFEST_NAME)
+def read_manifest(store: ObjectStore, version: str, *, kind: VersionKind | None = None) -> DatasetManifest:
+    kind = kind or DATASETS
+    key = join_key(_version_prefix(version, kind), MANIFEST_NAME)
     if not store.exists(key):
-        known = [m.version for m in list_versions(store)]
+        known = [m.version for m in list_versions(store, kind=kind)]
         raise DataError(
-            f"dataset version {version!r} not found in {store.uri()}; known versions: "
+            f"{kind.noun} version {version!r} not found in {store.uri(kind.prefix)}; known versions: "
             f"{', '.join(known) or 'none (push one with `trashseg data push`)'}"
         )
     manifest = _load_manifest(store, key)
@@ -235,11 +265,11 @@ def _load_manifest(store: ObjectStore, key: str) -> DatasetManifest:
         raise IntegrityError(f"{store.uri(key)} is not a readable manifest ({error!r}); {REPAIR_HINT}") from error
 
 
-def list_versions(store: ObjectStore) -> list[DatasetManifest]:
+def list_versions(store: ObjectStore, *, kind: VersionKind | None = None) -> list[DatasetManifest]:
     """Complete versions (those with a manifest), oldest first."""
     manifests = [
         _load_manifest(store, key)
-        for key in store.keys(DATASETS_PREFIX)
+        for key in store.keys((kind or DATASETS).prefix)
         if key.count("/") == 2 and key.endswith("/" + MANIFEST_NAME)
     ]
     return sorted(manifests, key=lambda m: (m.created, m.version))
@@ -255,17 +285,18 @@ def resolve_version(store: ObjectStore, version: str) -> str:
     return versions[-1].version
 
 
-def pull_dataset(store: ObjectStore, version: str, dest: str | Path) -> DatasetManifest:
+def pull_dataset(store: ObjectStore, version: str, dest: str | Path, *, kind: VersionKind | None = None) -> DatasetManifest:
     """Download a version into dest, verified: each file against the manifest, then the
     whole against the version's content hash.
 
     Files are gathered in a folder beside dest and moved in only once all of them check
     out, so a failed pull (corrupt object, disk full) leaves dest as it was."""
-    manifest = read_manifest(store, resolve_version(store, version))
+    kind = kind or DATASETS
+    manifest = read_manifest(store, resolve_version(store, version) if kind is DATASETS else version, kind=kind)
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise DataError(f"cannot pull dataset version {manifest.version} into {dest}: it is a file; expected a folder")
-    files_prefix = join_key(_version_prefix(manifest.version), "files")
+    files_prefix = join_key(_version_prefix(manifest.version, kind), "files")
     with reporting_write_errors(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".pulling", dir=dest.parent))
@@ -289,23 +320,23 @@ def pull_dataset(store: ObjectStore, version: str, dest: str | Path) -> DatasetM
                     f"{REPAIR_HINT}"
                 )
             progress.update(1)
-        _check_content(staging, manifest, store)
+        _check_content(staging, manifest, store, kind)
         _move_into(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
-def _check_content(folder: Path, manifest: DatasetManifest, store: ObjectStore) -> None:
+def _check_content(folder: Path, manifest: DatasetManifest, store: ObjectStore, kind: VersionKind) -> None:
     """The pulled files are exactly what the version name (its content hash) stands for."""
-    covered, listed = set(hashed_files(folder)), {f.key for f in manifest.files}
+    covered, listed = set(kind.covered_files(folder)), {f.key for f in manifest.files}
     uncovered = sorted(listed - covered)
     if uncovered:
         raise IntegrityError(
             f"dataset version {manifest.version} in {store.uri()} lists file(s) its content hash does not cover: "
             f"{', '.join(uncovered[:5])}; the manifest was altered after the push; {REPAIR_HINT}"
         )
-    actual = dataset_hash(folder)
+    actual = kind.content_hash(folder)
     if actual != manifest.version:
         raise IntegrityError(
             f"dataset version {manifest.version} in {store.uri()} downloads as content that hashes to {actual}: its "
