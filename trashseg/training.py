@@ -22,8 +22,8 @@ import math
 import os
 import random
 import signal
-import threading
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field

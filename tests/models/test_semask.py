@@ -9,9 +9,9 @@ from transformers import SwinModel
 
 from trashseg.errors import ConfigError
 from trashseg.models import build_model
+from trashseg.models.backbones import TINY_SWIN
 from trashseg.models.fapn import FaPNPixelDecoder
 from trashseg.models.semask import SEMANTIC_LOSS_WEIGHT, SeMaskSwinBackbone, semantic_decoder
-from trashseg.models.backbones import TINY_SWIN
 
 NUM_CLASSES = 4
 SEMASK = "mask2former-semask-swin-t-tiny"
