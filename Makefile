@@ -18,6 +18,9 @@ SETUP_STAMP := $(VENV)/.setup-$(SETUP_HASH)
 PIN = $(shell grep -oE '"$(1)==[^"]+"' pyproject.toml | tr -d '"')
 
 PYTEST_ARGS ?=
+# Two workers for the two cores CI has (tests run torch single-threaded); loadscope keeps each
+# module's expensive fixtures (a whole local pipeline run, MLflow and S3 servers) on one worker.
+PYTEST_WORKERS ?= 2
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 ##@ Getting started
@@ -49,7 +52,7 @@ lint: setup ## Lint Python (ruff) and Dockerfiles (hadolint)
 
 .PHONY: test
 test: setup tools ## Run the test suite (installs what it needs first)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 .PHONY: clean
 clean: ## Remove build outputs and local run state (keeps .venv)
