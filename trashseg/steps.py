@@ -145,6 +145,7 @@ def train_step(
     """
     from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state, resolve_checkpoint
     from trashseg.config import load_config
+    from trashseg.pseudo_labels import lineage_tags
     from trashseg.training import TrainConfig, train
 
     overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
@@ -152,6 +153,8 @@ def train_step(
         overrides.append(f"pseudo_ratio={pseudo_ratio}")
     config = dataclasses.replace(load_config(TrainConfig, None, overrides), tracking=run.tracking())
     tags = run.tags()  # train() tags the run with dataset.version from the dataset itself
+    if pseudo_dataset_dir is not None:  # which models, ensemble, tau and images made the labels
+        tags.update(lineage_tags(pseudo_dataset_dir))
     model_dir = Path(model_dir)
     # A fixed path: the resolved config (which holds it) must be equal when a retry resumes.
     init_dir = Path(tempfile.gettempdir()) / "trashseg-init" / f"{run.stage}-{architecture}"
@@ -280,12 +283,20 @@ def ensemble_step(
 
 
 def pseudo_label_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *, settings: Sequence[str]) -> int:
-    """Pseudo-label dataset from the ensemble's final predictions; returns the images kept."""
+    """Pseudo-label dataset: labels from the ensemble's final predictions, confidence from its
+    pre-CRF soft vote (CRF marginals are overconfident). Returns the images kept."""
     from trashseg.config import load_config
+    from trashseg.ensemble import SOFT_VOTE
     from trashseg.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
 
     config = load_config(PseudoLabelConfig, None, settings)
-    result = make_pseudo_labels(final_predictions(ensemble_dir, config.split), dataset_dir, out_dir, config)
+    confidence_dir = Path(ensemble_dir) / "stages" / SOFT_VOTE / config.split
+    if not confidence_dir.is_dir():
+        raise DataError(f"{ensemble_dir} has no {SOFT_VOTE} predictions for split {config.split!r} ({confidence_dir}); "
+                        "run the ensemble on that split first")
+    result = make_pseudo_labels(
+        final_predictions(ensemble_dir, config.split), dataset_dir, out_dir, config, confidence_dir=confidence_dir
+    )
     return len(result.kept)
 
 
