@@ -3,6 +3,10 @@
 Written as report.json (the numbers), report.md (a table), report.png (a chart) and
 report.html (table + chart inline, the pipeline's HTML artifact). The Markdown and HTML
 also show the soft-vote weights (given or fitted) and the per-class gating decision.
+
+The main scores are the held-out ones (how they were obtained is `scoring`); the in-sample
+mIoU (parameters fitted and scored on the same val images) sits beside them, so the gap,
+the optimism of fitting on val, is in plain view.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ def write_stage_report(
     selected: str,
     pinned: bool = False,
     details: Mapping | None = None,
+    in_sample: Mapping[str, SegmentationScores] | None = None,
+    scoring: str = "",
 ) -> dict[str, Path]:
-    """Write the four report files for `stages` (in that row order); returns their paths."""
+    """Write the four report files for `stages` (in that row order); returns their paths.
+    `scores` are the figures that select; `in_sample`, if given, the in-sample ones."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(scores[stages[0]].class_names)
@@ -36,20 +43,25 @@ def write_stage_report(
         "png": out / "report.png",
         "html": out / "report.html",
     }
+    in_sample = in_sample or {}
     data = {
         "selected_stage": selected,
         "selection": "pinned" if pinned else "best val mIoU",
+        "scoring": scoring,
+        "selected_miou": scores[selected].to_dict()["miou"],
+        "selected_miou_in_sample": in_sample[selected].to_dict()["miou"] if selected in in_sample else None,
         "class_names": class_names,
         "stages": [{"name": stage, **scores[stage].to_dict()} for stage in stages],
+        "stages_in_sample": [{"name": stage, **in_sample[stage].to_dict()} for stage in stages if stage in in_sample],
         **(dict(details) if details else {}),
     }
     paths["json"].write_text(json.dumps(data, indent=2) + "\n")
     paths["markdown"].write_text(
-        _markdown(scores, stages, class_names, selected, pinned) + _details_markdown(details or {})
+        _markdown(scores, in_sample, stages, class_names, selected, pinned, scoring) + _details_markdown(details or {})
     )
     _chart(scores, stages, class_names, selected, paths["png"])
     paths["html"].write_text(
-        _html(scores, stages, class_names, selected, pinned, paths["png"], _details_html(details or {}))
+        _html(scores, in_sample, stages, class_names, selected, pinned, scoring, paths["png"], _details_html(details or {}))
     )
     return paths
 
@@ -58,11 +70,16 @@ def _cell(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
-def _markdown(scores, stages, class_names, selected, pinned) -> str:
-    header = ["stage", "mIoU", "pixel acc", *class_names]
+def _in_sample_cell(in_sample, stage) -> list[str]:
+    return [_cell(in_sample[stage].miou)] if in_sample else []
+
+
+def _markdown(scores, in_sample, stages, class_names, selected, pinned, scoring) -> str:
+    header = ["stage", "mIoU", *(["mIoU in-sample"] if in_sample else []), "pixel acc", *class_names]
     lines = [
         "# Ensemble stages on the validation split\n",
         f"Selected: **{selected}** ({'pinned' if pinned else 'best val mIoU'}).\n",
+        *([f"Scores: {scoring}.\n"] if scoring else []),
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
@@ -72,6 +89,7 @@ def _markdown(scores, stages, class_names, selected, pinned) -> str:
         cells = [
             name,
             _cell(s.miou),
+            *_in_sample_cell(in_sample, stage),
             _cell(s.pixel_accuracy),
             *(_cell(s.iou[c]) for c in class_names),
         ]
@@ -162,15 +180,15 @@ def _chart(scores, stages, class_names, selected, path: Path) -> None:
     plt.close(figure)
 
 
-def _html(scores, stages, class_names, selected, pinned, png: Path, details_html: str = "") -> str:
+def _html(scores, in_sample, stages, class_names, selected, pinned, scoring, png: Path, details_html: str = "") -> str:
     image = base64.b64encode(png.read_bytes()).decode("ascii")
-    head = "".join(
-        f"<th>{html.escape(c)}</th>" for c in ["stage", "mIoU", "pixel acc", *class_names]
-    )
+    columns = ["stage", "mIoU", *(["mIoU in-sample"] if in_sample else []), "pixel acc", *class_names]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     rows = []
     for stage in stages:
         s = scores[stage]
-        cells = [_cell(s.miou), _cell(s.pixel_accuracy), *(_cell(s.iou[c]) for c in class_names)]
+        cells = [_cell(s.miou), *_in_sample_cell(in_sample, stage), _cell(s.pixel_accuracy),
+                 *(_cell(s.iou[c]) for c in class_names)]
         style = ' style="font-weight:bold;background:#fff3d6"' if stage == selected else ""
         rows.append(
             f"<tr{style}><td>{html.escape(stage)}</td>"
@@ -182,6 +200,8 @@ def _html(scores, stages, class_names, selected, pinned, png: Path, details_html
         "<style>table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
         "padding:3px 6px;text-align:right}td:first-child{text-align:left}</style></head><body>"
         f"<h2>Ensemble stages on the validation split</h2><p>Selected: <b>{html.escape(selected)}</b> "
-        f"({'pinned' if pinned else 'best val mIoU'})</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+        f"({'pinned' if pinned else 'best val mIoU'})</p>"
+        + (f"<p>Scores: {html.escape(scoring)}.</p>" if scoring else "")
+        + f"<table><tr>{head}</tr>{''.join(rows)}</table>"
         f"{details_html}<p><img alt='stage chart' src='data:image/png;base64,{image}'></p></body></html>\n"
     )

@@ -275,10 +275,15 @@ def ensemble_step(
     result = run_recipe(val_dirs, test_dirs, dataset_dir, out_dir, config)
     shutil.copyfile(result.report_files["markdown"], report_md)
     shutil.copyfile(result.report_files["html"], report_html)
+    # The held-out (cross-fit) scores are the ones that count downstream: round selection and
+    # registry promotion compare them; the in-sample figure is reported beside them.
     selected = result.scores[result.selected_stage]
     metrics = {f"val_miou/{stage}": s.miou for stage, s in result.scores.items() if not math.isnan(s.miou)}
     metrics["val_miou"] = selected.miou
     metrics["val_pixel_accuracy"] = selected.pixel_accuracy
+    in_sample = result.in_sample_scores.get(result.selected_stage)
+    if in_sample is not None and not math.isnan(in_sample.miou):
+        metrics["val_miou_in_sample"] = in_sample.miou
     return EnsembleStepResult(selected.miou, result.selected_stage, metrics)
 
 

@@ -101,8 +101,9 @@ def ensemble_command(args: argparse.Namespace) -> int:
 
     config = load_config(EnsembleConfig, args.config, args.overrides)
     result = run_recipe(args.val, args.test, args.data, args.out, config)
+    print(f"val mIoU: {result.scoring}; in-sample beside it")
     for stage in result.stages:
-        print(f"{stage:>20}  val mIoU {result.scores[stage].miou:.4f}")
+        print(f"{stage:>20}  val mIoU {result.scores[stage].miou:.4f}  (in-sample {result.in_sample_scores[stage].miou:.4f})")
     print(f"selected {result.selected_stage}; final predictions in {args.out / 'final'}; report {result.report_files['html']}")
     return 0
 
