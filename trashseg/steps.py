@@ -305,6 +305,30 @@ def pseudo_label_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_dir
     return len(result.kept)
 
 
+def select_round_step(
+    ensemble_dirs: Sequence[tuple[str, str | Path]], selection_path: str | Path, markdown_path: str | Path, *, run: RunContext
+) -> str:
+    """Keep the round whose ensemble has the best held-out val mIoU (`ensemble_dirs`: (round
+    name, ensemble folder) pairs, earliest round first). Writes round_selection.json to
+    `selection_path` and Markdown, records both in an MLflow run; returns the kept round."""
+    from trashseg.rounds import SELECTION_FILE, RoundScore, choose_round
+    from trashseg.tracking import TrackedRun
+
+    choice = choose_round([RoundScore.from_ensemble(name, folder) for name, folder in ensemble_dirs])
+    choice.save(selection_path)
+    Path(markdown_path).write_text(choice.to_markdown())
+    log.info("%s", choice.reason)
+    tags = {**run.tags(), "trashseg.step": SELECT_ROUND_STEP, **choice.tags()}
+    with TrackedRun(run.tracking(), Path(selection_path).parent, run_name="select-round", tags=tags) as tracked, \
+            tempfile.TemporaryDirectory(prefix="trashseg-round-") as work:
+        tracked.log_metrics({f"val_miou/{r.name}": r.miou for r in choice.rounds if math.isfinite(r.miou)}, step=0)
+        tracked.log_artifact(choice.save(Path(work) / SELECTION_FILE))  # under its own name, for the status step
+    return choice.selected
+
+
+SELECT_ROUND_STEP = "select-round"
+
+
 def submission_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_path: str | Path, *, split: str = "test") -> int:
     """Write the CSV from the ensemble's final test predictions and validate it; returns rows."""
     from trashseg.data.layout import PreparedDataset
@@ -343,21 +367,26 @@ def register_step(
     model_name: str,
     min_improvement: float,
     run: RunContext,
+    round_selection_path: str | Path | None = None,
 ) -> bool:
-    """Register the bundle as challenger; promote it if better on the val holdout."""
+    """Register the bundle as challenger; promote it if better on the val holdout.
+    `round_selection_path`: the run's round choice (round_selection.json); the decision and
+    the MLflow run say which round this bundle is and by how much it won."""
     from trashseg.registry import register_and_promote
+    from trashseg.rounds import RoundChoice
 
+    choice = RoundChoice.load(round_selection_path) if round_selection_path else None
     decision = register_and_promote(
         bundle_dir,
         model_name=model_name,
         score=score,
         holdout_id=holdout_id(dataset_dir),
         tracking=run.tracking(),
-        run_tags=run.tags(),
+        run_tags={**run.tags(), **(choice.tags() if choice else {})},
         min_improvement=min_improvement,
     )
-    Path(decision_path).write_text(decision.to_markdown())
-    log.info("%s", decision.reason)
+    Path(decision_path).write_text(decision.to_markdown() + (f"\n{choice.to_markdown()}" if choice else ""))
+    log.info("%s%s", decision.reason, f"; {choice.reason}" if choice else "")
     return decision.promoted
 
 
@@ -430,12 +459,41 @@ def record_status_step(pipeline: str, state: str, error: str, summary_path: str 
             "(backends before 2.17 do). This record does not say the run succeeded: read the run's "
             "state in the KFP UI or API." + (f"\n\n{details}" if details else "")
         )
+    choice = _round_choice_of_this_run(run, Path(summary_path).parent)
+    if choice is not None:
+        details = f"{details}\n\n{choice.to_markdown()}" if details else choice.to_markdown()
     summary = f"{heading}\n\n" + (f"{details}\n\n" if details else "") + (f"Error: `{error}`\n" if error else "")
     Path(summary_path).write_text(summary)
     tags = {
         **run.tags(), "trashseg.step": "status", "pipeline": pipeline, "pipeline.state": state,
-        "pipeline.state_final": str(final).lower(),
+        "pipeline.state_final": str(final).lower(), **(choice.tags() if choice else {}),
     }
     with TrackedRun(run.tracking(), Path(summary_path).parent, run_name=f"{pipeline}-{state.lower()}", tags=tags) as tracked:
         tracked.log_artifact(summary_path)
     return state
+
+
+def _round_choice_of_this_run(run: RunContext, default_dir: Path):
+    """The round choice the select-round step recorded in MLflow for this KFP run, or None
+    (no round selection ran, or no KFP run id to find it by)."""
+    from mlflow.tracking import MlflowClient
+
+    from trashseg.rounds import SELECTION_FILE, RoundChoice
+    from trashseg.tracking import resolve_tracking_uri
+
+    run_id = os.environ.get(KFP_RUN_ID_ENV, "")
+    if not run_id:
+        return None
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(run.tracking_uri or None, default_dir))
+    experiment = client.get_experiment_by_name(run.experiment)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`kfp.run_id` = '{run_id}' and tags.`trashseg.step` = '{SELECT_ROUND_STEP}'",
+        max_results=1,
+    )
+    if not found:
+        return None
+    with tempfile.TemporaryDirectory(prefix="trashseg-round-") as work:
+        return RoundChoice.load(client.download_artifacts(found[0].info.run_id, SELECTION_FILE, work))
