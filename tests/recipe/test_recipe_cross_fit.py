@@ -10,49 +10,11 @@ break the scored fold's rows 5-9 (held-out accuracy 0.5) - worse than model 0 al
 
 import json
 
-import numpy as np
 import pytest
-from recipe_builders import write_dataset, write_predictions
+from recipe_builders import planted_cross_fit_case
 
 from trashseg.ensemble import EnsembleConfig, cross_fit_folds, run_recipe
 from trashseg.errors import ConfigError
-
-SIZE = 10
-
-
-def _probs(truth: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """(4, H, W): probability `right` on the true class (0 or 1), the rest on the other one."""
-    probs = np.zeros((4, *truth.shape), np.float32)
-    np.put_along_axis(probs, truth[None].astype(np.intp), right[None], axis=0)
-    np.put_along_axis(probs, (1 - truth)[None].astype(np.intp), 1 - right[None], axis=0)
-    return probs
-
-
-def _planted(tmp_path, images: int = 4):
-    rng = np.random.default_rng(0)
-    val_names = [f"val/{i}.png" for i in range(images)]
-    fold_a, _ = cross_fit_folds(val_names, 2)
-    splits = {"val": [], "test": []}
-    probs = [{}, {}]
-    for name in [*val_names, "test/0.png"]:
-        truth = rng.integers(0, 2, (SIZE, SIZE)).astype(np.uint8)
-        right = [np.empty((SIZE, SIZE), np.float32) for _ in range(2)]
-        right[0][:4], right[1][:4] = 0.9, 0.4
-        right[0][4], right[1][4] = 0.4, 0.9
-        first = 0 if name in fold_a or name.startswith("test") else 1
-        right[first][5:], right[1 - first][5:] = 0.7, 0.2
-        split = name.split("/")[0]
-        splits[split].append((name, np.zeros((SIZE, SIZE, 3), np.uint8), truth if split == "val" else None))
-        for m in range(2):
-            probs[m][name] = _probs(truth, right[m])
-    write_dataset(tmp_path / "data", splits)
-    dirs = {"val": [], "test": []}
-    for m in range(2):
-        for split in dirs:
-            write_predictions(tmp_path / f"m{m}" / split, {n: p for n, p in probs[m].items() if n.startswith(split)},
-                              {"architecture": f"arch{m}"})
-            dirs[split].append(tmp_path / f"m{m}" / split)
-    return dirs
 
 
 def test_folds_are_balanced_stable_and_refuse_too_few_images():
@@ -69,7 +31,7 @@ def test_folds_are_balanced_stable_and_refuse_too_few_images():
 
 
 def test_held_out_scores_drive_the_selection(tmp_path):
-    dirs = _planted(tmp_path)
+    dirs = planted_cross_fit_case(tmp_path)
     config = EnsembleConfig(crf_enabled=False, consensus_enabled=False, workers=1, weight_grid=(0.0, 0.5, 1.0, 2.0))
     result = run_recipe(dirs["val"], dirs["test"], tmp_path / "data", tmp_path / "out", config)
     held_out, in_sample = result.scores, result.in_sample_scores
