@@ -145,7 +145,6 @@ def train_step(
     """
     from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state, resolve_checkpoint
     from trashseg.config import load_config
-    from trashseg.pseudo_labels import lineage_tags
     from trashseg.training import TrainConfig, train
 
     overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
@@ -153,8 +152,6 @@ def train_step(
         overrides.append(f"pseudo_ratio={pseudo_ratio}")
     config = dataclasses.replace(load_config(TrainConfig, None, overrides), tracking=run.tracking())
     tags = run.tags()  # train() tags the run with dataset.version from the dataset itself
-    if pseudo_dataset_dir is not None:  # which models, ensemble, tau and images made the labels
-        tags.update(lineage_tags(pseudo_dataset_dir))
     model_dir = Path(model_dir)
     # A fixed path: the resolved config (which holds it) must be equal when a retry resumes.
     init_dir = Path(tempfile.gettempdir()) / "trashseg-init" / f"{run.stage}-{architecture}"
