@@ -499,7 +499,7 @@ class RecipeRunner:
                        for stage, source in sources.items()}
             restored[split] = 0
             for group in (g for g in recipe_pass.groups if g.split == split):
-                def merge(result: _ChunkResult, group=group) -> None:
+                def merge(result: _ChunkResult, group=group, split=split) -> None:
                     for stage, counts in result.matrices.items():
                         matrix = group.matrices.setdefault(stage, ConfusionMatrix(self.classes.num_classes, self.class_names))
                         matrix.matrix += counts

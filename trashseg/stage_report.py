@@ -20,6 +20,8 @@ from pathlib import Path
 
 from trashseg.metrics import SegmentationScores
 
+FOLDS_TITLE = "Cross-fit: each fold scored with the weights fitted on the other folds"
+
 
 def write_stage_report(
     out_dir: str | Path,
@@ -46,7 +48,7 @@ def write_stage_report(
     in_sample = in_sample or {}
     data = {
         "selected_stage": selected,
-        "selection": "pinned" if pinned else "best val mIoU",
+        "selection": _selection(pinned, scoring),
         "scoring": scoring,
         "selected_miou": scores[selected].to_dict()["miou"],
         "selected_miou_in_sample": in_sample[selected].to_dict()["miou"] if selected in in_sample else None,
@@ -66,6 +68,12 @@ def write_stage_report(
     return paths
 
 
+def _selection(pinned: bool, scoring: str) -> str:
+    if pinned:
+        return "pinned"
+    return "best held-out val mIoU" if scoring.startswith("held-out") else "best val mIoU"
+
+
 def _cell(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.4f}"
 
@@ -78,7 +86,7 @@ def _markdown(scores, in_sample, stages, class_names, selected, pinned, scoring)
     header = ["stage", "mIoU", *(["mIoU in-sample"] if in_sample else []), "pixel acc", *class_names]
     lines = [
         "# Ensemble stages on the validation split\n",
-        f"Selected: **{selected}** ({'pinned' if pinned else 'best val mIoU'}).\n",
+        f"Selected: **{selected}** ({_selection(pinned, scoring)}).\n",
         *([f"Scores: {scoring}.\n"] if scoring else []),
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -95,6 +103,16 @@ def _markdown(scores, in_sample, stages, class_names, selected, pinned, scoring)
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fold_rows(details: Mapping) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the cross-fit: each fold's size and the weights fitted on the others."""
+    folds = (details.get("cross_fit") or {}).get("folds") or []
+    if not folds:
+        return [], []
+    models = list(folds[0]["weights"])
+    rows = [[str(i + 1), str(f["images"]), *(f"{float(f['weights'][m]):.3f}" for m in models)] for i, f in enumerate(folds)]
+    return ["fold", "images", *(f"weight {m}" for m in models)], rows
 
 
 def _details_rows(details: Mapping) -> tuple[list[list[str]], list[list[str]]]:
@@ -128,6 +146,10 @@ def _details_markdown(details: Mapping) -> str:
         lines += ["", "## Gating: each class's source (decided on val)", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in decisions]
+    fold_header, folds = _fold_rows(details)
+    if folds:
+        lines += ["", f"## {FOLDS_TITLE}", "", "| " + " | ".join(fold_header) + " |", "|" + "---|" * len(fold_header)]
+        lines += ["| " + " | ".join(row) + " |" for row in folds]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -145,6 +167,9 @@ def _details_html(details: Mapping) -> str:
     if decisions:
         parts.append("<h3>Gating: each class's source (decided on val)</h3>"
                      + table(_gating_header(details), decisions))
+    fold_header, folds = _fold_rows(details)
+    if folds:
+        parts.append(f"<h3>{html.escape(FOLDS_TITLE)}</h3>" + table(fold_header, folds))
     return "".join(parts)
 
 
@@ -200,7 +225,7 @@ def _html(scores, in_sample, stages, class_names, selected, pinned, scoring, png
         "<style>table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
         "padding:3px 6px;text-align:right}td:first-child{text-align:left}</style></head><body>"
         f"<h2>Ensemble stages on the validation split</h2><p>Selected: <b>{html.escape(selected)}</b> "
-        f"({'pinned' if pinned else 'best val mIoU'})</p>"
+        f"({html.escape(_selection(pinned, scoring))})</p>"
         + (f"<p>Scores: {html.escape(scoring)}.</p>" if scoring else "")
         + f"<table><tr>{head}</tr>{''.join(rows)}</table>"
         f"{details_html}<p><img alt='stage chart' src='data:image/png;base64,{image}'></p></body></html>\n"

@@ -69,3 +69,5 @@ def test_held_out_scores_drive_the_selection(tmp_path):
     assert optimistic.selected_stage == "soft_vote"
     assert optimistic.scores["soft_vote"].pixel_accuracy == pytest.approx(0.75)
     assert "in-sample" in optimistic.scoring
+    assert "Cross-fit: each fold scored with the weights fitted on the other folds" in markdown
+    assert "| fold | images | weight arch0 | weight arch1 |" in markdown
