@@ -10,11 +10,13 @@ break the scored fold's rows 5-9 (held-out accuracy 0.5) - worse than model 0 al
 
 import json
 
+import numpy as np
 import pytest
-from recipe_builders import planted_cross_fit_case
+from recipe_builders import planted_cross_fit_case, write_dataset, write_predictions
 
 from trashseg.ensemble import EnsembleConfig, cross_fit_folds, run_recipe
 from trashseg.errors import ConfigError
+from trashseg.predictions import PredictionSet
 
 
 def test_folds_are_balanced_stable_and_refuse_too_few_images():
@@ -71,3 +73,47 @@ def test_held_out_scores_drive_the_selection(tmp_path):
     assert "in-sample" in optimistic.scoring
     assert "Cross-fit: each fold scored with the weights fitted on the other folds" in markdown
     assert "| fold | images | weight arch0 | weight arch1 |" in markdown
+
+
+def test_gating_is_decided_on_the_other_fold(tmp_path):
+    """Three models; in a disputed region two say Paper (0.55), one Background (1.0): the soft
+    vote says Background, consensus Paper. In fold A the truth there is Paper (8 rows), in fold
+    B Background (4 rows). Decided on all val, gating takes consensus everywhere (mIoU 0.708);
+    each fold decided on the other fold takes the wrong source for its disputed pixels."""
+    names = [f"val/{i}.png" for i in range(4)]
+    fold_a, _ = cross_fit_folds(names, 2)
+    splits, probs = {"val": [], "test": []}, [{}, {}, {}]
+    easy_bg = np.array([0.9, 0.1, 0.0, 0.0], np.float32)
+    easy_paper = easy_bg[[1, 0, 2, 3]]
+    for name in [*names, "test/0.png"]:
+        in_a = name in fold_a or name.startswith("test")
+        truth = np.zeros((12, 12), np.uint8)
+        truth[2:4] = 1
+        disputed = np.zeros((12, 12), bool)
+        disputed[4:] = in_a
+        disputed[8:] = True
+        truth[disputed & in_a] = 1
+        for m in range(3):
+            p = np.where(truth[None] == 1, easy_paper[:, None, None], easy_bg[:, None, None]).astype(np.float32)
+            p[:, disputed] = (np.array([0.45, 0.55, 0, 0], np.float32) if m < 2 else np.array([1.0, 0, 0, 0], np.float32))[:, None]
+            probs[m][name] = p
+        split = name.split("/")[0]
+        splits[split].append((name, np.zeros((12, 12, 3), np.uint8), truth if split == "val" else None))
+    write_dataset(tmp_path / "data", splits)
+    dirs = {"val": [], "test": []}
+    for m in range(3):
+        for split in dirs:
+            write_predictions(tmp_path / f"m{m}" / split, {n: p for n, p in probs[m].items() if n.startswith(split)},
+                              {"architecture": f"arch{m}"})
+            dirs[split].append(tmp_path / f"m{m}" / split)
+    config = EnsembleConfig(weights=(1, 1, 1), crf_enabled=False, consensus_k=2, workers=1)
+    result = run_recipe(dirs["val"], dirs["test"], tmp_path / "data", tmp_path / "out", config)
+
+    assert result.in_sample_scores["gating"].miou == pytest.approx((0.75 + 2 / 3) / 2)
+    assert result.scores["gating"].miou == pytest.approx((0.25 + 0.4) / 2)
+    assert result.scores["consensus"].matrix == result.in_sample_scores["consensus"].matrix  # nothing fitted
+    assert result.gating.use_ensemble == (False, False, False, False)  # the final decision, fitted on all val
+    assert result.selected_stage == "arch0"  # ties consensus (same masks); held out, gating is worse
+    held_out = PredictionSet.open(tmp_path / "out" / "heldout" / "stages" / "gating" / "val")
+    decisions = held_out.source["decisions_by_group"]
+    assert [d["classes"]["Paper"]["source"] for d in decisions] == ["soft_vote", "consensus"]
