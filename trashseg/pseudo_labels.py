@@ -117,7 +117,11 @@ def make_pseudo_labels(
     (out.root / "splits").mkdir(parents=True)
     classes.save(out.classes_file)
 
-    kept_images, kept, dropped = _write_confident_images(images, predictions, confidence, source, out, config)
+    try:
+        kept_images, kept, dropped = _write_confident_images(images, predictions, confidence, source, out, config)
+    except BaseException:
+        shutil.rmtree(out.root)  # leave no half dataset behind
+        raise
     if not kept:
         shutil.rmtree(out.root)  # nothing usable was written; leave no half dataset behind
         raise DataError(

@@ -161,3 +161,4 @@ def test_confidence_comes_from_the_pre_crf_probabilities(tmp_path):
     write_predictions(tmp_path / "small", {n: _probs(crf_labels[n][:8], vote_conf[n][:8]) for n in names}, {})
     with pytest.raises(DataError, match="confidence probabilities are 16x8 but the labels 16x16"):
         make_pseudo_labels(tmp_path / "crf", dataset.root, tmp_path / "p_bad", config, confidence_dir=tmp_path / "small")
+    assert not (tmp_path / "p_bad").exists()
