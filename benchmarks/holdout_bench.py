@@ -1,6 +1,6 @@
 """How optimistic in-sample val scores are: the recipe's stages scored in-sample and held out.
 
-    python benchmarks/holdout_bench.py [--images 40] [--size 64] [--iterations 60] [--folds 2]
+    python benchmarks/holdout_bench.py [--images 40] [--size 64] [--iterations 300] [--folds 2]
 
 Generates the sample data, trains tiny models briefly on CPU, predicts val and test, and runs
 the recipe (fitted weights, CRF, consensus, gating). Prints, per model and stage, the val mIoU
@@ -35,8 +35,8 @@ def main(images: int, size: int, iterations: int, folds: int) -> None:
         val_dirs, test_dirs = [], []
         for architecture in ARCHITECTURES:
             config = from_mapping(TrainConfig, {
-                "architecture": architecture, "image_size": size, "batch_size": 4, "iterations": iterations,
-                "warmup_iters": 0, "lr": 1e-3, "eval_interval": 0, "checkpoint_interval": iterations,
+                "architecture": architecture, "image_size": size, "batch_size": 8, "iterations": iterations,
+                "warmup_iters": 10, "lr": 3e-3, "weight_decay": 0.0, "eval_interval": 0, "checkpoint_interval": iterations,
                 "num_workers": 0, "tracking": {"enabled": False},
             })
             checkpoint = train(config, data, root / "train" / architecture).last_checkpoint
@@ -59,7 +59,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--folds", type=int, default=2)
     args = parser.parse_args()
     main(args.images, args.size, args.iterations, args.folds)
