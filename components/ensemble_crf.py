@@ -19,7 +19,8 @@ def ensemble_crf(
     metrics: Output[Metrics],
 ) -> float:
     """`ensemble_settings`: `key=value` overrides of EnsembleConfig. `ensemble` holds every
-    stage and `final/<split>` (the stage chosen on val). Returns its validation mIoU."""
+    stage and `final/<split>` (the stage chosen on val). Returns its held-out (cross-fitted)
+    validation mIoU; `metrics` also has the in-sample one."""
     from trashseg.steps import ensemble_step
 
     result = ensemble_step(

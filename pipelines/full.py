@@ -4,7 +4,8 @@
             -> Collected -> ensemble + CRF + consensus -> evaluate
             -> [pseudo round] pseudo-labels -> ParallelFor: retrain -> predict
                               -> ensemble -> evaluate
-            -> submission + register (challenger; champion only if better)
+                              -> select-round: the round with the better held-out val mIoU
+            -> submission + register the kept round (challenger; champion only if better)
     all under an ExitHandler that records how the run ended.
 
 `build_full_pipeline(settings)` builds it for given cluster settings (images, GPUs per
@@ -19,6 +20,7 @@ from components.check_weights import check_weights
 from components.make_pseudo_labels import make_pseudo_labels
 from components.prepare_data import prepare_data
 from components.record_status import record_status
+from components.select_round import select_round
 from pipelines.cluster import DEFAULT_SETTINGS, ClusterSettings, cpu_task
 from pipelines.graph import ensemble_round, finish_round, train_round
 from trashseg import secrets
@@ -106,7 +108,20 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                     weights_store=data_store,
                 )
                 second = ensemble_round(settings, retrained, dataset, ensemble_settings, name="ensemble-pseudo")
-                finish_round(settings, second, retrained, dataset, model_name, min_improvement, tracking_uri, experiment)
+                # Pseudo-labels do not always help: keep the round with the better held-out val mIoU.
+                chosen = cpu_task(
+                    select_round(base_ensemble=first.outputs["ensemble"], pseudo_ensemble=second.outputs["ensemble"],
+                                 tracking_uri=tracking_uri, experiment=experiment),
+                    settings,
+                    mlflow=True,
+                ).set_display_name("select-round")
+                selection = chosen.outputs["selection"]
+                with dsl.If(chosen.outputs["Output"] == "pseudo", name="pseudo-round-kept"):
+                    finish_round(settings, second, retrained, dataset, model_name, min_improvement, tracking_uri,
+                                 experiment, round_selection=selection)
+                with dsl.Else(name="base-round-kept"):
+                    finish_round(settings, first, base, dataset, model_name, min_improvement, tracking_uri,
+                                 experiment, round_selection=selection)
             with dsl.Else(name="no-pseudo-round"):
                 finish_round(settings, first, base, dataset, model_name, min_improvement, tracking_uri, experiment)
 

@@ -76,18 +76,21 @@ def ensemble_round(settings, stage_outputs, dataset, ensemble_settings, *, name)
 
 
 def finish_round(
-    settings, ensembled, stage_outputs, dataset, model_name, min_improvement, tracking_uri, experiment, *, submission=True
+    settings, ensembled, stage_outputs, dataset, model_name, min_improvement, tracking_uri, experiment, *, submission=True,
+    round_selection=None,
 ):
-    """Submission from the final ensemble; its val score decides the registry promotion."""
+    """Submission from the final ensemble; its held-out val score decides the registry
+    promotion. `round_selection`: select_round's output, recorded with the registration."""
     if submission:
         cpu_task(
             make_submission(ensemble=ensembled.outputs["ensemble"], dataset=dataset),
             settings,
         ).set_display_name("submission")
+    extra = {} if round_selection is None else {"round_selection": round_selection}
     cpu_task(
         register_model(
             bundle=stage_outputs["bundle"], dataset=dataset, score=ensembled.outputs["Output"], model_name=model_name,
-            min_improvement=min_improvement, tracking_uri=tracking_uri, experiment=experiment,
+            min_improvement=min_improvement, tracking_uri=tracking_uri, experiment=experiment, **extra,
         ),
         settings,
         mlflow=True,

@@ -238,6 +238,7 @@ def summary(run: LocalRun) -> str:
         ("stage reports (Markdown)", "ensemble-crf", "report"),
         ("stage reports (HTML)", "ensemble-crf", "report_html"),
         ("evaluation pages (HTML)", "evaluate", "report"),
+        ("round kept (JSON)", "select-round", "selection"),
         ("registry decision", "register-model", "decision"),
         ("run status", "record-status", "summary"),
     ):

@@ -9,13 +9,18 @@ Stages, each written as a prediction folder per split under OUT/stages/<stage>/<
     gating      per class, keep the CRF/consensus result or the plain soft vote, whichever
                 had the higher IoU on val (decided on val, applied to test)
 
-Every stage and every single model is scored on the validation split; the final output
-(OUT/final/<split>) is the best stage by val mIoU unless one is pinned. `run_recipe` is
+Every stage and every single model is scored on the validation split. Weights and gating
+are fitted on val too, so the scores that count are held out: the stages also run on
+folds of val, each fold with the parameters fitted on the other folds (OUT/heldout/stages),
+and the summed confusion matrices give each stage's held-out val mIoU. The final output
+(OUT/final/<split>, fitted on all of val) is the best stage by held-out mIoU unless one is
+pinned; the report shows held-out and in-sample figures side by side. `run_recipe` is
 the one entry point (the `ensemble_crf` pipeline component and `trashseg ensemble`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -62,7 +67,10 @@ class EnsembleConfig:
     consensus_models: tuple[str, ...] = ()  # empty = all models
     consensus_max_area: int = 0  # > 0: restore only agreed components smaller than this (pixels)
     gating_enabled: bool = True
-    pinned_stage: str = ""  # empty = best stage by val mIoU; else a stage or model name
+    # Val is split into this many folds; each is scored with weights and gating fitted on the
+    # others, and these held-out scores select the stage. 1 = fit and score on all val (optimistic).
+    holdout_folds: int = 2
+    pinned_stage: str = ""  # empty = best stage by held-out val mIoU; else a stage or model name
     val_split: str = "val"
     test_split: str = "test"
     background_class: int = 0
@@ -78,6 +86,10 @@ class EnsembleConfig:
         if self.fit_rounds < 1 or self.fit_stride < 1:
             raise ConfigError(
                 f"fit_rounds and fit_stride must be >= 1, got {self.fit_rounds} and {self.fit_stride}"
+            )
+        if self.holdout_folds < 1:
+            raise ConfigError(
+                f"holdout_folds must be >= 1 (1 = no cross-fit), got {self.holdout_folds}"
             )
         if self.consensus_k < 1:
             raise ConfigError(f"consensus_k must be >= 1, got {self.consensus_k}")
@@ -313,13 +325,15 @@ def fit_weights(
 class RecipeResult:
     out_dir: Path
     model_names: tuple[str, ...]
-    weights: tuple[float, ...]
+    weights: tuple[float, ...]  # fitted on all of val: what the final predictions use
     stages: tuple[str, ...]  # everything scored on val, in report order
-    scores: dict[str, SegmentationScores]  # val scores by stage / model name
+    scores: dict[str, SegmentationScores]  # held-out val scores by stage / model name (cross-fit)
     selected_stage: str
     final_dirs: dict[str, Path]  # split -> prediction folder of the selected stage
     report_files: dict[str, Path]  # json, markdown, png, html
     gating: GatingDecision | None
+    in_sample_scores: dict[str, SegmentationScores] = field(default_factory=dict)  # fitted and scored on all val
+    scoring: str = ""  # how `scores` were obtained, e.g. "held-out (2-fold cross-fit)"
 
 
 def run_recipe(
@@ -333,22 +347,65 @@ def run_recipe(
 
     `prediction_dirs_val[i]` and `prediction_dirs_test[i]` are the same model's prediction
     folders on the val and test splits of the prepared dataset at `dataset_dir`.
+
+    The stages run twice: fitted on all of val (weights, gating) for the final output, and
+    cross-fitted over `config.holdout_folds` folds of val, each fold run with the
+    parameters fitted on the other folds. The cross-fit's summed confusion matrices are
+    the held-out scores that select the stage (and that callers compare rounds with).
     """
     runner = RecipeRunner(prediction_dirs_val, prediction_dirs_test, dataset_dir, out_dir, config)
     with runner.pool:
-        runner.vote()
-        refined = SOFT_VOTE
-        if config.crf_enabled:
-            refined = runner.crf(refined)
-        if config.consensus_enabled:
-            refined = runner.consensus(refined)
-        gating = runner.gating(refined) if config.gating_enabled and refined != SOFT_VOTE else None
-    return runner.finish(gating)
+        decisions = [runner.run_stages(recipe_pass) for recipe_pass in runner.passes]
+    return runner.finish(decisions[0])
+
+
+def cross_fit_folds(file_names: Sequence[str], folds: int) -> list[list[str]]:
+    """Split images into `folds` folds of near-equal size, each in the given order. The fold
+    of an image depends only on the names (dealt round-robin in the order of their sha256),
+    so a rerun on the same val split gets the same folds."""
+    if folds > len(file_names):
+        raise ConfigError(
+            f"holdout_folds={folds} but val has {len(file_names)} image(s); lower holdout_folds "
+            "(1 fits and scores on the same images, so the scores are optimistic)"
+        )
+    by_hash = sorted(file_names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    fold_of = {name: i % folds for i, name in enumerate(by_hash)}
+    return [[n for n in file_names if fold_of[n] == k] for k in range(folds)]
+
+
+@dataclass
+class _Group:
+    """Images of one split that a pass runs with the same fitted parameters."""
+
+    split: str
+    file_names: list[str]
+    fit_on: tuple[int, ...]  # the pass's val groups whose labels fit this group's weights and gating
+    weights: tuple[float, ...] = ()
+    matrices: dict[str, ConfusionMatrix] = field(default_factory=dict)  # val confusion by stage
+
+
+@dataclass
+class _Pass:
+    """One run of every stage into `stage_dir`, its splits partitioned into groups."""
+
+    name: str  # "full" (fitted on all val; val and test) or "cross-fit" (val folds)
+    stage_dir: Path
+    groups: list[_Group]
+
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(g.split for g in self.groups))
+
+    def summed(self, stage: str, groups: Sequence[_Group] | None = None) -> ConfusionMatrix:
+        parts = [g.matrices[stage] for g in (self.groups if groups is None else groups) if stage in g.matrices]
+        total = ConfusionMatrix(parts[0].num_classes, parts[0].class_names)
+        for part in parts:
+            total.matrix += part.matrix
+        return total
 
 
 class RecipeRunner:
-    """One recipe run: owns the worker pool, the per-split file lists and the val confusion
-    matrices; each stage method writes OUT/stages/<stage>/<split> for every split."""
+    """One recipe run: owns the worker pool, the per-split file lists and the passes (the
+    full fit and the cross-fit); each stage method writes <pass dir>/<stage>/<split>."""
 
     def __init__(self, prediction_dirs_val, prediction_dirs_test, dataset_dir, out_dir, config: EnsembleConfig) -> None:
         self.out, self.config = Path(out_dir), config
@@ -371,17 +428,32 @@ class RecipeRunner:
                 f"pinned_stage {config.pinned_stage!r} is not a model or an enabled stage; "
                 f"choose from {', '.join(candidates)}"
             )
-        self.weights = self._weights(val_sets, samples[self.val])
-        self.stage_dir = self.out / "stages"
         self.class_names = tuple(self.classes.names)
-        self.matrices: dict[str, ConfusionMatrix] = {}
         self.file_names = {split: [s.file_name for s in samples[split]] for split in self.splits}
         self.model_dirs = {split: tuple(str(s.root) for s in sets) for split, sets in self.splits.items()}
+        self._val_sets, self._val_samples = val_sets, {s.file_name: s for s in samples[self.val]}
+        self._fitted: dict[tuple[str, ...], tuple[float, ...]] = {}
+        self.passes = self._passes()
+        self.weights = self.passes[0].groups[0].weights
         workers = min(config.workers or os.cpu_count() or 1, max(map(len, self.file_names.values())))
         self.pool = WorkerPool(workers)
-        self._restored = 0
 
-    def _weights(self, val_sets, val_samples) -> tuple[float, ...]:
+    def _passes(self) -> list[_Pass]:
+        val, test = self.file_names[self.val], self.file_names[self.config.test_split]
+        full = _Pass("full", self.out / "stages", [_Group(self.val, val, (0,)), _Group(self.config.test_split, test, (0,))])
+        passes = [full]
+        if self.config.holdout_folds > 1:
+            folds = cross_fit_folds(val, self.config.holdout_folds)
+            others = [tuple(j for j in range(len(folds)) if j != k) for k in range(len(folds))]
+            groups = [_Group(self.val, fold, fit_on) for fold, fit_on in zip(folds, others, strict=True)]
+            passes.append(_Pass("cross-fit", self.out / "heldout" / "stages", groups))
+        for recipe_pass in passes:
+            for group in recipe_pass.groups:
+                fit_names = [n for i in group.fit_on for n in recipe_pass.groups[i].file_names]
+                group.weights = self._weights(fit_names, f"{recipe_pass.name} {group.split} ({len(group.file_names)} img)")
+        return passes
+
+    def _weights(self, fit_names: Sequence[str], what: str) -> tuple[float, ...]:
         config = self.config
         if config.weights:
             if len(config.weights) != len(self.names):
@@ -389,94 +461,153 @@ class RecipeRunner:
                     f"{len(config.weights)} weights given for {len(self.names)} models ({', '.join(self.names)})"
                 )
             return tuple(w / sum(config.weights) for w in config.weights)
-        weights, fitted_miou = fit_weights(
-            val_sets, val_samples, self.classes.num_classes, config.weight_grid, config.fit_rounds, config.fit_stride
-        )
-        log.info("fitted weights %s (val mIoU %.4f on the fitting pixels)", dict(zip(self.names, weights, strict=True)), fitted_miou)
-        return weights
+        key = tuple(fit_names)
+        if key not in self._fitted:
+            weights, fitted_miou = fit_weights(
+                self._val_sets, [self._val_samples[n] for n in fit_names], self.classes.num_classes,
+                config.weight_grid, config.fit_rounds, config.fit_stride,
+            )
+            log.info("%s: weights %s fitted on %d val image(s) (mIoU %.4f on the fitting pixels)", what,
+                     dict(zip(self.names, weights, strict=True)), len(fit_names), fitted_miou)
+            self._fitted[key] = weights
+        return self._fitted[key]
 
-    def _job_fields(self, split: str) -> dict:
+    def run_stages(self, recipe_pass: _Pass) -> GatingDecision | None:
+        """Every enabled stage over one pass; returns the gating decision of its first group."""
+        config = self.config
+        self.vote(recipe_pass)
+        refined = SOFT_VOTE
+        if config.crf_enabled:
+            refined = self.crf(recipe_pass, refined)
+        if config.consensus_enabled:
+            refined = self.consensus(recipe_pass, refined)
+        if config.gating_enabled and refined != SOFT_VOTE:
+            return self.gating(recipe_pass, refined)[0]
+        return None
+
+    def _job_fields(self, recipe_pass: _Pass, group: _Group) -> dict:
         return dict(
-            stage_dir=str(self.stage_dir), split=split, dataset_dir=str(self.dataset.root),
-            num_classes=self.classes.num_classes, score=split == self.val,
+            stage_dir=str(recipe_pass.stage_dir), split=group.split, dataset_dir=str(self.dataset.root),
+            num_classes=self.classes.num_classes, score=group.split == self.val,
         )
 
-    def _run_job(self, job: _StageJob, split: str, sources: dict[str, dict]) -> int:
-        """One per-image job over a split: output folders created, val matrices merged, meta
-        written once every worker is done. Returns the pixels the job restored (consensus)."""
-        outputs = {stage: PredictionSet.create(self.stage_dir / stage / split, self.class_names, source=source)
-                   for stage, source in sources.items()}
-        self._restored = 0
-        self.pool.map_chunks(job, self.file_names[split], _CHUNK_SIZE, f"{'+'.join(sources)} {split}", self._merge)
-        for folder in outputs.values():
-            folder.complete(self.file_names[split])
-        return self._restored
+    def _run_stage(self, recipe_pass: _Pass, sources: dict[str, dict], make_job) -> dict[str, int]:
+        """A per-image job over each group of a pass (`make_job(group)`): output folders created
+        per split, each group's val matrices merged, meta written once every worker is done.
+        Returns the pixels the job restored (consensus) per split."""
+        restored: dict[str, int] = {}
+        for split in recipe_pass.splits():
+            outputs = {stage: PredictionSet.create(recipe_pass.stage_dir / stage / split, self.class_names, source=source)
+                       for stage, source in sources.items()}
+            restored[split] = 0
+            for group in (g for g in recipe_pass.groups if g.split == split):
+                def merge(result: _ChunkResult, group=group, split=split) -> None:
+                    for stage, counts in result.matrices.items():
+                        matrix = group.matrices.setdefault(stage, ConfusionMatrix(self.classes.num_classes, self.class_names))
+                        matrix.matrix += counts
+                    restored[split] += result.restored
 
-    def _merge(self, result: _ChunkResult) -> None:
-        for stage, counts in result.matrices.items():
-            self.matrices.setdefault(stage, ConfusionMatrix(self.classes.num_classes, self.class_names)).matrix += counts
-        self._restored += result.restored
+                what = f"{'+'.join(sources)} {split}" + (f" ({recipe_pass.name})" if recipe_pass.name != "full" else "")
+                self.pool.map_chunks(make_job(group), group.file_names, _CHUNK_SIZE, what, merge)
+            for folder in outputs.values():
+                folder.complete(self.file_names[split])
+        return restored
 
-    def vote(self) -> None:
+    def vote(self, recipe_pass: _Pass) -> None:
         """soft_vote and hard_vote (and every single model's val score)."""
-        for split in self.splits:
-            job = _VoteJob(**self._job_fields(split), model_dirs=self.model_dirs[split], model_names=self.names, weights=self.weights)
-            sources = {SOFT_VOTE: {"stage": SOFT_VOTE, "weights": list(self.weights)}, HARD_VOTE: {"stage": HARD_VOTE}}
-            self._run_job(job, split, sources)
+        weights = [dict(zip(self.names, g.weights, strict=True)) for g in recipe_pass.groups]
+        sources = {SOFT_VOTE: {"stage": SOFT_VOTE, "weights": list(recipe_pass.groups[0].weights)}, HARD_VOTE: {"stage": HARD_VOTE}}
+        if recipe_pass.name != "full":
+            sources[SOFT_VOTE] = {"stage": SOFT_VOTE, "pass": recipe_pass.name, "weights_by_group": weights}
+        self._run_stage(recipe_pass, sources, lambda group: _VoteJob(
+            **self._job_fields(recipe_pass, group), model_dirs=self.model_dirs[group.split],
+            model_names=self.names, weights=group.weights,
+        ))
 
-    def crf(self, refined: str) -> str:
-        for split in self.splits:
+    def crf(self, recipe_pass: _Pass, refined: str) -> str:
+        stage_dir = recipe_pass.stage_dir
+        for split in recipe_pass.splits():
             crf_prediction_set(
-                self.stage_dir / refined / split, self.dataset.root, self.stage_dir / CRF / split,
+                stage_dir / refined / split, self.dataset.root, stage_dir / CRF / split,
                 self.config.crf, self.file_names[split], pool=self.pool,
             )
-        self.matrices[CRF] = score_predictions(
-            PredictionSet.open(self.stage_dir / CRF / self.val), self.dataset, self.file_names[self.val]
-        )
+        for group in recipe_pass.groups:
+            if group.split == self.val:
+                group.matrices[CRF] = score_predictions(
+                    PredictionSet.open(stage_dir / CRF / self.val), self.dataset, group.file_names
+                )
         return CRF
 
-    def consensus(self, refined: str) -> str:
+    def consensus(self, recipe_pass: _Pass, refined: str) -> str:
         config = self.config
-        for split in self.splits:
-            job = _ConsensusJob(
-                **self._job_fields(split), refined_stage=refined,
-                model_dirs=tuple(self.model_dirs[split][i] for i in self.consensus_ids),
-                k=config.consensus_k, max_area=config.consensus_max_area, background=config.background_class,
-            )
-            restored = self._run_job(job, split, {CONSENSUS: {"stage": CONSENSUS, "input": refined}})
-            log.info("consensus %s: %d pixel(s) took the models' agreed class", split, restored)
+        restored = self._run_stage(recipe_pass, {CONSENSUS: {"stage": CONSENSUS, "input": refined}}, lambda group: _ConsensusJob(
+            **self._job_fields(recipe_pass, group), refined_stage=refined,
+            model_dirs=tuple(self.model_dirs[group.split][i] for i in self.consensus_ids),
+            k=config.consensus_k, max_area=config.consensus_max_area, background=config.background_class,
+        ))
+        for split, pixels in restored.items():
+            log.info("consensus %s (%s): %d pixel(s) took the models' agreed class", split, recipe_pass.name, pixels)
         return CONSENSUS
 
-    def gating(self, refined: str) -> GatingDecision:
-        gating = decide_gating(self.matrices[SOFT_VOTE].compute(), self.matrices[refined].compute(), SOFT_VOTE, refined)
-        gating.save(self.out / "gating.json")
-        for split in self.splits:
-            job = _GatingJob(
-                **self._job_fields(split), ensemble_stage=SOFT_VOTE, refined_stage=refined, use_ensemble=gating.use_ensemble
-            )
-            self._run_job(job, split, {GATING: {"stage": GATING, "decision": gating.to_dict()}})
-        return gating
+    def gating(self, recipe_pass: _Pass, refined: str) -> list[GatingDecision]:
+        """Per group, the gating decided on the val matrices of the groups it is fitted on."""
+        decisions = []
+        for group in recipe_pass.groups:
+            fit_groups = [recipe_pass.groups[i] for i in group.fit_on]
+            decisions.append(decide_gating(
+                recipe_pass.summed(SOFT_VOTE, fit_groups).compute(), recipe_pass.summed(refined, fit_groups).compute(),
+                SOFT_VOTE, refined,
+            ))
+        if recipe_pass.name == "full":
+            decisions[0].save(self.out / "gating.json")
+        decision_of = {id(g): d for g, d in zip(recipe_pass.groups, decisions, strict=True)}
+        sources = {GATING: {"stage": GATING, "decision": decisions[0].to_dict()}}
+        if recipe_pass.name != "full":
+            sources[GATING] = {"stage": GATING, "pass": recipe_pass.name, "decisions_by_group": [d.to_dict() for d in decisions]}
+        self._run_stage(recipe_pass, sources, lambda group: _GatingJob(
+            **self._job_fields(recipe_pass, group), ensemble_stage=SOFT_VOTE, refined_stage=refined,
+            use_ensemble=decision_of[id(group)].use_ensemble,
+        ))
+        return decisions
 
     def finish(self, gating: GatingDecision | None) -> RecipeResult:
-        """Score every stage, pick the best (or the pinned) one, copy it to OUT/final, write the report."""
+        """Score every stage, pick the best held-out one (or the pinned one), copy it to
+        OUT/final, write the report with the held-out and the in-sample figures."""
         from trashseg.stage_report import write_stage_report
 
-        stages = tuple(name for name in (*self.names, *ENSEMBLE_STAGES) if name in self.matrices)
-        scores = {stage: self.matrices[stage].compute() for stage in stages}
-        selected = self.config.pinned_stage or _best_stage(scores, stages)
+        full = self.passes[0]
+        full_val = [g for g in full.groups if g.split == self.val]
+        stages = tuple(name for name in (*self.names, *ENSEMBLE_STAGES) if name in full_val[0].matrices)
+        in_sample = {stage: full.summed(stage, full_val).compute() for stage in stages}
+        if len(self.passes) > 1:
+            held_out = {stage: self.passes[1].summed(stage).compute() for stage in stages}
+            scoring = f"held-out ({len(self.passes[1].groups)}-fold cross-fit on val)"
+        else:
+            held_out, scoring = in_sample, "in-sample (fitted and scored on the same val images: optimistic)"
+        selected = self.config.pinned_stage or _best_stage(held_out, stages)
         final_dirs = {split: self._write_final(split, selected) for split in self.splits}
         save_config(self.config, self.out / "ensemble_config.json")
         weights = dict(zip(self.names, self.weights, strict=True))
+        cross_fit = None
+        if len(self.passes) > 1:
+            cross_fit = {
+                "folds": [{"images": len(g.file_names), "weights": dict(zip(self.names, g.weights, strict=True))}
+                          for g in self.passes[1].groups],
+            }
         report_files = write_stage_report(
-            self.out / "report", scores, stages, selected=selected, pinned=bool(self.config.pinned_stage),
-            details={"models": list(self.names), "weights": weights, "gating": gating.to_dict() if gating else None},
+            self.out / "report", held_out, stages, selected=selected, pinned=bool(self.config.pinned_stage),
+            in_sample=in_sample, scoring=scoring,
+            details={"models": list(self.names), "weights": weights, "gating": gating.to_dict() if gating else None,
+                     "cross_fit": cross_fit},
         )
-        log.info("recipe: selected %s (val mIoU %.4f) -> %s", selected, scores[selected].miou, self.out / "final")
-        return RecipeResult(self.out, self.names, self.weights, stages, scores, selected, final_dirs, report_files, gating)
+        log.info("recipe: selected %s (val mIoU %.4f %s, %.4f in-sample) -> %s", selected, held_out[selected].miou,
+                 scoring, in_sample[selected].miou, self.out / "final")
+        return RecipeResult(self.out, self.names, self.weights, stages, held_out, selected, final_dirs, report_files,
+                            gating, in_sample, scoring)
 
     def _write_final(self, split: str, selected: str) -> Path:
         sets = self.splits[split]
-        source_dir = sets[self.names.index(selected)].root if selected in self.names else self.stage_dir / selected / split
+        source_dir = sets[self.names.index(selected)].root if selected in self.names else self.passes[0].stage_dir / selected / split
         final_dir = self.out / "final" / split
         if final_dir.exists():
             shutil.rmtree(final_dir)

@@ -130,8 +130,10 @@ def decide_promotion(
     min_improvement: float = 0.0,
 ) -> tuple[bool, float | None, str]:
     """(promote?, the champion score compared against, why). Pure: no registry access."""
-    if not 0 <= min_improvement < math.inf:  # NaN would make every comparison False
-        raise ConfigError(f"min_improvement={min_improvement}: expected a finite value >= 0, e.g. 0.005")
+    # NaN would make every comparison False; a negative margin (down to -1) promotes a
+    # slightly worse model on purpose, e.g. to force a promotion.
+    if not -1 <= min_improvement <= 1:
+        raise ConfigError(f"min_improvement={min_improvement}: expected a finite mIoU margin in [-1, 1], e.g. 0.005")
     if not math.isfinite(score):
         return False, None, f"this version's holdout score is {score}; only a finite score can be promoted"
     if champion_version is None:

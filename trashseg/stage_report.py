@@ -3,6 +3,10 @@
 Written as report.json (the numbers), report.md (a table), report.png (a chart) and
 report.html (table + chart inline, the pipeline's HTML artifact). The Markdown and HTML
 also show the soft-vote weights (given or fitted) and the per-class gating decision.
+
+The main scores are the held-out ones (how they were obtained is `scoring`); the in-sample
+mIoU (parameters fitted and scored on the same val images) sits beside them, so the gap,
+the optimism of fitting on val, is in plain view.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 from trashseg.fileio import save_figure, write_text
 from trashseg.metrics import SegmentationScores
 
+FOLDS_TITLE = "Cross-fit: each fold scored with the weights fitted on the other folds"
+
 
 def write_stage_report(
     out_dir: str | Path,
@@ -26,8 +32,11 @@ def write_stage_report(
     selected: str,
     pinned: bool = False,
     details: Mapping | None = None,
+    in_sample: Mapping[str, SegmentationScores] | None = None,
+    scoring: str = "",
 ) -> dict[str, Path]:
-    """Write the four report files for `stages` (in that row order); returns their paths."""
+    """Write the four report files for `stages` (in that row order); returns their paths.
+    `scores` are the figures that select; `in_sample`, if given, the in-sample ones."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(scores[stages[0]].class_names)
@@ -37,33 +46,51 @@ def write_stage_report(
         "png": out / "report.png",
         "html": out / "report.html",
     }
+    in_sample = in_sample or {}
     data = {
         "selected_stage": selected,
-        "selection": "pinned" if pinned else "best val mIoU",
+        "selection": _selection(pinned, scoring),
+        "scoring": scoring,
+        "selected_miou": scores[selected].to_dict()["miou"],
+        "selected_miou_in_sample": in_sample[selected].to_dict()["miou"] if selected in in_sample else None,
         "class_names": class_names,
         "stages": [{"name": stage, **scores[stage].to_dict()} for stage in stages],
+        "stages_in_sample": [{"name": stage, **in_sample[stage].to_dict()} for stage in stages if stage in in_sample],
         **(dict(details) if details else {}),
     }
     write_text(paths["json"], json.dumps(data, indent=2) + "\n")
     write_text(
-        paths["markdown"], _markdown(scores, stages, class_names, selected, pinned) + _details_markdown(details or {})
+        paths["markdown"],
+        _markdown(scores, in_sample, stages, class_names, selected, pinned, scoring) + _details_markdown(details or {}),
     )
     _chart(scores, stages, class_names, selected, paths["png"])
     write_text(
-        paths["html"], _html(scores, stages, class_names, selected, pinned, paths["png"], _details_html(details or {}))
+        paths["html"],
+        _html(scores, in_sample, stages, class_names, selected, pinned, scoring, paths["png"], _details_html(details or {})),
     )
     return paths
+
+
+def _selection(pinned: bool, scoring: str) -> str:
+    if pinned:
+        return "pinned"
+    return "best held-out val mIoU" if scoring.startswith("held-out") else "best val mIoU"
 
 
 def _cell(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
-def _markdown(scores, stages, class_names, selected, pinned) -> str:
-    header = ["stage", "mIoU", "pixel acc", *class_names]
+def _in_sample_cell(in_sample, stage) -> list[str]:
+    return [_cell(in_sample[stage].miou)] if in_sample else []
+
+
+def _markdown(scores, in_sample, stages, class_names, selected, pinned, scoring) -> str:
+    header = ["stage", "mIoU", *(["mIoU in-sample"] if in_sample else []), "pixel acc", *class_names]
     lines = [
         "# Ensemble stages on the validation split\n",
-        f"Selected: **{selected}** ({'pinned' if pinned else 'best val mIoU'}).\n",
+        f"Selected: **{selected}** ({_selection(pinned, scoring)}).\n",
+        *([f"Scores: {scoring}.\n"] if scoring else []),
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
@@ -73,11 +100,22 @@ def _markdown(scores, stages, class_names, selected, pinned) -> str:
         cells = [
             name,
             _cell(s.miou),
+            *_in_sample_cell(in_sample, stage),
             _cell(s.pixel_accuracy),
             *(_cell(s.iou[c]) for c in class_names),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fold_rows(details: Mapping) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the cross-fit: each fold's size and the weights fitted on the others."""
+    folds = (details.get("cross_fit") or {}).get("folds") or []
+    if not folds:
+        return [], []
+    models = list(folds[0]["weights"])
+    rows = [[str(i + 1), str(f["images"]), *(f"{float(f['weights'][m]):.3f}" for m in models)] for i, f in enumerate(folds)]
+    return ["fold", "images", *(f"weight {m}" for m in models)], rows
 
 
 def _details_rows(details: Mapping) -> tuple[list[list[str]], list[list[str]]]:
@@ -111,6 +149,10 @@ def _details_markdown(details: Mapping) -> str:
         lines += ["", "## Gating: each class's source (decided on val)", "",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in decisions]
+    fold_header, folds = _fold_rows(details)
+    if folds:
+        lines += ["", f"## {FOLDS_TITLE}", "", "| " + " | ".join(fold_header) + " |", "|" + "---|" * len(fold_header)]
+        lines += ["| " + " | ".join(row) + " |" for row in folds]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -128,6 +170,9 @@ def _details_html(details: Mapping) -> str:
     if decisions:
         parts.append("<h3>Gating: each class's source (decided on val)</h3>"
                      + table(_gating_header(details), decisions))
+    fold_header, folds = _fold_rows(details)
+    if folds:
+        parts.append(f"<h3>{html.escape(FOLDS_TITLE)}</h3>" + table(fold_header, folds))
     return "".join(parts)
 
 
@@ -163,15 +208,15 @@ def _chart(scores, stages, class_names, selected, path: Path) -> None:
     plt.close(figure)
 
 
-def _html(scores, stages, class_names, selected, pinned, png: Path, details_html: str = "") -> str:
+def _html(scores, in_sample, stages, class_names, selected, pinned, scoring, png: Path, details_html: str = "") -> str:
     image = base64.b64encode(png.read_bytes()).decode("ascii")
-    head = "".join(
-        f"<th>{html.escape(c)}</th>" for c in ["stage", "mIoU", "pixel acc", *class_names]
-    )
+    columns = ["stage", "mIoU", *(["mIoU in-sample"] if in_sample else []), "pixel acc", *class_names]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     rows = []
     for stage in stages:
         s = scores[stage]
-        cells = [_cell(s.miou), _cell(s.pixel_accuracy), *(_cell(s.iou[c]) for c in class_names)]
+        cells = [_cell(s.miou), *_in_sample_cell(in_sample, stage), _cell(s.pixel_accuracy),
+                 *(_cell(s.iou[c]) for c in class_names)]
         style = ' style="font-weight:bold;background:#fff3d6"' if stage == selected else ""
         rows.append(
             f"<tr{style}><td>{html.escape(stage)}</td>"
@@ -183,6 +228,8 @@ def _html(scores, stages, class_names, selected, pinned, png: Path, details_html
         "<style>table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;"
         "padding:3px 6px;text-align:right}td:first-child{text-align:left}</style></head><body>"
         f"<h2>Ensemble stages on the validation split</h2><p>Selected: <b>{html.escape(selected)}</b> "
-        f"({'pinned' if pinned else 'best val mIoU'})</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+        f"({html.escape(_selection(pinned, scoring))})</p>"
+        + (f"<p>Scores: {html.escape(scoring)}.</p>" if scoring else "")
+        + f"<table><tr>{head}</tr>{''.join(rows)}</table>"
         f"{details_html}<p><img alt='stage chart' src='data:image/png;base64,{image}'></p></body></html>\n"
     )

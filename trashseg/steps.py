@@ -298,21 +298,58 @@ def ensemble_step(
     result = run_recipe(val_dirs, test_dirs, dataset_dir, out_dir, config)
     shutil.copyfile(result.report_files["markdown"], report_md)
     shutil.copyfile(result.report_files["html"], report_html)
+    # The held-out (cross-fit) scores are the ones that count downstream: round selection and
+    # registry promotion compare them; the in-sample figure is reported beside them.
     selected = result.scores[result.selected_stage]
     metrics = {f"val_miou/{stage}": s.miou for stage, s in result.scores.items() if not math.isnan(s.miou)}
     metrics["val_miou"] = selected.miou
     metrics["val_pixel_accuracy"] = selected.pixel_accuracy
+    in_sample = result.in_sample_scores.get(result.selected_stage)
+    if in_sample is not None and not math.isnan(in_sample.miou):
+        metrics["val_miou_in_sample"] = in_sample.miou
     return EnsembleStepResult(selected.miou, result.selected_stage, metrics)
 
 
 def pseudo_label_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *, settings: Sequence[str]) -> int:
-    """Pseudo-label dataset from the ensemble's final predictions; returns the images kept."""
+    """Pseudo-label dataset: labels from the ensemble's final predictions, confidence from its
+    pre-CRF soft vote (CRF marginals are overconfident). Returns the images kept."""
     from trashseg.config import load_config
+    from trashseg.ensemble import SOFT_VOTE
     from trashseg.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
 
     config = load_config(PseudoLabelConfig, None, settings)
-    result = make_pseudo_labels(final_predictions(ensemble_dir, config.split), dataset_dir, out_dir, config)
+    confidence_dir = Path(ensemble_dir) / "stages" / SOFT_VOTE / config.split
+    if not confidence_dir.is_dir():
+        raise DataError(f"{ensemble_dir} has no {SOFT_VOTE} predictions for split {config.split!r} ({confidence_dir}); "
+                        "run the ensemble on that split first")
+    result = make_pseudo_labels(
+        final_predictions(ensemble_dir, config.split), dataset_dir, out_dir, config, confidence_dir=confidence_dir
+    )
     return len(result.kept)
+
+
+def select_round_step(
+    ensemble_dirs: Sequence[tuple[str, str | Path]], selection_path: str | Path, markdown_path: str | Path, *, run: RunContext
+) -> str:
+    """Keep the round whose ensemble has the best held-out val mIoU (`ensemble_dirs`: (round
+    name, ensemble folder) pairs, earliest round first). Writes round_selection.json to
+    `selection_path` and Markdown, records both in an MLflow run; returns the kept round."""
+    from trashseg.rounds import SELECTION_FILE, RoundScore, choose_round
+    from trashseg.tracking import TrackedRun
+
+    choice = choose_round([RoundScore.from_ensemble(name, folder) for name, folder in ensemble_dirs])
+    choice.save(selection_path)
+    write_text(markdown_path, choice.to_markdown())
+    log.info("%s", choice.reason)
+    tags = {**run.tags(), "trashseg.step": SELECT_ROUND_STEP, **choice.tags()}
+    with TrackedRun(run.tracking(), Path(selection_path).parent, run_name="select-round", tags=tags) as tracked, \
+            tempfile.TemporaryDirectory(prefix="trashseg-round-") as work:
+        tracked.log_metrics({f"val_miou/{r.name}": r.miou for r in choice.rounds if math.isfinite(r.miou)}, step=0)
+        tracked.log_artifact(choice.save(Path(work) / SELECTION_FILE))  # under its own name, for the status step
+    return choice.selected
+
+
+SELECT_ROUND_STEP = "select-round"
 
 
 def submission_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_path: str | Path, *, split: str = "test") -> int:
@@ -353,21 +390,26 @@ def register_step(
     model_name: str,
     min_improvement: float,
     run: RunContext,
+    round_selection_path: str | Path | None = None,
 ) -> bool:
-    """Register the bundle as challenger; promote it if better on the val holdout."""
+    """Register the bundle as challenger; promote it if better on the val holdout.
+    `round_selection_path`: the run's round choice (round_selection.json); the decision and
+    the MLflow run say which round this bundle is and by how much it won."""
     from trashseg.registry import register_and_promote
+    from trashseg.rounds import RoundChoice
 
+    choice = RoundChoice.load(round_selection_path) if round_selection_path else None
     decision = register_and_promote(
         bundle_dir,
         model_name=model_name,
         score=score,
         holdout_id=holdout_id(dataset_dir),
         tracking=run.tracking(),
-        run_tags=run.tags(),
+        run_tags={**run.tags(), **(choice.tags() if choice else {})},
         min_improvement=min_improvement,
     )
-    write_text(decision_path, decision.to_markdown())
-    log.info("%s", decision.reason)
+    write_text(decision_path, decision.to_markdown() + (f"\n{choice.to_markdown()}" if choice else ""))
+    log.info("%s%s", decision.reason, f"; {choice.reason}" if choice else "")
     return decision.promoted
 
 
@@ -440,12 +482,41 @@ def record_status_step(pipeline: str, state: str, error: str, summary_path: str 
             "(backends before 2.17 do). This record does not say the run succeeded: read the run's "
             "state in the KFP UI or API." + (f"\n\n{details}" if details else "")
         )
+    choice = _round_choice_of_this_run(run, Path(summary_path).parent)
+    if choice is not None:
+        details = f"{details}\n\n{choice.to_markdown()}" if details else choice.to_markdown()
     summary = f"{heading}\n\n" + (f"{details}\n\n" if details else "") + (f"Error: `{error}`\n" if error else "")
     write_text(summary_path, summary)
     tags = {
         **run.tags(), "trashseg.step": "status", "pipeline": pipeline, "pipeline.state": state,
-        "pipeline.state_final": str(final).lower(),
+        "pipeline.state_final": str(final).lower(), **(choice.tags() if choice else {}),
     }
     with TrackedRun(run.tracking(), Path(summary_path).parent, run_name=f"{pipeline}-{state.lower()}", tags=tags) as tracked:
         tracked.log_artifact(summary_path)
     return state
+
+
+def _round_choice_of_this_run(run: RunContext, default_dir: Path):
+    """The round choice the select-round step recorded in MLflow for this KFP run, or None
+    (no round selection ran, or no KFP run id to find it by)."""
+    from mlflow.tracking import MlflowClient
+
+    from trashseg.rounds import SELECTION_FILE, RoundChoice
+    from trashseg.tracking import resolve_tracking_uri
+
+    run_id = os.environ.get(KFP_RUN_ID_ENV, "")
+    if not run_id:
+        return None
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(run.tracking_uri or None, default_dir))
+    experiment = client.get_experiment_by_name(run.experiment)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`kfp.run_id` = '{run_id}' and tags.`trashseg.step` = '{SELECT_ROUND_STEP}'",
+        max_results=1,
+    )
+    if not found:
+        return None
+    with tempfile.TemporaryDirectory(prefix="trashseg-round-") as work:
+        return RoundChoice.load(client.download_artifacts(found[0].info.run_id, SELECTION_FILE, work))

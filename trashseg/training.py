@@ -330,7 +330,8 @@ def train(
     `stop_after` ends the run after that many optimizer steps (a time-boxed or preempted
     run) while keeping the schedule of `config.iterations`; `resume=True` continues it.
     `pseudo_dataset` is a prepared dataset of pseudo-labelled images (its `train` split,
-    255 = ignore); `config.pseudo_ratio` of every batch is drawn from it.
+    255 = ignore); `config.pseudo_ratio` of every batch is drawn from it, and the MLflow run
+    is tagged with its lineage (`pseudo_labels.lineage_tags`).
     `on_checkpoint(path, iteration)` runs on rank 0 after each checkpoint (last.pt or
     best.pt) is written, e.g. to mirror the output folder to an object store.
     `weights_store`: a store holding mirrored pretrained checkpoints (`trashseg weights
@@ -362,6 +363,10 @@ def train(
     if saved is not None:
         _restore_state(state, saved, paths.last, dist)
     loader = _build_loader(config, data, state.iteration, end, device, dist)
+    if pseudo_dataset is not None:  # which models, ensemble, tau and images made the labels
+        from trashseg.pseudo_labels import lineage_tags
+
+        tags = {**lineage_tags(pseudo_dataset), **(tags or {})}
     tracked = _start_tracking(config, data, state, output_dir, tags) if dist.is_main else None
 
     loop = _StepLoop(config, data, state, device, dist, paths, tracked, on_checkpoint)

@@ -166,9 +166,31 @@ def test_no_credentials_in_yaml(compiled, pipeline):
             if use["secretName"] == secrets.MLFLOW_CREDENTIALS_SECRET:
                 mlflow_users.add(name.removeprefix("exec-").rstrip("-0123456789"))
     expected = {"record-status", "train-model", "register-model"}
+    if pipeline == "full":
+        expected |= {"select-round"}
     if pipeline == "retrain":
         expected |= {"check-inbox", "fetch-champion", "record-no-new-data"}
     assert mlflow_users == expected
+
+
+def test_the_pseudo_round_registers_only_if_it_wins(compiled):
+    """select-round decides which round's ensemble and bundle are submitted and registered;
+    both registrations of the pseudo-round branch carry its selection artifact."""
+    _, spec, _ = compiled["full"]
+    registers = [(owner, task) for owner, _, task in tasks(spec) if task["componentRef"]["name"].startswith("comp-register-model")]
+    assert len(registers) == 3  # pseudo round kept, base round kept, no pseudo round
+    with_selection = [(owner, task) for owner, task in registers if "round_selection" in task["inputs"].get("artifacts", {})]
+    assert len(with_selection) == 2
+    conditions = set()
+    for owner, task in with_selection:
+        assert task["inputs"]["artifacts"]["round_selection"]["componentInputArtifact"].endswith("select-round-selection")
+        parent = next(t for _, _, t in tasks(spec) if t["componentRef"]["name"] == owner)
+        conditions.add(parent["triggerPolicy"]["condition"])
+    assert conditions == {
+        "inputs.parameter_values['pipelinechannel--select-round-Output'] == 'pseudo'",
+        "!(inputs.parameter_values['pipelinechannel--select-round-Output'] == 'pseudo')",
+    }
+    assert spec["components"]["comp-select-round"]["inputDefinitions"]["artifacts"].keys() == {"base_ensemble", "pseudo_ensemble"}
 
 
 def test_dataset_version_keys_every_cached_task(compiled):

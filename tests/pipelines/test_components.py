@@ -35,6 +35,7 @@ from components.prepare_data import prepare_data
 from components.record_no_new_data import record_no_new_data
 from components.record_status import record_status
 from components.register_model import register_model
+from components.select_round import select_round
 from components.train_model import train_model
 from trashseg.data.sample import generate_sample_dataset
 from trashseg.errors import UserError
@@ -95,6 +96,19 @@ def world(tmp_path_factory):
             dataset=w.dataset, ensemble_settings=["fit_rounds=1", "crf.iterations=2", "crf.workers=1"],
             ensemble=w.ensemble, report=w.stage_md, report_html=w.stage_html, metrics=w.ensemble_metrics,
         )
+        # A second round's ensemble (no CRF, pinned to the hard vote), compared with the first.
+        w.ensemble2 = artifact(Dataset, root, "ensemble2")
+        w.ensemble2_miou = ensemble_crf.python_func(
+            val_predictions=[w.val_preds[a] for a in ARCHITECTURES], test_predictions=[w.test_preds[a] for a in ARCHITECTURES],
+            dataset=w.dataset, ensemble_settings=["fit_rounds=1", "crf_enabled=false", "pinned_stage=hard_vote"],
+            ensemble=w.ensemble2, report=artifact(Markdown, root, "stages2.md"), report_html=artifact(HTML, root, "stages2.html"),
+            metrics=artifact(Metrics, root, "ensemble2-metrics"),
+        )
+        w.selection, w.selection_md = artifact(Artifact, root, "selection"), artifact(Markdown, root, "selection.md")
+        w.kept_round = select_round.python_func(
+            base_ensemble=w.ensemble, pseudo_ensemble=w.ensemble2, tracking_uri=w.tracking_uri, experiment="components",
+            selection=w.selection, report=w.selection_md,
+        )
         w.pseudo = artifact(Dataset, root, "pseudo")
         w.pseudo_kept = make_pseudo_labels.python_func(
             ensemble=w.ensemble, dataset=w.dataset, pseudo_settings=["tau=0.05", "min_confident_fraction=0.0"], pseudo_dataset=w.pseudo,
@@ -106,7 +120,7 @@ def world(tmp_path_factory):
         w.decision = artifact(Markdown, root, "decision.md")
         w.promoted = register_model.python_func(
             bundle=w.bundle, dataset=w.dataset, score=w.ensemble_miou, model_name="components", min_improvement=0.0,
-            tracking_uri=w.tracking_uri, experiment="components", decision=w.decision,
+            tracking_uri=w.tracking_uri, experiment="components", decision=w.decision, round_selection=w.selection,
         )
     return w
 
@@ -178,8 +192,21 @@ def test_ensemble_crf_reports_stages(world):
     assert "<img" in Path(world.stage_html.path).read_text()
 
 
+def test_select_round_keeps_the_better_held_out_round(world):
+    selection = json.loads(Path(world.selection.path).read_text())
+    scores = {r["name"]: r["miou"] for r in selection["rounds"]}
+    assert scores == {"base": pytest.approx(world.ensemble_miou), "pseudo": pytest.approx(world.ensemble2_miou)}
+    expected = "pseudo" if world.ensemble2_miou > world.ensemble_miou else "base"
+    assert world.kept_round == selection["selected"] == expected
+    assert selection["margin"] == pytest.approx(abs(world.ensemble_miou - world.ensemble2_miou))
+    assert f"Round kept: **{expected}**" in Path(world.selection_md.path).read_text()
+    assert selection["reason"] in Path(world.decision.path).read_text()
+
+
 def test_pseudo_labels_and_submission(world):
     assert world.pseudo_kept >= 1 and (Path(world.pseudo.path) / "lineage.json").is_file()
+    lineage = json.loads((Path(world.pseudo.path) / "lineage.json").read_text())
+    assert lineage["confidence"]["stage"] == "soft_vote"  # not the CRF marginals
     test_file = Path(world.dataset.path) / "splits" / "test.json"
     assert world.rows == len(validate_submission(world.submission.path, test_file).file_names)
 

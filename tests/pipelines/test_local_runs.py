@@ -85,8 +85,26 @@ def test_full_run_is_tracked_in_mlflow(full_run):
     assert status.data.tags["pipeline.state"] == "SUCCEEDED"
     pseudo = [r for r in runs if r.data.tags.get("kfp.stage") == "pseudo"]
     assert len(pseudo) == 2 and all(float(r.data.params["pseudo_ratio"]) == 0.5 for r in pseudo)
+    for retrained in pseudo:  # the pseudo-labels' lineage reaches MLflow
+        tags = retrained.data.tags
+        assert tags["pseudo.models"] == ",".join(TINY["architectures"]) and tags["pseudo.tau"] == "0.05"
+        assert len(tags["pseudo.images_sha256"]) == 64 and json.loads(tags["pseudo.ensemble_config"])["fit_rounds"] == 1
+        assert tags["pseudo.confidence_stage"] == "soft_vote"
     champion = client.get_model_version_by_alias(MODEL, CHAMPION)
     assert champion.tags["kfp.run_id"] == run.kfp_run_id and champion.tags["dataset_version"] == run.dataset_version
+
+    # The run kept the round with the better held-out val mIoU, and says so everywhere.
+    (selection_file,) = run.outputs("select-round", "selection")
+    selection = json.loads(selection_file.read_text())
+    scores = {r["name"]: r["miou"] for r in selection["rounds"]}
+    assert selection["selected"] == max(scores, key=lambda name: (scores[name], name == "base"))
+    (register_run,) = [r for r in runs if r.data.tags.get("trashseg.step") == "register"]
+    assert register_run.data.tags["round.selected"] == selection["selected"] == status.data.tags["round.selected"]
+    assert float(champion.tags["holdout_miou"]) == pytest.approx(scores[selection["selected"]])
+    (decision,) = run.outputs("register-model", "decision")
+    assert selection["reason"] in decision.read_text()
+    (status_summary,) = run.outputs("record-status", "summary")
+    assert selection["reason"] in status_summary.read_text()
 
 
 def test_retrain_without_new_data_ends_early(full_run):

@@ -70,18 +70,23 @@ def test_recipe_report_and_submission(trained, capsys):
     assert (out / "report" / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "data:image/png;base64," in (out / "report" / "report.html").read_text()
 
-    # Recompute numbers of the report from the files: the consensus stage's val mIoU and one
+    # Recompute numbers of the report from the files: the consensus stage's held-out val mIoU
+    # (from the cross-fit pass's masks), its in-sample one (from the final pass's) and one
     # model's Background IoU, each from masks on disk and the prepared dataset's labels.
     dataset = PreparedDataset(root / "data")
     classes = dataset.classes()
-    for folder, stage, key in ((out / "stages" / "consensus" / "val", "consensus", "miou"),
-                               (root / "pred" / ARCHITECTURES[1] / "val", ARCHITECTURES[1], "Background")):
+    in_sample = {s["name"]: s for s in report["stages_in_sample"]}
+    for folder, stage, key, entries in (
+        (out / "heldout" / "stages" / "consensus" / "val", "consensus", "miou", report["stages"]),
+        (out / "stages" / "consensus" / "val", "consensus", "miou", list(in_sample.values())),
+        (root / "pred" / ARCHITECTURES[1] / "val", ARCHITECTURES[1], "Background", report["stages"]),
+    ):
         predictions = PredictionSet.open(folder)
         matrix = ConfusionMatrix(classes.num_classes, classes.names)
         for sample in dataset.samples("val"):
             matrix.update(predictions.mask(sample.file_name), np.array(Image.open(sample.mask)))
         recomputed = matrix.compute()
-        entry = next(s for s in report["stages"] if s["name"] == stage)
+        entry = next(s for s in entries if s["name"] == stage)
         reported = entry["miou"] if key == "miou" else entry["iou"][key]
         assert reported == pytest.approx(recomputed.miou if key == "miou" else recomputed.iou[key], abs=1e-12)
 

@@ -111,3 +111,54 @@ def test_cli_pseudo_label(tmp_path, capsys):
     args = ["pseudo-label", str(tmp_path / "pred"), "--data", str(dataset.root), "--out", str(tmp_path / "p")]
     assert main([*args, "--set", "tau=0.9", "--set", "min_confident_fraction=0.9"]) == 0
     assert "kept 1, dropped 2 image(s)" in capsys.readouterr().out
+
+
+def test_confidence_comes_from_the_pre_crf_probabilities(tmp_path):
+    """CRF-style labels at 0.99 everywhere would keep every pixel; the soft vote's confidence
+    keeps only the pixels the ensemble itself was sure of, with the CRF stage's labels."""
+    rng = np.random.default_rng(1)
+    names = ["t/a.jpg", "t/b.jpg"]
+    crf_labels = {n: rng.integers(0, 4, (16, 16)).astype(np.uint8) for n in names}
+    # The soft vote agrees with the CRF labels but is confident on ~60% of pixels only; on one
+    # pixel it prefers another class, yet that pixel's label stays the CRF's (its prob is low).
+    vote_conf = {n: np.where(rng.random((16, 16)) < 0.6, 0.95, 0.5) for n in names}
+    dataset = write_dataset(tmp_path / "data", {"test": [(n, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), None)
+                                                         for n in names]})
+    write_predictions(tmp_path / "crf", {n: _probs(crf_labels[n], np.full((16, 16), 0.99)) for n in names},
+                      {"stage": "crf", "models": {"m1": {}, "m2": {}}, "ensemble_config": {"crf_enabled": True}})
+    vote = {n: _probs(crf_labels[n], vote_conf[n]) for n in names}
+    vote["t/a.jpg"][:, 0, 0] = 0.0
+    vote["t/a.jpg"][(crf_labels["t/a.jpg"][0, 0] + 1) % 4, 0, 0] = 1.0
+    write_predictions(tmp_path / "vote", vote, {"stage": "soft_vote"})
+
+    config = PseudoLabelConfig(tau=0.9, min_confident_fraction=0.1)
+    overconfident = make_pseudo_labels(tmp_path / "crf", dataset.root, tmp_path / "p_crf", config)
+    assert overconfident.kept_pixel_share == 1.0  # what the unfiltered CRF marginals give
+    result = make_pseudo_labels(tmp_path / "crf", dataset.root, tmp_path / "p_vote", config,
+                                confidence_dir=tmp_path / "vote")
+    pseudo = PreparedDataset(result.dataset_dir)
+    kept_pixels = 0
+    for name in names:
+        mask = np.array(Image.open(pseudo.mask_path(name)))
+        confident = vote_conf[name] >= 0.9
+        if name == "t/a.jpg":
+            confident[0, 0] = False
+        np.testing.assert_array_equal(mask, np.where(confident, crf_labels[name], 255))
+        kept_pixels += int(confident.sum())
+    assert result.kept_pixel_share == pytest.approx(kept_pixels / (2 * 16 * 16))
+    assert 0.4 < result.kept_pixel_share < 0.8
+    lineage = json.loads(result.lineage_file.read_text())
+    assert lineage["kept_pixel_share"] == pytest.approx(result.kept_pixel_share)
+    assert lineage["confidence"] == {"dir": str((tmp_path / "vote").resolve()), "stage": "soft_vote"}
+    tags = lineage_tags(result.dataset_dir)
+    assert tags["pseudo.stage"] == "crf" and tags["pseudo.confidence_stage"] == "soft_vote"
+    assert json.loads(tags["pseudo.ensemble_config"]) == {"crf_enabled": True}
+    assert float(tags["pseudo.kept_pixel_share"]) == pytest.approx(result.kept_pixel_share, abs=1e-6)
+    import hashlib
+
+    assert tags["pseudo.images_sha256"] == hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+    write_predictions(tmp_path / "small", {n: _probs(crf_labels[n][:8], vote_conf[n][:8]) for n in names}, {})
+    with pytest.raises(DataError, match="confidence probabilities are 16x8 but the labels 16x16"):
+        make_pseudo_labels(tmp_path / "crf", dataset.root, tmp_path / "p_bad", config, confidence_dir=tmp_path / "small")
+    assert not (tmp_path / "p_bad").exists()

@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pseudo.add_argument("predictions", type=Path, metavar="PRED", help="final prediction folder of the unlabelled split")
     pseudo.add_argument("--data", type=Path, required=True, help="prepared dataset the predictions are of")
     pseudo.add_argument("--out", type=Path, required=True, help="new output folder")
+    pseudo.add_argument(
+        "--confidence", type=Path, metavar="PRED", default=None,
+        help="prediction folder whose probabilities give each pixel's confidence, e.g. the ensemble's "
+        "stages/soft_vote/test (CRF marginals are overconfident); default: PRED's own",
+    )
     _config_options(pseudo, "PseudoLabelConfig, e.g. tau=0.95 min_confident_fraction=0.3 split=test")
     pseudo.set_defaults(func=pseudo_label_command)
 
@@ -96,8 +101,9 @@ def ensemble_command(args: argparse.Namespace) -> int:
 
     config = load_config(EnsembleConfig, args.config, args.overrides)
     result = run_recipe(args.val, args.test, args.data, args.out, config)
+    print(f"val mIoU: {result.scoring}; in-sample beside it")
     for stage in result.stages:
-        print(f"{stage:>20}  val mIoU {result.scores[stage].miou:.4f}")
+        print(f"{stage:>20}  val mIoU {result.scores[stage].miou:.4f}  (in-sample {result.in_sample_scores[stage].miou:.4f})")
     print(f"selected {result.selected_stage}; final predictions in {args.out / 'final'}; report {result.report_files['html']}")
     return 0
 
@@ -117,8 +123,11 @@ def pseudo_label_command(args: argparse.Namespace) -> int:
     from trashseg.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
 
     config = load_config(PseudoLabelConfig, args.config, args.overrides)
-    result = make_pseudo_labels(args.predictions, args.data, args.out, config)
-    print(f"kept {len(result.kept)}, dropped {len(result.dropped)} image(s) -> {result.dataset_dir} (lineage {result.lineage_file})")
+    result = make_pseudo_labels(args.predictions, args.data, args.out, config, confidence_dir=args.confidence)
+    print(
+        f"kept {len(result.kept)}, dropped {len(result.dropped)} image(s), {result.kept_pixel_share:.1%} of their "
+        f"pixels labelled -> {result.dataset_dir} (lineage {result.lineage_file})"
+    )
     return 0
 
 
