@@ -71,6 +71,13 @@ MAX_LR = 1.0
 class TrainConfig:
     architecture: str = "segformer-b0"
     pretrained: str | None = None  # local folder or hub id; None = random init
+    # A trashseg checkpoint (.pt or training output folder, e.g. a registered bundle's model)
+    # whose weights start this run: fine-tuning, with a fresh optimizer and schedule.
+    init_checkpoint: str | None = None
+    # A finished run's output folder (or last.pt) continued to a longer schedule: its weights
+    # and optimizer state at its last iteration, trained on to `iterations` in a NEW output
+    # folder and MLflow run. Not a resume: see `trashseg train --continue-from`.
+    continue_from: str | None = None
     image_size: int = 512
     batch_size: int = 8  # per process and micro-batch; global batch = batch_size * grad_accum * world size
     iterations: int = 80_000  # optimizer steps
@@ -123,6 +130,11 @@ class TrainConfig:
             )
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise ConfigError(f"grad_clip={self.grad_clip}: expected a positive max norm, or null for no clipping")
+        if self.init_checkpoint and self.continue_from:
+            raise ConfigError(
+                f"init_checkpoint={self.init_checkpoint!r} and continue_from={self.continue_from!r}: give one "
+                "(init_checkpoint fine-tunes with a new schedule, continue_from extends a finished run's schedule)"
+            )
         if not 0.0 <= self.pseudo_ratio < 1.0:
             raise ConfigError(f"pseudo_ratio={self.pseudo_ratio}: expected a fraction in [0, 1)")
         if self.pseudo_ratio > 0 and round(self.batch_size * self.pseudo_ratio) < 1:
@@ -319,6 +331,7 @@ def train(
     data = _build_data_streams(config, dataset_dir, pseudo_dataset)
     state = _build_model_and_optimizer(config, data.classes, device, dist)
     paths = _OutputPaths(output_dir)
+    start_tags = _start_tags(config)
     if resume:
         _restore_state(state, config, paths.last, end, dist)
     elif paths.last.exists():
@@ -326,8 +339,10 @@ def train(
             f"{output_dir} already holds a checkpoint ({paths.last}); pass --resume to continue it "
             "or choose a new output folder (nothing is overwritten)"
         )
+    elif config.continue_from:
+        start_tags.update(_continue_schedule(state, config, data.classes, output_dir, end))
     loader = _build_loader(config, data, state.iteration, end, device, dist)
-    tracked = _start_tracking(config, data, state, output_dir, tags) if dist.is_main else None
+    tracked = _start_tracking(config, data, state, output_dir, {**start_tags, **(tags or {})}) if dist.is_main else None
 
     loop = _StepLoop(config, data, state, device, dist, paths, tracked, on_checkpoint)
     status = "FAILED"
@@ -448,7 +463,12 @@ def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device,
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)  # same initial weights on every rank
-    model = build_model(config.architecture, classes.num_classes, pretrained=config.pretrained).to(device)
+    # A trashseg checkpoint replaces every weight a pretrained start would set: skip loading one.
+    pretrained = None if config.init_checkpoint or config.continue_from else config.pretrained
+    model = build_model(config.architecture, classes.num_classes, pretrained=pretrained)
+    if config.init_checkpoint:
+        _load_init_checkpoint(model, config.init_checkpoint, config.architecture, classes)
+    model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly_schedule(config))
     amp_dtype = resolve_amp_dtype(config.amp, device.type)
@@ -458,8 +478,85 @@ def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device,
     return _TrainState(model, optimizer, scheduler, scaler, amp_dtype)
 
 
+def _load_init_checkpoint(model, path: str, architecture: str, classes: ClassTable) -> None:
+    """Fine-tuning start: the weights of a trashseg checkpoint of the same architecture. Tensors
+    shaped for another class count (the class heads) stay at their fresh init."""
+    saved = load_checkpoint_state(path)
+    if saved["architecture"] != architecture:
+        raise ConfigError(
+            f"init_checkpoint={path!r} holds a {saved['architecture']!r} model, this run trains {architecture!r}; "
+            "give a checkpoint of the same architecture (or use `pretrained` for a transformers checkpoint)"
+        )
+    own = model.state_dict()
+    loaded = {k: v for k, v in saved["model"].items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(set(own) - set(loaded))
+    model.load_state_dict(loaded, strict=False)
+    if ClassTable.from_json(saved["classes"]).names != classes.names:
+        log.warning("init_checkpoint %s was trained on classes %s; this dataset has %s",
+                    path, ClassTable.from_json(saved["classes"]).names, classes.names)
+    log.info("initialised %s from %s (iteration %d): %d of %d tensors loaded%s", architecture, path,
+             saved["iteration"], len(loaded), len(own), f"; re-initialised: {', '.join(fresh)}" if fresh else "")
+
+
+def _start_tags(config: TrainConfig) -> dict[str, str]:
+    """How the run's weights started, as MLflow tags (a continuation adds its source in _continue_schedule)."""
+    if config.continue_from:
+        return {"train.mode": "continue", "train.continued_from": config.continue_from}
+    if config.init_checkpoint:
+        return {"train.mode": "fine-tune", "train.init_checkpoint": config.init_checkpoint}
+    return {"train.mode": "new"}
+
+
+def _continue_schedule(state: _TrainState, config: TrainConfig, classes: ClassTable, output_dir: Path, end: int) -> dict[str, str]:
+    """Start a longer schedule from a finished run's last.pt: its weights and optimizer moments, the
+    iteration count going on from where it ended, and the lr of the NEW schedule (`config.iterations`
+    long) from there on. Returns the MLflow tags naming the source."""
+    source = Path(config.continue_from)
+    path = source / LAST_CHECKPOINT if source.is_dir() else source
+    if path.resolve().parent == output_dir.resolve():
+        raise ConfigError(
+            f"continue_from={config.continue_from!r} is this run's own output folder {output_dir}: a continued "
+            "schedule is a new run, so write it to a new folder (--out); `--resume` alone continues an "
+            "interrupted run in its folder"
+        )
+    saved = load_checkpoint_state(path, map_location=next(state.model.parameters()).device)
+    if "optimizer" not in saved:
+        raise ConfigError(f"continue_from: {path} has no optimizer state (a best.pt?); continue from the run's {LAST_CHECKPOINT}")
+    done, planned = saved["iteration"], saved["config"]["iterations"]
+    if done != planned:
+        raise ConfigError(
+            f"continue_from: {path} stopped at iteration {done} of its {planned}-iteration schedule; an unfinished "
+            f"run is resumed, not continued: `trashseg train --resume --out {path.parent}`"
+        )
+    if saved["architecture"] != config.architecture or ClassTable.from_json(saved["classes"]).names != classes.names:
+        raise ConfigError(
+            f"continue_from: {path} trained {saved['architecture']!r} on classes {ClassTable.from_json(saved['classes']).names}; "
+            f"this run is {config.architecture!r} on {classes.names}: continue with the same architecture and dataset classes"
+        )
+    if end <= done:
+        raise ConfigError(f"iterations={config.iterations} (stop_after={end}): continuing {path} needs more than its {done}")
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    for group, decay in zip(state.optimizer.param_groups, (config.weight_decay, 0.0), strict=True):
+        group["initial_lr"], group["weight_decay"] = config.lr, decay  # this run's settings, not the source's
+    # As if stepped `done` times on the new schedule: the lr of iteration `done` of `config.iterations`.
+    state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer, _poly_schedule(config), last_epoch=done - 1)
+    state.scaler.load_state_dict(saved["scaler"])
+    state.iteration = done
+    log.info("continuing %s from iteration %d to a %d-iteration schedule (lr now %.3g)", path, done,
+             config.iterations, state.scheduler.get_last_lr()[0])
+    return {"train.continued_from.iteration": str(done), "train.continued_from.mlflow_run_id": saved.get("mlflow_run_id") or ""}
+
+
 def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end: int, dist: Distributed) -> None:
     saved = load_checkpoint_state(last_path, map_location=next(state.model.parameters()).device)
+    planned = saved["config"].get("iterations")
+    if saved["iteration"] == planned and config.iterations > planned:
+        raise ConfigError(
+            f"{last_path} is a finished {planned}-iteration run and resuming never changes a schedule; to train "
+            f"it on to {config.iterations} iterations start a continued run in a new folder: "
+            f"`trashseg train --continue-from {last_path.parent} --continue-to {config.iterations} --out NEW_FOLDER`"
+        )
     check_resumable(saved["config"], to_dict(config))
     state.model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
@@ -683,11 +780,13 @@ def _wrap_for_training(model, device, dist: Distributed) -> torch.nn.Module:
         return train_module
     from torch.nn.parallel import DistributedDataParallel
 
+    from trashseg.models import has_unused_parameters
+
     if device.type == "cuda":
         train_module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_module)
-    # Some families leave parameters unused in a step (e.g. auxiliary heads).
     return DistributedDataParallel(
-        train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        train_module, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=has_unused_parameters(model.architecture),
     )
 
 

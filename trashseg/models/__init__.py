@@ -48,6 +48,7 @@ __all__ = [
     "SegmentationModel",
     "architecture_table",
     "build_model",
+    "has_unused_parameters",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,20 @@ _FULL_SIZE = {
     "oneformer-swin-l": ("oneformer", partial(oneformer_config, "swin", "l"), _ONE),
     "oneformer-dinat-l": ("oneformer", partial(oneformer_config, "dinat", "l"), _ONE),
 }
+
+# Architectures whose loss leaves parameters without a gradient in every step, so DDP must
+# search the autograd graph for them (`find_unused_parameters=True`, a traversal per step);
+# the others skip it. Found by one forward/backward of each tiny twin: Swin's final
+# layernorm feeds nothing the decoders read, OneFormer's contrastive `logit_scale` is not
+# in its training loss. Their -tiny twins share the entry.
+UNUSED_PARAMETERS = frozenset(
+    [name for name in _FULL_SIZE if "swin" in name.split("-")] + ["oneformer-swin-l", "oneformer-dinat-l"]
+)
+
+
+def has_unused_parameters(name: str) -> bool:
+    """Whether DDP training of architecture `name` needs `find_unused_parameters=True`."""
+    return architecture_spec(name).name.removesuffix("-tiny") in UNUSED_PARAMETERS
 
 
 def _call_config(config: Callable[..., PretrainedConfig], tiny: bool, num_classes: int):
