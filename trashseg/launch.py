@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from trashseg.errors import ConfigError
@@ -47,8 +51,10 @@ def processes_per_task() -> int:
 def run_per_process(function: Callable[..., Any], args: Sequence[Any], processes: int) -> list[Any]:
     """`function(*args)` in `processes` workers of one process group; their results in rank order.
 
-    `function` must be importable by name (a module-level function) and `args` picklable:
-    workers are spawned fresh, so they share no state with the caller but the environment.
+    `function` must be importable by name (a module-level function), and `args` and the
+    results picklable. Each worker is a fresh `python -m trashseg.launch JOB` (as torchrun
+    starts them): it shares nothing with the caller but the environment, and works whatever
+    the caller's main module is (a KFP executor, pytest, a script without a main guard).
     """
     if processes < 1:
         raise ConfigError(f"processes={processes}: expected >= 1")
@@ -60,17 +66,24 @@ def run_per_process(function: Callable[..., Any], args: Sequence[Any], processes
         min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # torchrun --standalone: a free local port
         max_restarts=0,  # a failed worker fails the step; the task's retry resumes from the checkpoint
-        start_method="spawn",
     )
     log.info("starting %d processes (one per GPU) for %s", processes, function.__qualname__)
-    results = elastic_launch(config, _worker)(function, list(args), logging.getLogger().getEffectiveLevel())
-    return [results[rank] for rank in range(processes)]
+    with tempfile.TemporaryDirectory(prefix="trashseg-launch-") as work:
+        job = Path(work) / "job.pkl"
+        job.write_bytes(pickle.dumps((function, list(args), logging.getLogger().getEffectiveLevel())))
+        elastic_launch(config, sys.executable)("-m", "trashseg.launch", str(job))
+        return [pickle.loads(_result_path(job, rank).read_bytes()) for rank in range(processes)]
 
 
-def _worker(function: Callable[..., Any], args: list[Any], log_level: int) -> Any:
-    """Runs in each spawned process: rank 0 logs as the caller did, the others only warnings."""
+def _result_path(job: Path, rank: int) -> Path:
+    return job.with_name(f"result-{rank}.pkl")
+
+
+def _worker(job: Path) -> None:
+    """One spawned process: rank 0 logs as the caller did, the others only warnings."""
     import torch
 
+    function, args, log_level = pickle.loads(job.read_bytes())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     logging.basicConfig(
         level=log_level if rank == 0 else max(log_level, logging.WARNING),
@@ -79,4 +92,13 @@ def _worker(function: Callable[..., Any], args: list[Any], log_level: int) -> An
     if not torch.cuda.is_available():
         # CPU workers share the cores (torchrun sets OMP_NUM_THREADS=1 for the same reason).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    return function(*args)
+    result = pickle.dumps(function(*args))
+    path = _result_path(job, rank)
+    path.with_suffix(".tmp").write_bytes(result)
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+if __name__ == "__main__":
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(_worker)(Path(sys.argv[1]))  # record: the worker's traceback reaches the caller's error

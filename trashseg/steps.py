@@ -242,7 +242,7 @@ def _checkpoint_mirror(checkpoint_store: str):
 def _completed_iterations(model_dir: Path) -> int:
     from trashseg.checkpoints import load_checkpoint_state
 
-    return int(load_checkpoint_state(model_dir / LAST_CHECKPOINT)["iteration"])
+    return int(load_checkpoint_state(model_dir / "last.pt")["iteration"])
 
 
 # ---------------------------------------------------------------------------- inference

@@ -63,6 +63,7 @@ from trashseg.tracking import TrackingConfig
 log = logging.getLogger(__name__)
 
 LABELLED_STREAM, PSEUDO_STREAM = 0, 1
+MODEL_RANDOMNESS = 2  # seed stream of model-side randomness, per micro-batch
 # AdamW's step is about lr per weight: beyond 1 every weight is replaced by noise.
 MAX_LR = 1.0
 
@@ -665,6 +666,11 @@ class _StepLoop:
         for micro in range(config.grad_accum):
             images, masks = next(batches)
             images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+            # Model-side randomness (dropout, drop path, point sampling) seeded by the micro-batch's
+            # place in the run, as its samples are: N processes draw what 1 process with N x
+            # grad_accum micro-batches draws, and a resumed run what an uninterrupted one does.
+            micro_batch = (iteration * config.grad_accum + micro) * self.dist.world + self.dist.rank
+            torch.manual_seed(sample_seed(config.seed, MODEL_RANDOMNESS, micro_batch))
             sync = micro == config.grad_accum - 1 or self.dist.world == 1
             with self.train_module.no_sync() if not sync else contextlib.nullcontext():
                 with autocast(self.device, state.amp_dtype):

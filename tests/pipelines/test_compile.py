@@ -72,6 +72,8 @@ def test_training_tasks_get_gpu_toleration_shm_and_retries(compiled, pipeline):
         resources = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu", name
         assert resources["accelerator"]["resourceCount"] == str(GPUS), name  # the count set at compile time
+        env = spec["deploymentSpec"]["executors"][executor]["container"]["env"]
+        assert {"name": "TRASHSEG_PROCESSES", "value": str(GPUS)} in env, name  # one process per GPU
         config = k8s(platform, executor)
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in config["tolerations"], name
         assert config["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}, name
