@@ -333,6 +333,8 @@ def train(
     state = _build_model_and_optimizer(config, data.classes, device, dist)
     paths = _OutputPaths(output_dir)
     start_tags = _start_tags(config)
+    if config.continue_from:
+        _continue_source(config, output_dir)  # refused before anything else looks like a resume
     if resume:
         _restore_state(state, config, paths.last, end, dist)
     elif paths.last.exists():
@@ -512,14 +514,7 @@ def _continue_schedule(state: _TrainState, config: TrainConfig, classes: ClassTa
     """Start a longer schedule from a finished run's last.pt: its weights and optimizer moments, the
     iteration count going on from where it ended, and the lr of the NEW schedule (`config.iterations`
     long) from there on. Returns the MLflow tags naming the source."""
-    source = Path(config.continue_from)
-    path = source / LAST_CHECKPOINT if source.is_dir() else source
-    if path.resolve().parent == output_dir.resolve():
-        raise ConfigError(
-            f"continue_from={config.continue_from!r} is this run's own output folder {output_dir}: a continued "
-            "schedule is a new run, so write it to a new folder (--out); `--resume` alone continues an "
-            "interrupted run in its folder"
-        )
+    path = _continue_source(config, output_dir)
     saved = load_checkpoint_state(path, map_location=next(state.model.parameters()).device)
     if "optimizer" not in saved:
         raise ConfigError(f"continue_from: {path} has no optimizer state (a best.pt?); continue from the run's {LAST_CHECKPOINT}")
@@ -547,6 +542,19 @@ def _continue_schedule(state: _TrainState, config: TrainConfig, classes: ClassTa
     log.info("continuing %s from iteration %d to a %d-iteration schedule (lr now %.3g)", path, done,
              config.iterations, state.scheduler.get_last_lr()[0])
     return {"train.continued_from.iteration": str(done), "train.continued_from.mlflow_run_id": saved.get("mlflow_run_id") or ""}
+
+
+def _continue_source(config: TrainConfig, output_dir: Path) -> Path:
+    """The last.pt a continued run starts from; never one in its own output folder."""
+    source = Path(config.continue_from)
+    path = source / LAST_CHECKPOINT if source.is_dir() else source
+    if path.resolve().parent == output_dir.resolve():
+        raise ConfigError(
+            f"continue_from={config.continue_from!r} is this run's own output folder {output_dir}: a continued "
+            "schedule is a new run, so write it to a new folder (--out); `--resume` alone continues an "
+            "interrupted run in its folder"
+        )
+    return path
 
 
 def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end: int, dist: Distributed) -> None:
