@@ -574,9 +574,9 @@ def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end
     per_rank = saved.get("rng_per_rank") or [saved["rng"]]
     if len(per_rank) != dist.world:
         log.warning(
-            "%s was written by %d process(es), this run has %d: model-side randomness (dropout, point "
-            "sampling) restarts from rank 0's state, so the result will not match an uninterrupted run",
-            last_path, len(per_rank), dist.world,
+            "%s was written by %d process(es), this run has %d: the global batch becomes batch_size x %d x "
+            "grad_accum = %d from here on, so the result will not match an uninterrupted run",
+            last_path, len(per_rank), dist.world, dist.world, config.batch_size * dist.world * config.grad_accum,
         )
     set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0])
     state.iteration, state.best_miou, state.best_iteration = saved["iteration"], saved["best_miou"], saved["best_iteration"]
