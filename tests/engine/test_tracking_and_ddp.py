@@ -165,7 +165,7 @@ def test_train_and_predict_steps_run_one_process_per_gpu(sample_dataset, tmp_pat
 
 
 def test_find_unused_parameters_only_where_a_step_leaves_parameters_without_gradient():
-    from trashseg.models import UNUSED_PARAMETERS, _FULL_SIZE, build_model, has_unused_parameters
+    from trashseg.models import _FULL_SIZE, UNUSED_PARAMETERS, build_model, has_unused_parameters
 
     assert UNUSED_PARAMETERS <= set(_FULL_SIZE)
     torch.manual_seed(0)
