@@ -34,7 +34,11 @@ class ClusterSettings:
     gpus_per_task: int = 1
     gpu_node_selector: tuple[str, str] = ("nvidia.com/gpu.present", "true")
     shm_size: str = "16Gi"
-    train_cpu: str = "8"
+    # Cores per GPU of a training/prediction task: the training process, and data-loader
+    # workers at ~170 images/s per core (benchmarks/data_bench.py, 640-px JPEGs at 512) for
+    # a GPU at an assumed 150-200 images/s (H100, Mask2Former-Swin-L at 512; not measured
+    # here): 2 workers (about 1.7x that rate), 1 training process, 1 spare. See the README.
+    train_cpu_per_gpu: int = 4
     train_memory: str = "48Gi"
     cpu_task_cpu: str = "2"
     cpu_task_memory: str = "8Gi"
@@ -61,6 +65,8 @@ class ClusterSettings:
     def __post_init__(self) -> None:
         if self.gpus_per_task < 1:
             raise ValueError(f"gpus_per_task={self.gpus_per_task}: training needs at least 1 GPU per task")
+        if self.train_cpu_per_gpu < 1:
+            raise ValueError(f"train_cpu_per_gpu={self.train_cpu_per_gpu}: a GPU task needs at least 1 core per GPU")
         if self.training_retries < 0 or self.parallelism < 0 or self.max_iterations < 0:
             raise ValueError("training_retries, parallelism and max_iterations must be >= 0")
         if self.seconds_per_iteration <= 0 or self.retry_window_slack < 1:
@@ -125,7 +131,8 @@ def gpu_task(
     """`retry_iterations`: retry on failure, in a window sized for a training of that many
     iterations; None: no retries."""
     task.set_container_image(settings.images.train)
-    task.set_cpu_request(settings.train_cpu).set_memory_request(settings.train_memory)
+    task.set_cpu_request(str(settings.train_cpu_per_gpu * settings.gpus_per_task))
+    task.set_memory_request(settings.train_memory)
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(settings.gpus_per_task)
     # The step starts one process per requested GPU (trashseg.launch); said explicitly, not guessed.
     task.set_env_variable(PROCESSES_ENV, str(settings.gpus_per_task))

@@ -1,5 +1,5 @@
 """Training augmentation: multi-scale resize, padded random crop, flip, colour jitter,
-normalisation (albumentations), and copy-paste of objects of chosen classes.
+normalisation (OpenCV on uint8), and copy-paste of objects of chosen classes.
 
 Every random choice is drawn from a seed given per sample, so a sample's augmentation is
 a function of (run seed, sample position) only: resuming mid-run, changing the number of
@@ -8,6 +8,7 @@ data-loader workers or the DDP world size never changes what one sample looks li
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,41 +66,111 @@ def sample_seed(seed: int, stream: int, position: int) -> int:
 
 
 class TrainTransform:
-    """Callable `(image HxWx3 uint8, mask HxW uint8, seed) -> (image 3xSxS float32, mask SxS int64)`."""
+    """Callable `(image HxWx3 uint8, mask HxW uint8, seed) -> (image 3xSxS uint8, mask SxS uint8)`.
+
+    Resize (shorter side to `image_size`, times a random scale), centred padding to the crop
+    size and random crop are one resize of the source window that the crop shows, so only
+    the SxS output is interpolated (bilinear for the image, nearest for the mask) instead of
+    the whole image resized up to 2x, then cropped. Colour jitter is one affine colour map on
+    uint8. Image and mask stay uint8 (4x / 8x fewer bytes to collate, pin and copy to the
+    device); training normalises the batch there with `normalise_batch` and widens the mask
+    to int64. All draws come from `seed`.
+    """
 
     def __init__(self, config: AugmentConfig, image_size: int) -> None:
-        import albumentations as A
-        import cv2
-
-        crop = config.crop_size or image_size
-        low, high = config.scale_range
-        transforms = [
-            A.SmallestMaxSize(max_size=image_size),
-            # RandomScale multiplies by 1 + U(limit); p=1 so every sample gets a scale.
-            A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0),
-            A.PadIfNeeded(
-                min_height=crop, min_width=crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX
-            ),
-            A.RandomCrop(height=crop, width=crop),
-            A.HorizontalFlip(p=config.hflip),
-        ]
-        if config.color_jitter > 0:
-            transforms.append(
-                A.ColorJitter(
-                    brightness=config.brightness,
-                    contrast=config.contrast,
-                    saturation=config.saturation,
-                    hue=config.hue,
-                    p=config.color_jitter,
-                )
-            )
-        transforms.append(A.Normalize(mean=config.mean, std=config.std, max_pixel_value=255.0))
-        self.compose = A.Compose(transforms, seed=0)
+        self.config, self.image_size = config, image_size
+        self.crop = config.crop_size or image_size
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        self.compose.set_random_seed(seed)
-        out = self.compose(image=image, mask=mask)
-        return out["image"].transpose(2, 0, 1).astype(np.float32), out["mask"].astype(np.int64)
+        import cv2
+
+        rng = np.random.default_rng(seed)
+        (rows, out_rows), (cols, out_cols), flip = self._geometry(mask.shape, rng)
+        size = (out_cols[1] - out_cols[0], out_rows[1] - out_rows[0])
+        window = (slice(*rows), slice(*cols))
+        shown_image = cv2.resize(image[window], size, interpolation=cv2.INTER_LINEAR)
+        shown_mask = cv2.resize(mask[window], size, interpolation=cv2.INTER_NEAREST)
+        if flip:
+            shown_image, shown_mask = cv2.flip(shown_image, 1), cv2.flip(shown_mask, 1)
+            out_cols = (self.crop - out_cols[1], self.crop - out_cols[0])
+        crop = self.crop
+        if size == (crop, crop):
+            out_image, out_mask = shown_image, shown_mask
+        else:  # padding: black pixels, ignored labels
+            out_image = np.zeros((crop, crop, 3), np.uint8)
+            out_mask = np.full((crop, crop), IGNORE_INDEX, np.uint8)
+            out_image[slice(*out_rows), slice(*out_cols)] = shown_image
+            out_mask[slice(*out_rows), slice(*out_cols)] = shown_mask
+        config = self.config
+        if config.color_jitter > 0 and rng.random() < config.color_jitter:
+            out_image = self._jitter(out_image, rng)
+        return np.ascontiguousarray(out_image.transpose(2, 0, 1)), out_mask
+
+    def _geometry(self, shape: tuple[int, int], rng: np.random.Generator):
+        """Per axis, the source window and the crop rows/cols it fills (the rest is padding); and the flip."""
+        low, high = self.config.scale_range
+        factor = self.image_size * rng.uniform(low, high) / min(shape)
+        axes = [self._axis(length, max(1, round(length * factor)), rng) for length in shape]
+        return axes[0], axes[1], rng.random() < self.config.hflip
+
+    def _axis(self, length: int, scaled: int, rng: np.random.Generator):
+        crop = self.crop
+        start = int(rng.integers(0, max(scaled, crop) - crop + 1))
+        if scaled <= crop:  # the whole axis fits: centred, padded on both sides
+            pad = (crop - scaled) // 2
+            return (0, length), (pad, pad + scaled)
+        # The crop [start, start + crop) of the scaled axis, widened to whole source pixels:
+        # the window is resized onto the crop, so only the crop is ever interpolated
+        # (the scale then differs from the drawn one by under one source pixel over the window).
+        first = math.floor(start * length / scaled)
+        last = min(length, math.ceil((start + crop) * length / scaled))
+        return (first, last), (0, crop)
+
+    def _jitter(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Brightness, contrast, saturation and hue jitter in a random order (as torchvision/albumentations).
+
+        Each is an affine map of RGB (hue as a rotation of the YIQ chroma plane, as DALI does),
+        so their composition is applied in one pass; values are clipped once, at the end,
+        instead of after every step.
+        """
+        import cv2
+
+        config = self.config
+        brightness = rng.uniform(1 - config.brightness, 1 + config.brightness)
+        contrast = rng.uniform(1 - config.contrast, 1 + config.contrast)
+        saturation = rng.uniform(1 - config.saturation, 1 + config.saturation)
+        hue = rng.uniform(-config.hue, config.hue)
+        matrix, shift = np.eye(3), np.zeros(3)
+        mean_colour = np.asarray(cv2.mean(image)[:3])
+        for operation in rng.permutation(4):
+            if operation == 0:
+                step, offset = brightness * np.eye(3), np.zeros(3)
+            elif operation == 1:  # towards the current mean grey
+                grey = _GREY @ (matrix @ mean_colour + shift)
+                step, offset = contrast * np.eye(3), np.full(3, (1 - contrast) * grey)
+            elif operation == 2:  # towards each pixel's grey
+                step, offset = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), _GREY), np.zeros(3)
+            else:
+                angle = 2 * np.pi * hue
+                rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+                step, offset = _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ, np.zeros(3)
+            matrix, shift = step @ matrix, step @ shift + offset
+        affine = np.hstack([matrix, shift[:, None]]).astype(np.float32)
+        return cv2.transform(image, affine)  # uint8 out: rounded and clipped to 0..255
+
+
+_GREY = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma, the grey of PIL/OpenCV/torchvision
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+def normalise_batch(images, mean, std):
+    """(N, 3, H, W) uint8 tensor -> float32 `(x / 255 - mean) / std`, on the tensor's device."""
+    import torch
+
+    scale = torch.tensor([1 / (255.0 * s) for s in std], device=images.device).view(1, 3, 1, 1)
+    offset = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=images.device).view(1, 3, 1, 1)
+    return torch.addcmul(offset, images.float(), scale)
 
 
 def eval_transform(image: np.ndarray, size: int, mean, std) -> np.ndarray:

@@ -9,8 +9,9 @@ so a checkpoint file alone rebuilds its model.
 
 from __future__ import annotations
 
-import os
+import pickle
 import random
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from trashseg.data.classes import ClassTable
 from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import atomic_write
 
 CHECKPOINT_FORMAT = "trashseg-checkpoint/1"
 LAST_CHECKPOINT = "last.pt"
@@ -43,10 +45,10 @@ class CheckpointMeta:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact, a failed
+    write (a full disk) leaves no partial and raises OutputError."""
+    with atomic_write(path, durable=True) as handle:
+        torch.save(state, handle)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -66,7 +68,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
     """The raw state dict of a checkpoint file or training output folder, format-checked."""
     path = resolve_checkpoint(path)
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, which would run the file's code.
+        raise DataError(
+            f"{path} is not a trashseg checkpoint: it holds Python objects other than tensors and plain "
+            "data, and trashseg will not load it (loading such a file can run code in it). Pass a best.pt "
+            "or last.pt written by `trashseg train`"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
+        detail = (str(error).splitlines() or [type(error).__name__])[0]
+        raise DataError(
+            f"{path} cannot be read as a checkpoint ({path.stat().st_size} bytes; {detail}): "
+            "it is truncated or corrupt, e.g. from an interrupted copy. Copy it again, or use the training "
+            "output folder's other checkpoint"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a trashseg checkpoint (format {CHECKPOINT_FORMAT}); it was not written by `trashseg train`")
     return state

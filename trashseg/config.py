@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import yaml
 
 from trashseg.errors import ConfigError
+from trashseg.fileio import write_text
+from trashseg.secrets import redact_values
 
 T = TypeVar("T")
 
@@ -46,8 +48,9 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON-ready dict of a (nested) config dataclass; tuples become lists."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+    """Plain JSON-ready dict of a (nested) config dataclass; tuples become lists. URI
+    passwords are redacted: this is what config files, checkpoints and MLflow params hold."""
+    return redact_values(json.loads(json.dumps(dataclasses.asdict(config), default=list)))
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
@@ -108,7 +111,7 @@ def parse_assignments(items: Iterable[str], *, what: str = "override", example: 
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -31,8 +31,9 @@ from trashseg.crf import CrfConfig, WorkerPool, crf_prediction_set
 from trashseg.data.io import read_mask
 from trashseg.data.layout import PreparedDataset, Sample
 from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import write_text
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
-from trashseg.predictions import PredictionSet, score_predictions
+from trashseg.predictions import PredictionSet, check_made_from, score_predictions
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class GatingDecision:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> GatingDecision:
@@ -362,6 +363,7 @@ class RecipeRunner:
         for split, sets in self.splits.items():
             for name, prediction in zip(self.names, sets, strict=True):
                 _check_prediction_set(prediction, name, split, samples[split], self.classes.names)
+                check_made_from(prediction, self.dataset, split)
         self.consensus_ids = _consensus_model_ids(self.names, config)
         candidates = (*self.names, *_enabled_stages(config))
         if config.pinned_stage and config.pinned_stage not in candidates:

@@ -11,3 +11,11 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """A dataset, annotation file or prediction folder cannot be used as given."""
+
+
+class OutputError(UserError, OSError):
+    """An output file could not be written (a full disk, no permission). Also an OSError,
+    so callers that handle OS errors keep working."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trashseg.fileio import write_text
+
 DEFAULT_OVERLAYS = 4
 OVERLAY_ALPHA = 0.55
 
@@ -70,7 +72,7 @@ def evaluation_report(
         *(_img(png, name) for name, png in _overlays(prediction_dir, dataset_dir, split, overlays)),
         "</body></html>",
     ]
-    Path(html_path).write_text("\n".join(page) + "\n")
+    write_text(html_path, "\n".join(page) + "\n")
     return EvaluationResult(scores.miou, scalars, list(scores.class_names), [list(map(int, r)) for r in scores.matrix])
 
 
@@ -87,7 +89,7 @@ def stats_html(stats_dir: str | Path, html_path: str | Path, *, title: str) -> N
         summary = json.dumps(json.loads(stats_file.read_text()), indent=1)
         parts.append(f"<h3>stats.json</h3><pre>{html.escape(summary)}</pre>")
     parts.append("</body></html>")
-    Path(html_path).write_text("\n".join(parts) + "\n")
+    write_text(html_path, "\n".join(parts) + "\n")
 
 
 _STYLE = "<style>body{font-family:sans-serif} td,th{padding:2px 8px;text-align:right} img{max-width:100%}</style>"

@@ -27,8 +27,9 @@ from trashseg.data.io import read_image, read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.device import AmpMode, autocast, default_device, local_device, resolve_amp_dtype
 from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import write_text
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
-from trashseg.predictions import PredictionSet, score_predictions
+from trashseg.predictions import PredictionSet, check_made_from, score_predictions
 from trashseg.progress import Progress
 
 MAX_TTA_SCALE = 4.0  # of the training image size
@@ -192,6 +193,7 @@ def evaluate(
             f"{prediction_dir} predicts classes {predictions.class_names}, {dataset.root} has "
             f"{list(classes.names)}; evaluate predictions made for this dataset"
         )
+    check_made_from(predictions, dataset, split)
     samples = dataset.samples(split)
     missing = [s.file_name for s in samples if s.file_name not in set(predictions.file_names)]
     if missing:
@@ -202,8 +204,7 @@ def evaluate(
     matrix = score_predictions(predictions, dataset, [s.file_name for s in samples])
     scores = matrix.compute()
     path = Path(metrics_path) if metrics_path else predictions.root / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"split": split, **scores.to_dict()}, indent=2) + "\n")
+    write_text(path, json.dumps({"split": split, **scores.to_dict()}, indent=2) + "\n")
     log.info("%s on %s: mIoU %.4f, pixel accuracy %.4f", prediction_dir, split, scores.miou, scores.pixel_accuracy)
     return scores
 

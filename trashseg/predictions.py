@@ -15,7 +15,6 @@ at most 1/510 per probability, far below what changes an argmax in practice.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from trashseg.data.io import read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
+from trashseg.fileio import atomic_write, write_text
 from trashseg.metrics import ConfusionMatrix
 
 ProbabilityDtype = Literal["uint8", "float16"]
@@ -103,13 +103,11 @@ class PredictionSet:
             raise DataError(f"{file_name}: mask of shape {mask.shape}, expected {probs.shape[1:]}")
         probs = np.asarray(probs, dtype=np.float32)
         stored = np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8) if self.dtype == "uint8" else probs.astype(np.float16)
-        path = self.probs_path(file_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, probs=stored)
-        mask_path = self.mask_path(file_name)
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.probs_path(file_name)) as handle:
+            np.savez_compressed(handle, probs=stored)
         labels = probs.argmax(axis=0) if mask is None else mask
-        Image.fromarray(labels.astype(np.uint8)).save(mask_path)
+        with atomic_write(self.mask_path(file_name)) as handle:
+            Image.fromarray(labels.astype(np.uint8)).save(handle, format="PNG")
         if file_name not in self.file_names:
             self.file_names.append(file_name)
 
@@ -128,10 +126,7 @@ class PredictionSet:
     def save(self) -> None:
         """Write the meta file (atomically) last, so a folder with meta is complete."""
         meta = {"class_names": self.class_names, "file_names": self.file_names, "dtype": self.dtype, "source": self.source}
-        path = self.root / META_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(self.root / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def score_predictions(predictions: PredictionSet, dataset: PreparedDataset, file_names: Sequence[str]) -> ConfusionMatrix:
@@ -160,6 +155,32 @@ def recorded_dataset_versions(source: dict) -> set[str]:
         if isinstance(version, str):
             versions.add(version)
     return versions
+
+
+def check_made_from(
+    predictions: PredictionSet, dataset: PreparedDataset, split: str, *, where: str | None = None,
+    error: type[DataError] = DataError,
+) -> None:
+    """Refuse `predictions` made from another split or dataset version than `dataset`'s `split`.
+
+    File names alone cannot tell two datasets apart (every export has 0001.jpg), so the
+    split and dataset version recorded in predictions.json (ensemble members included) are
+    compared; a folder or dataset that records none has nothing to compare."""
+    where = where or f"split {split!r} of {dataset.root}"
+    splits = recorded_splits(predictions.source)
+    if splits and splits != {split}:
+        raise error(
+            f"{predictions.root} holds predictions of split(s) {sorted(splits)}, not {split!r} "
+            f"({where}); predict the {split} split"
+        )
+    expected_version = dataset.dataset_version()
+    versions = recorded_dataset_versions(predictions.source)
+    if expected_version and versions and versions != {expected_version}:
+        raise error(
+            f"{predictions.root} was predicted on dataset version(s) {', '.join(v[:12] for v in sorted(versions))}, "
+            f"but {where} belongs to version {expected_version[:12]}; the file names may match, the "
+            "images do not. Predict this dataset's split with `trashseg predict`"
+        )
 
 
 def recorded_splits(source: dict) -> set[str]:

@@ -25,7 +25,8 @@ from PIL import Image
 from trashseg.config import to_dict
 from trashseg.data.layout import IGNORE_INDEX, PreparedDataset
 from trashseg.errors import ConfigError, DataError
-from trashseg.predictions import PredictionSet
+from trashseg.fileio import atomic_write, write_text
+from trashseg.predictions import PredictionSet, check_made_from
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def make_pseudo_labels(
         raise DataError(
             f"split {config.split!r} not found in {dataset_dir}; available: {', '.join(source.splits()) or 'none'}"
         )
+    check_made_from(predictions, source, config.split)  # same file names, other images: wrong labels
     split_data = json.loads(split_file.read_text())
     images = split_data.get("images", [])
     predicted = set(predictions.file_names)
@@ -116,9 +118,9 @@ def make_pseudo_labels(
     coco = {key: value for key, value in split_data.items() if key not in ("images", "annotations")}
     coco["images"] = kept_images
     coco["annotations"] = []  # the labels are the masks; pseudo-labels have no instances
-    out.split_file(PSEUDO_SPLIT).write_text(json.dumps(coco) + "\n")
+    write_text(out.split_file(PSEUDO_SPLIT), json.dumps(coco) + "\n")
     lineage = _lineage(prediction_dir, predictions, dataset_dir, source, config, kept, dropped)
-    out.lineage_file.write_text(json.dumps(lineage, indent=2) + "\n")
+    write_text(out.lineage_file, json.dumps(lineage, indent=2) + "\n")
     log.info("pseudo-labels: kept %d, dropped %d image(s) -> %s", len(kept), len(dropped), out.root)
     return PseudoLabelResult(
         out.root,
@@ -147,8 +149,8 @@ def _write_confident_images(images, predictions: PredictionSet, source: Prepared
                 }
             )
         else:
-            out.mask_path(name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(out.mask_path(name))
+            with atomic_write(out.mask_path(name)) as handle:
+                Image.fromarray(mask).save(handle, format="PNG")
             out.image_path(name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source.image_path(name), out.image_path(name))
             kept_images.append(image)

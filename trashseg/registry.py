@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trashseg.errors import ConfigError, DataError, UserError
+from trashseg.fileio import write_text
 from trashseg.tracking import TrackingConfig
 
 CHAMPION = "champion"
@@ -86,7 +87,7 @@ def write_bundle(
         "dataset_version": dataset_version,
         "class_names": list(class_names),
     }
-    (out_dir / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(out_dir / BUNDLE_FILE, json.dumps(manifest, indent=2) + "\n")
     return ModelBundle.open(out_dir)
 
 
@@ -237,13 +238,18 @@ def find_champion(model_name: str, tracking_uri: str):
     """The champion's ModelVersion (tags, source), or None."""
     from mlflow import MlflowClient
 
-    return _version_by_alias(MlflowClient(tracking_uri=tracking_uri), model_name, CHAMPION)
+    from trashseg.tracking import client_uri
+
+    return _version_by_alias(MlflowClient(tracking_uri=client_uri(tracking_uri)), model_name, CHAMPION)
 
 
 def fetch_champion(model_name: str, out_dir: str | Path, *, tracking_uri: str) -> Champion:
     """Download the champion's bundle into `out_dir`."""
     import mlflow
 
+    from trashseg.tracking import client_uri
+
+    tracking_uri = client_uri(tracking_uri)  # no password in the messages below, nor in MLflow's
     champion = find_champion(model_name, tracking_uri)
     if champion is None:
         raise RegistryError(

@@ -14,10 +14,15 @@ environment variables.
 
 Each Secret/ConfigMap key is named like the environment variable it becomes, so the
 mappings below are identities; they exist so callers never spell a name twice.
-Credentials are never pipeline parameters, compile-time defaults or log lines.
+Credentials are never pipeline parameters, compile-time defaults or log lines: `redact`
+removes a URI's password from text, `install_log_redaction` from every log record.
 """
 
 from __future__ import annotations
+
+import logging
+import re
+from typing import Any
 
 # Object store credentials (a Secret: the only place credentials live).
 S3_CREDENTIALS_SECRET = "trashseg-s3-credentials"
@@ -53,3 +58,52 @@ PIPELINE_SERVICE_ACCOUNT = "trashseg-pipeline-runner"
 # Pods carrying this label may reach MLflow (the NetworkPolicy in manifests/base/network.yaml);
 # KFP v2 puts it on every pipeline task pod.
 PIPELINE_POD_LABEL = ("pipelines.kubeflow.org/v2_component", "true")
+
+# ------------------------------------------------------------------ redaction
+# `scheme://user:password@host`: the password is replaced wherever such a URI is shown or saved.
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?P<password>[^/\s@]+)@")
+REDACTED = "***"
+
+
+def has_credentials(uri: str | None) -> bool:
+    return bool(uri) and _URI_PASSWORD.search(uri) is not None
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@` URI in it replaced by ***."""
+    return _URI_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text) if "@" in text else text
+
+
+def redact_values(data: Any) -> Any:
+    """A copy of plain data (dicts, lists, strings) with every string `redact`ed: what saved
+    configs, checkpoints and MLflow params hold."""
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {key: redact_values(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return type(data)(redact_values(value) for value in data)
+    return data
+
+
+def install_log_redaction() -> None:
+    """Redact every log record (trashseg's and third parties', e.g. MLflow's "View run at"
+    lines) as it is created, message and traceback text both. Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacting", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's to report, not ours
+            return record
+        if "@" in message:
+            record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    factory.redacting = True
+    logging.setLogRecordFactory(factory)

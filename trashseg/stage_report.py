@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from trashseg.fileio import save_figure, write_text
 from trashseg.metrics import SegmentationScores
 
 
@@ -43,13 +44,13 @@ def write_stage_report(
         "stages": [{"name": stage, **scores[stage].to_dict()} for stage in stages],
         **(dict(details) if details else {}),
     }
-    paths["json"].write_text(json.dumps(data, indent=2) + "\n")
-    paths["markdown"].write_text(
-        _markdown(scores, stages, class_names, selected, pinned) + _details_markdown(details or {})
+    write_text(paths["json"], json.dumps(data, indent=2) + "\n")
+    write_text(
+        paths["markdown"], _markdown(scores, stages, class_names, selected, pinned) + _details_markdown(details or {})
     )
     _chart(scores, stages, class_names, selected, paths["png"])
-    paths["html"].write_text(
-        _html(scores, stages, class_names, selected, pinned, paths["png"], _details_html(details or {}))
+    write_text(
+        paths["html"], _html(scores, stages, class_names, selected, pinned, paths["png"], _details_html(details or {}))
     )
     return paths
 
@@ -158,7 +159,7 @@ def _chart(scores, stages, class_names, selected, path: Path) -> None:
     bottom.set_ylim(0, 1)
     bottom.legend(fontsize=7, ncols=min(len(stages), 4))
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import write_text
+from trashseg.secrets import redact
 from trashseg.tracking import KFP_RUN_ID_ENV, TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def prepare_step(
     if result.dataset_version != dataset_version:
         raise DataError(
             f"dataset version {dataset_version} of {data_store} hashes to {result.dataset_version} after download; "
-            "the stored version was altered — push the dataset again and use the new version"
+            "the stored version was altered — repair it from a good copy with `trashseg data push --repair FOLDER`"
         )
     shutil.copyfile(Path(out_dir) / REPORT_MARKDOWN, report_path)
     stats_html(Path(out_dir) / "stats", stats_html_path, title=f"Dataset {dataset_version[:12]}")
@@ -240,9 +242,9 @@ def _checkpoint_mirror(checkpoint_store: str):
 
 
 def _completed_iterations(model_dir: Path) -> int:
-    from trashseg.checkpoints import load_checkpoint_state
+    from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state
 
-    return int(load_checkpoint_state(model_dir / "last.pt")["iteration"])
+    return int(load_checkpoint_state(model_dir / LAST_CHECKPOINT)["iteration"])
 
 
 # ---------------------------------------------------------------------------- inference
@@ -368,7 +370,7 @@ def register_step(
         run_tags=run.tags(),
         min_improvement=min_improvement,
     )
-    Path(decision_path).write_text(decision.to_markdown())
+    write_text(decision_path, decision.to_markdown())
     log.info("%s", decision.reason)
     return decision.promoted
 
@@ -404,7 +406,7 @@ def check_inbox_step(data_store: str, model_name: str, tracking_uri: str) -> Inb
     champion = find_champion(model_name, tracking_uri)
     if champion is None:
         raise RegistryError(
-            f"registered model {model_name!r} has no {CHAMPION!r} at {tracking_uri}; run the full pipeline first"
+            f"registered model {model_name!r} has no {CHAMPION!r} at {redact(tracking_uri)}; run the full pipeline first"
         )
     base = champion.tags[TAG_DATASET]
     batches = new_batches(open_store(data_store), base)
@@ -443,7 +445,7 @@ def record_status_step(pipeline: str, state: str, error: str, summary_path: str 
             "state in the KFP UI or API." + (f"\n\n{details}" if details else "")
         )
     summary = f"{heading}\n\n" + (f"{details}\n\n" if details else "") + (f"Error: `{error}`\n" if error else "")
-    Path(summary_path).write_text(summary)
+    write_text(summary_path, summary)
     tags = {
         **run.tags(), "trashseg.step": "status", "pipeline": pipeline, "pipeline.state": state,
         "pipeline.state_final": str(final).lower(),

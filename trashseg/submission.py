@@ -19,6 +19,7 @@ import numpy as np
 
 from trashseg.data.classes import ClassTable
 from trashseg.errors import DataError
+from trashseg.fileio import atomic_write
 
 HEADER = ("image_id", "PredictionString")
 SUBMISSION_SIZE = 256
@@ -82,11 +83,10 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, np.ndarray]]) -
     Returns the number of rows. The caller decides the order (the test annotation order);
     `write_submission_from_predictions` does that from a prediction folder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     seen: set[str] = set()
-    with path.open("wb") as handle:
+    # A failed write (bad row, full disk) leaves no truncated CSV at `path`.
+    with atomic_write(path) as handle:
         handle.write(",".join(HEADER).encode() + b"\n")
         for file_name, class_map in rows:
             if file_name in seen:
@@ -139,26 +139,12 @@ def check_predictions_match(predictions, annotation_file: str | Path) -> None:
     prepared dataset that holds the annotation file (DATASET/splits/<split>.json). A bare
     COCO file outside a prepared dataset has nothing to compare against."""
     from trashseg.data.layout import PreparedDataset
-    from trashseg.predictions import recorded_dataset_versions, recorded_splits
+    from trashseg.predictions import check_made_from
 
     annotation_file = Path(annotation_file)
-    if annotation_file.parent.name != "splits":
-        return
-    expected_split = annotation_file.stem
-    splits = recorded_splits(predictions.source)
-    if splits and splits != {expected_split}:
-        raise SubmissionError(
-            f"{predictions.root} holds predictions of split(s) {sorted(splits)}, not {expected_split!r} "
-            f"({annotation_file}); predict the {expected_split} split"
-        )
-    expected_version = PreparedDataset(annotation_file.parent.parent).dataset_version()
-    versions = recorded_dataset_versions(predictions.source)
-    if expected_version and versions and versions != {expected_version}:
-        raise SubmissionError(
-            f"{predictions.root} was predicted on dataset version(s) {', '.join(v[:12] for v in sorted(versions))}, "
-            f"but {annotation_file} belongs to version {expected_version[:12]}; the file names may match, the "
-            "images do not. Predict this dataset's split with `trashseg predict`"
-        )
+    if annotation_file.parent.name == "splits":
+        dataset = PreparedDataset(annotation_file.parent.parent)
+        check_made_from(predictions, dataset, annotation_file.stem, where=str(annotation_file), error=SubmissionError)
 
 
 @dataclass(frozen=True)

@@ -5,26 +5,45 @@ The tracking URI comes from the stage config, else `MLFLOW_TRACKING_URI`, else a
 SQLite file `sqlite:///<dir>/mlflow.db` (the embedded default). Runs are driven through
 `MlflowClient` with an explicit run id (no fluent global state), metrics are buffered and
 sent with `log_batch`, and every run is tagged with the KFP run id when `KFP_RUN_ID` is set.
+
+Credentials: a URI's `user:password@` is moved into MLFLOW_TRACKING_USERNAME/PASSWORD (the
+variables the pipelines set from a Secret) before MLflow sees it, with a warning, so no log
+line, error or "View run at" line shows it; saved configs hold it redacted.
+A local SQLite store is created atomically and a half-made one (from a kill during schema
+set-up by older versions) is set aside and recreated, so a kill never breaks the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import sqlite3
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trashseg.config import to_dict
-from trashseg.errors import ConfigError
+from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import remove_partials, temp_path
+from trashseg.secrets import (
+    MLFLOW_CREDENTIALS_SECRET,
+    MLFLOW_CREDENTIALS_SECRET_TO_ENV,
+    has_credentials,
+    install_log_redaction,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
 KFP_RUN_ID_ENV = "KFP_RUN_ID"
+OUTPUT_DIR_TAG = "trashseg.output_dir"  # the training folder a run writes (stale-run clean-up)
+ENV_USERNAME, ENV_PASSWORD = MLFLOW_CREDENTIALS_SECRET_TO_ENV
 # MLflow's per-request limits for log_batch.
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
@@ -55,6 +74,74 @@ def resolve_tracking_uri(configured: str | None, default_dir: str | Path) -> str
     default_dir = Path(default_dir).resolve()
     default_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{default_dir / 'mlflow.db'}"
+
+
+def client_uri(uri: str) -> str:
+    """`uri` without credentials, for MLflow: a `user:password@` in it is moved to the
+    environment variables MLflow reads (unless they are already set), with a warning."""
+    install_log_redaction()
+    if not has_credentials(uri):
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    log.warning(
+        "the MLflow tracking URI %s carries credentials; set %s and %s instead (the pipelines do, from "
+        "the %s Secret). They are used for this process and never logged or saved",
+        redact(uri), ENV_USERNAME, ENV_PASSWORD, MLFLOW_CREDENTIALS_SECRET,
+    )
+    if not os.environ.get(ENV_PASSWORD):
+        os.environ[ENV_USERNAME] = urllib.parse.unquote(parts.username or "")
+        os.environ[ENV_PASSWORD] = urllib.parse.unquote(parts.password or "")
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def ensure_sqlite_store(uri: str) -> None:
+    """Make a `sqlite:///` store usable: create it atomically when absent (under a temporary
+    name, initialised by MLflow, then linked into place), and set aside a half-made one."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    if path.exists() and _half_made(path):
+        aside = path.with_name(f"{path.name}.half-made-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        log.warning(
+            "%s was left half-initialised (a process was killed while MLflow created its tables) and holds "
+            "no run; moved it to %s and creating a new store", path, aside,
+        )
+    if path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    remove_partials(path)  # what a process killed during an earlier creation left
+    with temp_path(path) as tmp:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").resolve().as_uri())
+        store.engine.dispose()
+        with contextlib.suppress(FileExistsError):  # a concurrent creator won: use its store
+            os.link(tmp, path)  # unlike a rename, never replaces an existing store
+
+
+def _half_made(path: Path) -> bool:
+    """True for a SQLite store whose schema set-up did not finish and that holds no run."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            revision = db.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+            runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError as error:
+        if path.stat().st_size == 0:
+            return True
+        raise DataError(f"{path} is not a readable MLflow SQLite store ({error}); move it away to start a new one") from None
+    if revision is not None and revision[0] == _get_latest_schema_revision():
+        return False
+    if runs:
+        raise DataError(
+            f"{path} holds {runs} MLflow run(s) in an older schema; upgrade it with `mlflow db upgrade sqlite:///{path}`"
+        )
+    return True
 
 
 def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
@@ -101,9 +188,11 @@ class TrackedRun:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        self.uri = resolve_tracking_uri(config.uri, default_dir)
+        self.uri = client_uri(resolve_tracking_uri(config.uri, default_dir))
+        ensure_sqlite_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self._pending: list = []
+        self._default_dir = Path(default_dir).resolve()
         if resume_run_id is not None:
             try:
                 run = self.client.get_run(resume_run_id)
@@ -130,10 +219,24 @@ class TrackedRun:
         kfp_run_id = os.environ.get(KFP_RUN_ID_ENV)
         if kfp_run_id:
             all_tags["kfp.run_id"] = kfp_run_id
+        all_tags[OUTPUT_DIR_TAG] = str(self._default_dir)
+        self._end_stale_runs(experiment_id)
         run = self.client.create_run(experiment_id, tags=all_tags, run_name=run_name)
         self.run_id = run.info.run_id
         self.experiment_id = experiment_id
         log.info("MLflow run %s in experiment %r at %s", self.run_id, config.experiment, self.uri)
+
+    def _end_stale_runs(self, experiment_id: str) -> None:
+        """Mark KILLED the runs of this folder's own SQLite store that a killed process left
+        RUNNING (only the local store: on a shared server another pod may use the same path)."""
+        if self.uri != f"sqlite:///{self._default_dir / 'mlflow.db'}":
+            return
+        stale = self.client.search_runs(
+            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{OUTPUT_DIR_TAG}` = '{self._default_dir}'"
+        )
+        for run in stale:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            log.warning("MLflow run %s was left RUNNING by a killed process; marked it KILLED", run.info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -169,11 +272,25 @@ class TrackedRun:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
-        self.flush()
-        self.client.set_terminated(self.run_id, status=status)
+        try:
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
+
+    def end_after_error(self, error: BaseException) -> None:
+        """End the run as KILLED (interrupt, SIGTERM) or FAILED without hiding `error`, the first
+        one: a failure here (e.g. the disk that failed the training is full) is only logged."""
+        status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+        try:
+            self.end(status)
+        except Exception as secondary:  # noqa: BLE001 - the first error is re-raised by the caller
+            log.warning("could not mark MLflow run %s %s (%s); the error that ended the run follows", self.run_id, status, secondary)
 
     def __enter__(self) -> TrackedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end("FAILED" if exc_type else "FINISHED")
+        if exc is None:
+            self.end("FINISHED")
+        else:
+            self.end_after_error(exc)

@@ -21,6 +21,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, sample_seed
+from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, normalise_batch, sample_seed
 from trashseg.checkpoints import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -55,6 +57,7 @@ from trashseg.device import (
     resolve_amp_dtype,
 )
 from trashseg.errors import ConfigError, DataError
+from trashseg.fileio import partial_name, remove_partials
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
 from trashseg.predict import predict_probabilities
 from trashseg.progress import Progress
@@ -99,6 +102,10 @@ class TrainConfig:
     class_balanced_sampling: bool = False
     pseudo_ratio: float = 0.0  # fraction of each batch drawn from the pseudo-label dataset
     deterministic: bool = False
+    # Opt-in GPU speed-ups, applied on CUDA only (on CPU they are skipped: no gain measured
+    # there, and compiling would dominate short runs). Numerics may differ in the last bits.
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training step's forward
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -329,32 +336,43 @@ def train(
         raise ConfigError(f"stop_after={stop_after}: expected 1..iterations ({config.iterations})")
     end = stop_after or config.iterations
 
-    data = _build_data_streams(config, dataset_dir, pseudo_dataset)
-    state = _build_model_and_optimizer(config, data.classes, device, dist)
     paths = _OutputPaths(output_dir)
     start_tags = _start_tags(config)
     if config.continue_from:
         _continue_source(config, output_dir)  # refused before anything else looks like a resume
-    if resume:
-        _restore_state(state, config, paths.last, end, dist)
-    elif paths.last.exists():
+    saved = _resume_checkpoint(paths, config, dist) if resume else None
+    if saved is not None and saved["iteration"] >= end:
+        dist.shutdown()
+        return _already_trained(paths, saved, config, end, dist)
+    if not resume and paths.last.exists():
         raise ConfigError(
             f"{output_dir} already holds a checkpoint ({paths.last}); pass --resume to continue it "
             "or choose a new output folder (nothing is overwritten)"
         )
+    if dist.is_main:
+        for stale in (*remove_partials(paths.last), *remove_partials(paths.best)):
+            log.info("removed %s, a checkpoint write a killed process left unfinished", stale)
+
+    data = _build_data_streams(config, dataset_dir, pseudo_dataset)
+    state = _build_model_and_optimizer(config, data.classes, device, dist)
+    if saved is not None:
+        _restore_state(state, saved, paths.last, dist)
     elif config.continue_from:
         start_tags.update(_continue_schedule(state, config, data.classes, output_dir, end))
     loader = _build_loader(config, data, state.iteration, end, device, dist)
     tracked = _start_tracking(config, data, state, output_dir, {**start_tags, **(tags or {})}) if dist.is_main else None
 
     loop = _StepLoop(config, data, state, device, dist, paths, tracked, on_checkpoint)
-    status = "FAILED"
     try:
-        loop.run(loader, end)
-        status = "FINISHED" if end == config.iterations else "KILLED"
-    finally:
+        with _sigterm_as_exit():
+            loop.run(loader, end)
         if tracked:
-            _finish_tracking(tracked, status, state, paths, end)
+            _finish_tracking(tracked, "FINISHED" if end == config.iterations else "KILLED", state, paths, end)
+    except BaseException as error:
+        if tracked:  # the run is marked FAILED or KILLED; `error`, the first one, is what is reported
+            tracked.end_after_error(error)
+        raise
+    finally:
         dist.shutdown()
 
     return TrainResult(
@@ -472,7 +490,8 @@ def _build_model_and_optimizer(config: TrainConfig, classes: ClassTable, device,
     if config.init_checkpoint:
         _load_init_checkpoint(model, config.init_checkpoint, config.architecture, classes)
     model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    # The fused kernel updates all parameters in one launch on CUDA (not on CPU: no gain there).
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly_schedule(config))
     amp_dtype = resolve_amp_dtype(config.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -557,16 +576,50 @@ def _continue_source(config: TrainConfig, output_dir: Path) -> Path:
     return path
 
 
-def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end: int, dist: Distributed) -> None:
-    saved = load_checkpoint_state(last_path, map_location=next(state.model.parameters()).device)
-    planned = saved["config"].get("iterations")
-    if saved["iteration"] == planned and config.iterations > planned:
-        raise ConfigError(
-            f"{last_path} is a finished {planned}-iteration run and resuming never changes a schedule; to train "
-            f"it on to {config.iterations} iterations start a continued run in a new folder: "
-            f"`trashseg train --continue-from {last_path.parent} --continue-to {config.iterations} --out NEW_FOLDER`"
+def _resume_checkpoint(paths: _OutputPaths, config: TrainConfig, dist: Distributed) -> dict[str, Any] | None:
+    """`--resume`: last.pt's state (checked against `config`), or None to start fresh when
+    there is none, so a retry loop that always passes --resume works from the first try."""
+    if paths.last.is_file():
+        saved = load_checkpoint_state(paths.last)
+        planned = saved["config"].get("iterations")
+        if saved["iteration"] == planned and config.iterations > planned:
+            raise ConfigError(
+                f"{paths.last} is a finished {planned}-iteration run and resuming never changes a schedule; to "
+                f"train it on to {config.iterations} iterations start a continued run in a new folder: "
+                f"`trashseg train --continue-from {paths.root} --continue-to {config.iterations} --out NEW_FOLDER`"
+            )
+        check_resumable(saved["config"], to_dict(config))
+        return saved
+    if dist.is_main:
+        if any(paths.root.glob(partial_name(paths.last))) or (paths.root / "config.json").is_file():
+            log.warning(
+                "nothing to resume in %s: the earlier training there had not reached its first checkpoint "
+                "(no %s was written); starting fresh from iteration 0", paths.root, LAST_CHECKPOINT,
+            )
+        else:
+            log.info("nothing to resume in %s (no %s): starting a new training", paths.root, LAST_CHECKPOINT)
+    return None
+
+
+def _already_trained(paths: _OutputPaths, saved: dict[str, Any], config: TrainConfig, end: int, dist: Distributed) -> TrainResult:
+    """`--resume` of a run already at (or past) `end`: nothing to do, which is a success."""
+    if dist.is_main:
+        log.info(
+            "%s is already trained to iteration %d (of %d; asked for %d): nothing to do",
+            paths.last, saved["iteration"], config.iterations, end,
         )
-    check_resumable(saved["config"], to_dict(config))
+    return TrainResult(
+        output_dir=paths.root,
+        last_checkpoint=paths.last,
+        best_checkpoint=paths.best if paths.best.exists() else None,
+        best_miou=saved["best_miou"],
+        best_iteration=saved["best_iteration"],
+        iterations=saved["iteration"],
+        mlflow_run_id=saved.get("mlflow_run_id"),
+    )
+
+
+def _restore_state(state: _TrainState, saved: dict[str, Any], last_path: Path, dist: Distributed) -> None:
     state.model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -574,17 +627,33 @@ def _restore_state(state: _TrainState, config: TrainConfig, last_path: Path, end
     per_rank = saved.get("rng_per_rank") or [saved["rng"]]
     if len(per_rank) != dist.world:
         log.warning(
-            "%s was written by %d process(es), this run has %d: the global batch becomes batch_size x %d x "
-            "grad_accum = %d from here on, so the result will not match an uninterrupted run",
-            last_path, len(per_rank), dist.world, dist.world, config.batch_size * dist.world * config.grad_accum,
+            "%s was written by %d process(es), this run has %d: the global batch changes with the process "
+            "count (batch_size x processes x grad_accum), so the result will not match an uninterrupted run",
+            last_path, len(per_rank), dist.world,
         )
     set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0])
     state.iteration, state.best_miou, state.best_iteration = saved["iteration"], saved["best_miou"], saved["best_iteration"]
     state.run_id = saved.get("mlflow_run_id")
-    if state.iteration >= end:
-        raise ConfigError(f"{last_path} is already at iteration {state.iteration}; nothing left to train up to {end}")
     if dist.is_main:
-        log.info("resuming from %s at iteration %d/%d", last_path, state.iteration, config.iterations)
+        log.info("resuming from %s at iteration %d/%d", last_path, state.iteration, saved["config"]["iterations"])
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (pod deletion, preemption) ends training as SystemExit(143), so the MLflow run
+    is marked KILLED and a checkpoint being written leaves no partial."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _build_loader(config: TrainConfig, data: _DataStreams, start: int, end: int, device, dist: Distributed):
@@ -594,10 +663,19 @@ def _build_loader(config: TrainConfig, data: _DataStreams, start: int, end: int,
         data.copy_paste_ids, data.donors, config.augment.copy_paste,
     )
     # A private generator: the loader must not draw from the global RNG that resume restores.
+    # Workers live for the whole (single-pass) loader and keep 4 batches each in flight.
     return torch.utils.data.DataLoader(
         samples, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator(), persistent_workers=False,
+        generator=torch.Generator(), persistent_workers=config.num_workers > 0,
+        prefetch_factor=4 if config.num_workers > 0 else None, worker_init_fn=_one_thread_worker,
     )
+
+
+def _one_thread_worker(_worker_id: int) -> None:
+    """Data-loader workers are one core each: OpenCV's own thread pool would oversubscribe them."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _start_tracking(config: TrainConfig, data: _DataStreams, state: _TrainState, output_dir: Path, tags):
@@ -644,6 +722,13 @@ class _StepLoop:
         self.device, self.dist, self.paths = device, dist, paths
         self.tracked, self.on_checkpoint = tracked, on_checkpoint
         self.train_module = _wrap_for_training(state.model, device, dist)
+        self.forward, self.channels_last = self.train_module, device.type == "cuda" and config.channels_last
+        if self.channels_last:
+            state.model.to(memory_format=torch.channels_last)
+        if device.type == "cuda" and config.compile:
+            self.forward = torch.compile(self.train_module)
+        elif config.channels_last or config.compile:
+            log.info("channels_last/compile apply on CUDA only; training on %s without them", device.type)
         self.mean, self.std = list(config.augment.mean), list(config.augment.std)
         self.global_batch = config.batch_size * config.grad_accum * dist.world
 
@@ -652,28 +737,38 @@ class _StepLoop:
         progress = Progress(end - start, f"train {config.architecture}", unit="it", interval_s=0.0)
         self.state.model.train()
         batches = iter(loader)
-        window = _LossWindow()
+        window = _LossWindow(self.device)
         for iteration in range(start, end):
             window.add(self.step(batches, iteration))
             done = iteration + 1
-            if self.dist.is_main and (done % config.log_interval == 0 or done == end):
-                self.log(window, done, progress)
-                window = _LossWindow()
-            if self.data.val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations):
+            log_now = done % config.log_interval == 0 or done == end
+            run_eval = self.data.val_samples and ((config.eval_interval and done % config.eval_interval == 0) or done == config.iterations)
+            if log_now or run_eval or done % config.checkpoint_interval == 0:
+                window.check_finite(done, config)  # before anything is validated or checkpointed
+            if log_now:
+                if self.dist.is_main:
+                    self.log(window, done, progress)
+                window = _LossWindow(self.device)
+            if run_eval:
                 if self.dist.is_main:
                     self.validate_and_keep_best(done)
                 self.dist.barrier()
             if done % config.checkpoint_interval == 0 or done == end:
                 self.write_last(done)
 
-    def step(self, batches, iteration: int) -> float:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+    def step(self, batches, iteration: int) -> torch.Tensor:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss, on the device
+        (no host sync here: `_LossWindow` reads it at log, eval and checkpoint steps)."""
         config, state = self.config, self.state
         state.model.set_training_progress(iteration, config.iterations)  # e.g. EoMT's mask annealing
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=self.device)
         for micro in range(config.grad_accum):
             images, masks = next(batches)
-            images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+            # Batches travel as uint8 (see TrainTransform): normalised and widened on the device.
+            images = normalise_batch(images.to(self.device, non_blocking=True), self.mean, self.std)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            masks = masks.to(self.device, non_blocking=True).long()
             # Model-side randomness (dropout, drop path, point sampling) seeded by the micro-batch's
             # place in the run, as its samples are: N processes draw what 1 process with N x
             # grad_accum micro-batches draws, and a resumed run what an uninterrupted one does.
@@ -682,13 +777,9 @@ class _StepLoop:
             sync = micro == config.grad_accum - 1 or self.dist.world == 1
             with self.train_module.no_sync() if not sync else contextlib.nullcontext():
                 with autocast(self.device, state.amp_dtype):
-                    loss = self.train_module(images, masks)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at iteration {iteration}; lower lr ({config.lr}) or set amp=off"
-                    )
+                    loss = self.forward(images, masks)
                 state.scaler.scale(loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
+            step_loss += loss.detach() / config.grad_accum
         if config.grad_clip is not None:
             state.scaler.unscale_(state.optimizer)
             torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
@@ -738,6 +829,8 @@ class _StepLoop:
 
     def save(self, path: Path, checkpoint: dict[str, Any], done: int) -> None:
         save_checkpoint(path, checkpoint)
+        if self.tracked:  # what a kill after this point loses is only what the checkpoint loses
+            self.tracked.flush()
         if self.on_checkpoint is not None:
             self.on_checkpoint(path, done)
 
@@ -771,17 +864,25 @@ class _StepLoop:
 
 
 class _LossWindow:
-    """Loss and wall time since the last log line."""
+    """Loss (summed on the device) and wall time since the last log line."""
 
-    def __init__(self) -> None:
-        self.start, self.total, self.steps = time.monotonic(), 0.0, 0
+    def __init__(self, device) -> None:
+        self.start, self.total, self.steps = time.monotonic(), torch.zeros((), device=device), 0
 
-    def add(self, loss: float) -> None:
+    def add(self, loss: torch.Tensor) -> None:
         self.total += loss
         self.steps += 1
 
+    def check_finite(self, done: int, config) -> None:
+        """Fail on a non-finite loss in the window (one such step poisons the sum): one host sync."""
+        if not torch.isfinite(self.total):
+            raise FloatingPointError(
+                f"loss is {self.total.item()} in iterations {done - self.steps + 1}..{done}; "
+                f"lower lr ({config.lr}) or set amp=off"
+            )
+
     def mean(self) -> float:
-        return self.total / self.steps
+        return self.total.item() / self.steps
 
     def elapsed(self) -> float:
         return max(time.monotonic() - self.start, 1e-9)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,14 +51,25 @@ SLOW_DOWN = (
 class FaultyProxy:
     """An HTTP proxy to S3 that fails requests as `plan(index, method)` says.
 
-    plan returns None (forward), "503" (a SlowDown error) or "reset" (TCP RST, no reply).
+    plan returns None (forward) or a fault:
+      "503"          a SlowDown error, the request never reaches S3;
+      "reset"        TCP RST, no reply;
+      "cut-headers"  the request reaches S3, its reply is cut inside the header block;
+      "cut-body"     the request reaches S3, its reply is cut half-way through the body;
+      "stall"        no reply for `stall_s` seconds, then the connection closes;
+      "trickle"      the reply's body one byte every 50 ms (never idle long enough to time out).
+    Forwarded headers go out in a random order (seeded), so a cut lands anywhere among them.
     """
 
-    def __init__(self, upstream: str, plan: Plan) -> None:
+    FAULTS = ("503", "reset", "cut-headers", "cut-body", "stall")
+
+    def __init__(self, upstream: str, plan: Plan, *, seed: int = 0, stall_s: float = 3.0) -> None:
         self.upstream = upstream
         self.plan = plan
+        self.stall_s = stall_s
         self.requests: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
+        self._rng = random.Random(seed)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,35 +81,44 @@ class FaultyProxy:
                     index = len(proxy.requests)
                     action = proxy.plan(index, self.command)
                     proxy.requests.append((self.command, action))
+                    rng = random.Random(proxy._rng.random())
+                self.close_connection = True
                 if action == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()
-                    self.close_connection = True
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if action == "503":
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(SLOW_DOWN)
+                if action == "stall":
+                    time.sleep(proxy.stall_s)
                     return
-                host, port = proxy.upstream.split(":")
-                upstream = http.client.HTTPConnection(host, int(port), timeout=30)
-                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
-                response = upstream.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for name, value in response.getheaders():
-                    if name.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", response.getheader("Content-Length", str(len(data))))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                upstream.close()
+                if action == "503":
+                    status, reason, headers = 503, "Slow Down", [("Content-Type", "application/xml")]
+                    data = SLOW_DOWN
+                else:
+                    status, reason, headers, data = proxy._forward(self.command, self.path, body, dict(self.headers))
+                if not any(k.lower() == "content-length" for k, _ in headers):
+                    headers.append(("Content-Length", str(len(data))))
+                headers.append(("Connection", "close"))
+                rng.shuffle(headers)
+                head = f"HTTP/1.1 {status} {reason}\r\n".encode()
+                block = head + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n"
+                if self.command == "HEAD":
+                    data = b""
+                if action == "cut-headers" or (action == "cut-body" and not data):
+                    self.wfile.write(block[: rng.randrange(len(head), len(block) - 2)])
+                elif action == "cut-body":
+                    self.wfile.write(block + data[: len(data) // 2])
+                elif action == "trickle":
+                    self.wfile.write(block)
+                    for i in range(len(data)):
+                        time.sleep(0.05)
+                        try:
+                            self.wfile.write(data[i:i + 1])
+                        except OSError:  # the client gave up
+                            return
+                else:
+                    self.wfile.write(block + data)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
@@ -105,6 +127,21 @@ class FaultyProxy:
         self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def _forward(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple:
+        host, port = self.upstream.split(":")
+        upstream = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            upstream.request(method, path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            kept = [(k, v) for k, v in response.getheaders()
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server")]
+            if method == "HEAD":  # HEAD's Content-Length is the object's size, not this reply's
+                kept.append(("Content-Length", response.getheader("Content-Length", "0")))
+            return response.status, response.reason, kept, data
+        finally:
+            upstream.close()
 
     def failures(self) -> int:
         return sum(1 for _, action in self.requests if action)

@@ -35,8 +35,8 @@ def faulty_proxy(moto_endpoint):
     """Factory: faulty_proxy(plan) -> FaultyProxy in front of the moto server."""
     proxies = []
 
-    def make(plan: Plan) -> FaultyProxy:
-        proxy = FaultyProxy(moto_endpoint, plan)
+    def make(plan: Plan, **options) -> FaultyProxy:
+        proxy = FaultyProxy(moto_endpoint, plan, **options)
         proxies.append(proxy)
         return proxy
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ from trashseg.errors import ConfigError, DataError
 from trashseg.storage import (
     IntegrityError,
     LocalStore,
+    LocalWriteError,
     ObjectNotFound,
     RetryPolicy,
     S3Settings,
@@ -155,18 +157,18 @@ def test_interrupted_local_write_leaves_no_object(tmp_path, monkeypatch):
 
     def copy_half_then_fail(src, dst):
         Path(dst).write_bytes(Path(src).read_bytes()[:2])
-        raise OSError("No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(local_backend.shutil, "copyfile", copy_half_then_fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(LocalWriteError, match=r"cannot write .*k/obj.*No space left.*MiB free on"):
         store.put_bytes(b"new bytes", "k/obj")
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(LocalWriteError, match="No space"):
         store.put_bytes(b"new bytes", "k/fresh")
     monkeypatch.undo()
     assert store.keys() == ["k/obj"]  # no partial object, no visible temporary
-    # the old object is never silently accepted with the new checksum
-    with pytest.raises(IntegrityError):
-        store.get_bytes("k/obj")
+    # the failed write changed neither half: the old bytes and their checksum are intact
+    assert store.get_bytes("k/obj") == b"old"
+    assert not [p for p in store.root.rglob("*") if p.name.endswith(".partial")]
 
 
 def test_dataset_versions_push_pull(store, tmp_path):

@@ -9,14 +9,15 @@ from cluster_helpers import FAKE_KEY, FAKE_SECRET, S3_REGION, new_bucket, s3_set
 import trashseg.viewer
 from trashseg import secrets
 from trashseg.data.layout import PreparedDataset
-from trashseg.storage import publish
+from trashseg.storage import open_store
 from trashseg.viewer import logic
 from trashseg.viewer.sources import CACHE_ENV, SOURCES_ENV, ViewerSources, local_copy
 
 
 def test_an_s3_dataset_is_fetched_once_and_shown(sample_dataset, moto_endpoint, tmp_path, monkeypatch):
     bucket = new_bucket(moto_endpoint)
-    location = publish(sample_dataset, f"s3://{bucket}/prepared", settings=s3_settings(moto_endpoint))
+    open_store(f"s3://{bucket}/prepared", settings=s3_settings(moto_endpoint)).put_folder(sample_dataset, "")
+    location = f"s3://{bucket}/prepared"
     for name, value in {secrets.ENV_ENDPOINT: moto_endpoint, secrets.ENV_SECURE: "false",
                         secrets.ENV_ACCESS_KEY: FAKE_KEY, secrets.ENV_SECRET_KEY: FAKE_SECRET,
                         secrets.ENV_REGION: S3_REGION, CACHE_ENV: str(tmp_path / "cache")}.items():

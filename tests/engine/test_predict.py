@@ -63,7 +63,11 @@ def test_evaluate_scores_the_whole_split_and_writes_metrics(trained_checkpoint, 
 
 
 def test_evaluate_refuses_incomplete_predictions(trained_checkpoint, sample_dataset, tmp_path):
-    predict(trained_checkpoint, sample_dataset, "test", tmp_path / "pred")
+    predictions = predict(trained_checkpoint, sample_dataset, "test", tmp_path / "pred")
+    with pytest.raises(DataError, match=r"holds predictions of split\(s\) \['test'\], not 'val'"):
+        evaluate(tmp_path / "pred", sample_dataset, "val")
+    predictions.source = {}  # a folder that records no split: its file names are checked
+    predictions.save()
     with pytest.raises(DataError, match=r"no prediction for 9 of 9 images of split 'val'"):
         evaluate(tmp_path / "pred", sample_dataset, "val")
 

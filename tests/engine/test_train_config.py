@@ -31,7 +31,7 @@ def test_unknown_key_lists_the_valid_keys():
 @pytest.mark.parametrize(
     "values, fragment",
     [
-        ({"lr": -1.0}, "lr=-1.0: expected a positive"),
+        ({"lr": -1.0}, r"lr=-1.0: expected a learning rate in \(0, 1\]"),
         ({"architecture": "segformer-b9"}, "architecture='segformer-b9' is unknown; valid names: .*segformer-b0-tiny"),
         ({"amp": "fp8"}, "'fp8' is not one of"),
         ({"iterations": 10, "warmup_iters": 10}, "warmup_iters=10 must be below iterations=10"),

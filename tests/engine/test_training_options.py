@@ -78,3 +78,39 @@ def test_cuda_training_in_bf16_and_prediction(sample_dataset, tmp_path):
     predictions = predict(result.best_checkpoint, sample_dataset, "val", tmp_path / "pred", tta_flip=True)
     probs = predictions.probs(predictions.file_names[0])
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=0.03)
+
+
+def test_non_finite_loss_stops_before_any_checkpoint_is_written(sample_dataset, tmp_path, monkeypatch):
+    from trashseg import training
+
+    real = training._LossModule.forward
+    monkeypatch.setattr(training._LossModule, "forward", lambda self, images, masks: real(self, images, masks) * float("nan"))
+    config = _tiny(iterations=4, log_interval=4, checkpoint_interval=2)
+    with pytest.raises(FloatingPointError, match=r"iterations 1\.\.2"):
+        train(config, sample_dataset, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_gpu_only_speed_options_are_skipped_on_cpu(sample_dataset, tmp_path, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU behaviour")
+    with caplog.at_level("INFO", logger="trashseg.training"):
+        result = train(_tiny(channels_last=True, compile=True), sample_dataset, tmp_path / "run")
+    assert result.iterations == 2
+    assert "CUDA only" in caplog.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_channels_last_and_compile_train_on_cuda(sample_dataset, tmp_path):
+    result = train(_tiny(channels_last=True, compile=True), sample_dataset, tmp_path / "run")
+    assert result.iterations == 2
+
+
+def test_loader_workers_do_not_change_the_weights(sample_dataset, tmp_path):
+    # Persistent, prefetching worker processes load the same keyed samples as the main process.
+    in_process = train(_tiny(iterations=3, log_interval=3), sample_dataset, tmp_path / "w0")
+    with_workers = train(_tiny(iterations=3, log_interval=3, num_workers=2), sample_dataset, tmp_path / "w2")
+    first = torch.load(in_process.last_checkpoint, weights_only=False)["model"]
+    second = torch.load(with_workers.last_checkpoint, weights_only=False)["model"]
+    assert all(torch.equal(first[name], second[name]) for name in first)

@@ -72,6 +72,8 @@ def test_training_tasks_get_gpu_toleration_shm_and_retries(compiled, pipeline):
         resources = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu", name
         assert resources["accelerator"]["resourceCount"] == str(GPUS), name  # the count set at compile time
+        cores = ClusterSettings().train_cpu_per_gpu * GPUS  # the data loaders scale with the GPUs they feed
+        assert resources["resourceCpuRequest"] == str(cores), name
         env = spec["deploymentSpec"]["executors"][executor]["container"]["env"]
         assert {"name": "TRASHSEG_PROCESSES", "value": str(GPUS)} in env, name  # one process per GPU
         config = k8s(platform, executor)

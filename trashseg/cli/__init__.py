@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool) -> None:
+    from trashseg.secrets import install_log_redaction
+
+    install_log_redaction()  # no URI password in any log line, ours or a library's
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -43,9 +46,19 @@ def configure_logging(verbose: bool) -> None:
     )
 
 
+def _redacting_excepthook(exc_type, exc, tb) -> None:
+    """An unexpected error's traceback, as Python prints it, without URI passwords."""
+    import traceback
+
+    from trashseg.secrets import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    sys.excepthook = _redacting_excepthook
     try:
         result = args.func(args)
     except UserError as error:

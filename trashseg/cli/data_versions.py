@@ -1,6 +1,7 @@
 """`trashseg data ...`: dataset versions and the inbox in a local folder or s3://bucket/prefix.
 
     trashseg data push FOLDER [--store LOC]          upload a dataset; prints its version
+    trashseg data push --repair FOLDER [--store]     re-upload what fails verification in its version
     trashseg data pull VERSION DEST [--store LOC]    download a version (or `latest`), verified
     trashseg data versions [--store LOC]             list versions, oldest first
     trashseg data inbox push FOLDER BATCH [--store]  add a labeled batch to the inbox
@@ -35,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     push = commands.add_parser("push", help="upload a dataset folder as a content-addressed version",
                                formatter_class=formatter)
     push.add_argument("folder", type=Path, metavar="FOLDER", help="dataset folder ({train,val,test}.json + images)")
+    push.add_argument("--repair", action="store_true",
+                      help="when the version already exists, verify every stored file and upload again the ones "
+                           "that are missing or damaged (FOLDER must be a good copy: it hashes to the version)")
     store_option(push)
     push.set_defaults(func=push_command)
 
@@ -72,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def push_command(args: argparse.Namespace) -> int:
     from trashseg import storage
 
-    manifest = storage.push_dataset(args.folder, storage.open_store(args.store))
+    manifest = storage.push_dataset(args.folder, storage.open_store(args.store), repair=args.repair)
     print(manifest.version)
     return 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from trashseg.errors import DataError
+from trashseg.fileio import write_text
 
 BACKGROUND = "Background"
 # Category names taken as the background itself (lower case; "backgroud" is a misspelling
@@ -134,7 +135,7 @@ class ClassTable:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ClassTable:

@@ -39,6 +39,7 @@ import numpy as np
 
 from trashseg.data.classes import ClassTable
 from trashseg.errors import DataError
+from trashseg.fileio import write_text
 
 REQUIRED_TOP_LEVEL = ("images", "categories")
 REQUIRED_IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -116,7 +117,7 @@ class ValidationReport:
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @property
     def images_kept(self) -> int:
@@ -231,7 +232,7 @@ def write_coco(data: dict[str, Any], path: str | Path) -> None:
     """Write a COCO dict compactly and deterministically (same dict -> same bytes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
 
 
 def read_json_value(path: str | Path, what: str = "annotation file") -> Any:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trashseg.data.images import read_rgb
+from trashseg.data.images import read_gray, read_rgb
 from trashseg.data.layout import IGNORE_INDEX, Sample
 from trashseg.errors import DataError
 
@@ -20,12 +20,9 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
     """HxW uint8 class ids, checked to lie in 0..num_classes-1 or be IGNORE_INDEX."""
-    from PIL import Image
-
     if not path.is_file():
         raise DataError(f"mask {path} is missing; re-run prepare for this dataset")
-    with Image.open(path) as image:
-        mask = np.array(image)
+    mask = read_gray(path)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise DataError(f"mask {path}: expected a single-channel uint8 PNG, got shape {mask.shape} {mask.dtype}")
     bad = (mask >= num_classes) & (mask != IGNORE_INDEX)

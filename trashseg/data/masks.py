@@ -17,6 +17,7 @@ from PIL import Image
 from trashseg.data.coco import CocoDataset, decode_rle, segmentation_rle
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
+from trashseg.fileio import atomic_write
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,8 @@ def dataset_mask(dataset: CocoDataset, image: Mapping) -> np.ndarray:
 
 
 def save_mask(mask: np.ndarray, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask).save(path)
+    with atomic_write(path) as handle:
+        Image.fromarray(mask).save(handle, format="PNG")
 
 
 def write_masks(dataset: CocoDataset, out: PreparedDataset | str | Path) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from trashseg.errors import DataError
+from trashseg.fileio import write_text
 
 INBOX_PREFIX = "inbox"  # merged batch images live at <dataset>/inbox/<batch>/<file_name>
 BATCH_ANNOTATIONS = "annotations.json"  # a batch folder: annotations.json + images/
@@ -78,6 +79,6 @@ def merge_batches(dataset: str | Path, batches: Mapping[str, str | Path], out: s
             )
             next_ann += 1
         added[batch] = len(image_map)
-    (out / into).write_text(json.dumps(coco))
+    write_text(out / into, json.dumps(coco))
     return added
 

@@ -28,6 +28,7 @@ from trashseg.data.splits import train_val_split
 from trashseg.data.stats import compute_stats, write_stats
 from trashseg.data.version import ANNOTATION_FILES, dataset_hash
 from trashseg.errors import DataError
+from trashseg.fileio import write_text
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def prepare_dataset(
 
     reports = {name: ds.report.to_dict() for name, ds in datasets.items()}
     report = {"classes": class_table.to_json(), "files": reports}
-    out.report_file.write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out.report_file, json.dumps(report, indent=2) + "\n")
 
     labelled_images = [im for name in ("train", "val") for im in splits[name]["images"]]
     annotations_by_image: dict[int, list[dict]] = {}
@@ -119,7 +120,7 @@ def prepare_dataset(
         "val_fraction": val_fraction if val_from_train else None,
         "seed": seed,
     }
-    out.dataset_file.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out.dataset_file, json.dumps(meta, indent=2) + "\n")
     result = PrepareResult(
         root=out.root,
         dataset_version=digest,
@@ -129,7 +130,7 @@ def prepare_dataset(
         class_names=class_table.names,
         val_from_train=val_from_train,
     )
-    (out.root / REPORT_MARKDOWN).write_text(markdown_report(result, datasets, stats))
+    write_text(out.root / REPORT_MARKDOWN, markdown_report(result, datasets, stats))
     log.info("prepared %s: %s images, hash %s", out.root, images, digest[:12])
     return result
 

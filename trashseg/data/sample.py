@@ -27,6 +27,7 @@ from PIL import Image
 from trashseg.data.classes import DEFAULT_TAXONOMY
 from trashseg.data.coco import decode_rle
 from trashseg.errors import DataError
+from trashseg.fileio import write_text
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def generate_sample_dataset(
             "annotations": annotation_records if split != "test" else [],
         }
         paths[split] = out_dir / f"{split}.json"
-        paths[split].write_text(json.dumps(data, separators=(",", ":")) + "\n")
+        write_text(paths[split], json.dumps(data, separators=(",", ":")) + "\n")
     return paths
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from trashseg.data.coco import CocoDataset, write_coco
 from trashseg.errors import DataError
+from trashseg.fileio import write_text
 
 
 def image_class_sets(dataset: CocoDataset) -> list[frozenset[int]]:
@@ -188,5 +189,5 @@ def write_kfold(dataset: CocoDataset, splits: Sequence[Split], out_dir: str | Pa
         write_split(dataset, split, out_dir / f"fold_{k}")
         fold_of.update({file_name[i]: k for i in split.val})
     index = out_dir / "folds.json"
-    index.write_text(json.dumps({"folds": len(splits), "fold_of": fold_of}, indent=1) + "\n")
+    write_text(index, json.dumps({"folds": len(splits), "fold_of": fold_of}, indent=1) + "\n")
     return index

@@ -19,6 +19,7 @@ from trashseg.data.classes import ClassTable
 from trashseg.data.coco import CocoDataset, segmentation_area
 from trashseg.data.images import read_rgb
 from trashseg.data.masks import semantic_mask
+from trashseg.fileio import save_figure, write_text
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def write_stats(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / STATS_FILE
-    json_path.write_text(json.dumps(stats, indent=2) + "\n")
+    write_text(json_path, json.dumps(stats, indent=2) + "\n")
     written = [json_path]
     classes = stats["classes"]
     names = [c["name"] for c in classes]
@@ -130,7 +131,7 @@ def write_stats(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         fig.tight_layout()
-        fig.savefig(out_dir / file, dpi=80)
+        save_figure(fig, out_dir / file, dpi=80)
         plt.close(fig)
         written.append(out_dir / file)
 
@@ -146,7 +147,7 @@ def write_stats(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ax.set_xlabel("annotations in the image")
     ax.set_ylabel("images")
     fig.tight_layout()
-    fig.savefig(out_dir / "objects_per_image.png", dpi=80)
+    save_figure(fig, out_dir / "objects_per_image.png", dpi=80)
     plt.close(fig)
     written.append(out_dir / "objects_per_image.png")
 
@@ -158,7 +159,7 @@ def write_stats(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ax.set_title("Annotation area as a share of its image")
     ax.set_ylabel("annotations")
     fig.tight_layout()
-    fig.savefig(out_dir / "area_share.png", dpi=80)
+    save_figure(fig, out_dir / "area_share.png", dpi=80)
     plt.close(fig)
     written.append(out_dir / "area_share.png")
     return written
@@ -178,5 +179,5 @@ def _swatch_plot(classes: list[dict], path: Path, plt) -> None:
     ax.axis("off")
     ax.set_title("Mean colour per class")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)

@@ -26,19 +26,10 @@ def dataset_hash(source: str | Path, image_root: str | Path | None = None) -> st
     source = Path(source)
     image_root = Path(image_root) if image_root is not None else source
     digest = hashlib.sha256()
-    file_names: set[str] = set()
-    present = [name for name in ANNOTATION_FILES if (source / name).is_file()]
-    if not present:
-        raise DataError(f"{source} holds none of {', '.join(ANNOTATION_FILES)}; nothing to hash")
+    present, file_names = _annotation_files_and_images(source)
     for name in present:
-        raw = (source / name).read_bytes()
-        _update(digest, f"annotation:{name}", raw)
-        try:
-            images = json.loads(raw).get("images", [])
-            file_names.update(im["file_name"] for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            pass  # an unreadable file is still hashed by its bytes; load_coco reports it
-    for file_name in sorted(file_names):
+        _update(digest, f"annotation:{name}", (source / name).read_bytes())
+    for file_name in file_names:
         path = image_root / file_name
         if not path.is_file():
             _update(digest, f"missing:{file_name}", b"")
@@ -48,6 +39,30 @@ def dataset_hash(source: str | Path, image_root: str | Path | None = None) -> st
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def hashed_files(source: str | Path) -> list[str]:
+    """The files under `source` that `dataset_hash(source)` covers, as '/'-separated relative
+    paths: the annotation files and the images they name that exist. Nothing else is part
+    of the version."""
+    source = Path(source)
+    present, file_names = _annotation_files_and_images(source)
+    return sorted({*present, *(name for name in file_names if (source / name).is_file())})
+
+
+def _annotation_files_and_images(source: Path) -> tuple[list[str], list[str]]:
+    """The annotation files present (in hash order) and the sorted image file_names they name."""
+    present = [name for name in ANNOTATION_FILES if (source / name).is_file()]
+    if not present:
+        raise DataError(f"{source} holds none of {', '.join(ANNOTATION_FILES)}; nothing to hash")
+    file_names: set[str] = set()
+    for name in present:
+        try:
+            images = json.loads((source / name).read_bytes()).get("images", [])
+            file_names.update(im["file_name"] for im in images if isinstance(im, dict) and isinstance(im.get("file_name"), str))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pass  # an unreadable file is still hashed by its bytes; load_coco reports it
+    return present, sorted(file_names)
 
 
 def _update(digest: Any, name: str, data: bytes) -> None:

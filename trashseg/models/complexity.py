@@ -29,13 +29,18 @@ def inference_gflops(name: str, image_size: int = 512, num_classes: int = len(DE
             # device; .to("meta") moves those too.
             return _count(spec.build(num_classes).to("meta"), image_size)
     except (NotImplementedError, RuntimeError):
-        return _count(spec.build(num_classes), image_size)
+        # An explicit CPU device: a failure inside nested torch-function modes can leave the
+        # meta device context active.
+        with torch.device("cpu"):
+            return _count(spec.build(num_classes), image_size)
 
 
 def _count(model: torch.nn.Module, image_size: int) -> float:
-    model.eval()
+    # Frozen parameters instead of no_grad: FlopCounterMode's module hooks fail on real tensors
+    # that claim requires_grad inside no_grad (OneFormer's decoder makes such tensors).
+    model.eval().requires_grad_(False)
     images = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:
         model.predict_logits(images)
     return counter.get_total_flops() / 1e9
 

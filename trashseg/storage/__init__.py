@@ -12,6 +12,8 @@ from pathlib import Path
 
 from trashseg.storage.base import (
     IntegrityError,
+    LocalWriteError,
+    ObjectExists,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -36,7 +38,8 @@ from trashseg.storage.local import LocalStore
 from trashseg.storage.s3 import DEFAULT_PART_SIZE, S3Settings, S3Store, is_s3, split_s3
 
 __all__ = [
-    "DatasetManifest", "IntegrityError", "LocalStore", "ObjectInfo", "ObjectNotFound", "ObjectStore",
+    "DatasetManifest", "IntegrityError", "LocalStore", "LocalWriteError", "ObjectExists", "ObjectInfo",
+    "ObjectNotFound", "ObjectStore",
     "RetryPolicy", "S3Settings", "S3Store", "StorageError", "absorb_inbox", "fetch", "is_s3", "list_batches",
     "list_versions", "new_batches", "open_store", "pull_batch", "pull_dataset", "push_batch", "push_dataset",
     "read_manifest", "resolve_version", "sha256_file", "split_s3",

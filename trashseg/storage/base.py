@@ -7,8 +7,13 @@ Guarantees, the same on every backend:
   raises `IntegrityError` and is never used;
 - an object appears under its final key only complete (S3 PUT and multipart-complete are
   atomic; the local backend writes a temporary file and renames it);
-- transient failures (connection resets, 5xx, SlowDown) are retried with exponential
-  backoff (`RetryPolicy`), each retry logged; anything else raises at once.
+- transient failures (connection resets, responses cut short, 5xx, SlowDown, timeouts) are
+  retried with exponential backoff (`RetryPolicy`), each retry logged as it happens, until
+  the attempts or the operation's deadline run out; anything else raises at once;
+- `create_only` writes (`put_bytes(..., create_only=True)`) fail with `ObjectExists` when
+  the key is taken, atomically: of two concurrent writers exactly one wins;
+- local writes never leave a partial file under its final name; a failed one (disk full,
+  read-only) raises `LocalWriteError` naming the path and the free space there.
 
 A backend implements `_upload`, `_download`, `stat`, `keys` and `delete`; the checked
 file, bytes, JSON and folder transfers are written once here.
@@ -17,11 +22,13 @@ file, bytes, JSON and folder transfers are written once here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -54,6 +61,18 @@ class ObjectNotFound(DataError):
     """No object under the requested key."""
 
 
+class ObjectExists(DataError):
+    """A create-only write found its key already taken."""
+
+
+class LocalWriteError(UserError):
+    """A local file could not be written (disk full, quota, read-only); its partial is removed."""
+
+
+# errnos that mean "this destination cannot take the write" rather than a network fault.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -81,7 +100,10 @@ class RetryPolicy:
         base = min(self.max_backoff_s, self.backoff_s * 2**retry)
         return base * (0.5 + random.random() / 2)  # jitter: clients retrying together spread out
 
-    def run(self, what: str, operation: Callable[[], T], is_transient: Callable[[BaseException], bool]) -> T:
+    def run(self, what: str, operation: Callable[[], T], is_transient: Callable[[BaseException], bool],
+            *, deadline: Callable[[], float] | None = None) -> T:
+        """operation() until it succeeds; `deadline()` (a time.monotonic() value, which a
+        transfer may push back once it knows its size) ends the retries early."""
         for attempt in range(1, self.attempts + 1):
             try:
                 return operation()
@@ -94,6 +116,12 @@ class RetryPolicy:
                         "check that the object store is up and reachable (TRASHSEG_S3_ENDPOINT)"
                     ) from error
                 delay = self.delay(attempt - 1)
+                if deadline is not None and time.monotonic() + delay >= deadline():
+                    raise StorageError(
+                        f"{what} gave up at its deadline after {attempt} attempt(s), last with "
+                        f"{type(error).__name__}: {error}; check that the object store is up and reachable "
+                        "(TRASHSEG_S3_ENDPOINT), or allow more time with TRASHSEG_S3_DEADLINE_S"
+                    ) from error
                 log.warning(
                     "%s: transient %s (%s); retry %d/%d in %.2fs",
                     what, type(error).__name__, error, attempt, self.attempts - 1, delay,
@@ -125,17 +153,65 @@ def join_key(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
+def safe_join(root: str | Path, relative: str, *, what: str = "path") -> Path:
+    """root/relative, refusing any `relative` that could land outside root.
+
+    Names that come from a store (manifest entries, listed keys) are untrusted: an absolute
+    path, a `..`, a backslash or a symlinked folder under root would otherwise escape it."""
+    parts = relative.split("/")
+    if (not relative or relative.startswith("/") or "\\" in relative or "\0" in relative
+            or any(p in ("", ".", "..") for p in parts) or (len(parts[0]) > 1 and parts[0][1] == ":")):
+        raise DataError(
+            f"refusing {what} {relative!r}: expected a relative '/'-separated path without '.', '..', "
+            "empty parts, backslashes or a drive letter, which stays inside the destination"
+        )
+    root = Path(root)
+    path = root / relative
+    resolved_root = root.resolve()
+    if not path.resolve().is_relative_to(resolved_root):
+        raise DataError(f"refusing {what} {relative!r}: it resolves to {path.resolve()}, outside {resolved_root} "
+                        "(a symlinked folder); remove the symlink or pull into a fresh folder")
+    return path
+
+
+def free_space(path: Path) -> str:
+    """Free space on path's filesystem (nearest existing folder), for error messages."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free on {folder}"
+    return "free space unknown"
+
+
+@contextlib.contextmanager
+def reporting_write_errors(dest: Path) -> Iterator[None]:
+    """Turn a failed local write (disk full, quota, read-only) into LocalWriteError with the facts."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free space there" if full else "make that folder writable"
+        raise LocalWriteError(
+            f"cannot write {dest}: {error.strerror or error} ({free_space(dest.parent)}); the partial file was "
+            f"removed: {fix} (or choose another destination) and run the command again"
+        ) from error
+
+
 @contextlib.contextmanager
 def temp_beside(dest: Path) -> Iterator[Path]:
-    """A temporary path in dest's folder (same filesystem, so the final rename is atomic)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A temporary path in dest's folder (same filesystem, so the final rename is atomic).
+
+    The temporary is removed whatever happens; a write error becomes LocalWriteError."""
+    with reporting_write_errors(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class ObjectStore(ABC):
@@ -145,8 +221,10 @@ class ObjectStore(ABC):
 
     # --- what a backend implements ---------------------------------------------------
     @abstractmethod
-    def _upload(self, src: Path, key: str, size: int, sha256: str) -> None:
-        """Make `key` hold src's bytes with the given checksum, appearing only when complete."""
+    def _upload(self, src: Path, key: str, size: int, sha256: str, *, create_only: bool = False) -> None:
+        """Make `key` hold src's bytes with the given checksum, appearing only when complete.
+
+        create_only: raise ObjectExists instead when the key exists, atomically."""
 
     @abstractmethod
     def _download(self, key: str, out: IO[bytes]) -> ObjectInfo:
@@ -179,13 +257,13 @@ class ObjectStore(ABC):
             return False
         return True
 
-    def put_file(self, src: str | Path, key: str) -> ObjectInfo:
+    def put_file(self, src: str | Path, key: str, *, create_only: bool = False) -> ObjectInfo:
         src = Path(src)
         if not src.is_file():
             raise DataError(f"cannot upload {src}: not a file")
         key = check_key(key)
         info = ObjectInfo(key, src.stat().st_size, sha256_file(src))
-        self._upload(src, key, info.size, info.sha256)
+        self._upload(src, key, info.size, info.sha256, create_only=create_only)
         return info
 
     def get_file(self, key: str, dest: str | Path) -> ObjectInfo:
@@ -205,11 +283,12 @@ class ObjectStore(ABC):
             os.replace(tmp, dest)
         return recorded
 
-    def put_bytes(self, data: bytes, key: str) -> ObjectInfo:
+    def put_bytes(self, data: bytes, key: str, *, create_only: bool = False) -> ObjectInfo:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "object"
-            path.write_bytes(data)
-            return self.put_file(path, key)
+            with reporting_write_errors(path):
+                path.write_bytes(data)
+            return self.put_file(path, key, create_only=create_only)
 
     def get_bytes(self, key: str) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -217,8 +296,8 @@ class ObjectStore(ABC):
             self.get_file(key, path)
             return path.read_bytes()
 
-    def put_json(self, value: object, key: str) -> ObjectInfo:
-        return self.put_bytes(json.dumps(value, indent=2, sort_keys=True).encode(), key)
+    def put_json(self, value: object, key: str, *, create_only: bool = False) -> ObjectInfo:
+        return self.put_bytes(json.dumps(value, indent=2, sort_keys=True).encode(), key, create_only=create_only)
 
     def get_json(self, key: str) -> object:
         return json.loads(self.get_bytes(key))
@@ -246,6 +325,6 @@ class ObjectStore(ABC):
         progress = Progress(len(keys), f"download {self.uri(prefix)} -> {dest}", unit="files")
         infos = []
         for key in keys:
-            infos.append(self.get_file(key, Path(dest) / key[len(prefix) + 1:]))
+            infos.append(self.get_file(key, safe_join(dest, key[len(prefix) + 1:], what=f"key {self.uri(key)}")))
             progress.update(1)
         return infos

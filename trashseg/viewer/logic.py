@@ -174,7 +174,7 @@ def resize_nearest_to(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def draw_outlines(image: np.ndarray, annotations: Sequence[Mapping], palette: np.ndarray,
                   category_to_class: Mapping[int, int], classes: Sequence[int] | None = None) -> np.ndarray:
     """Per-instance COCO outlines (each annotation's own boundary, so overlapping objects stay apart)."""
-    from trashseg.data.coco import decode_segmentation
+    from trashseg.data.coco import decode_rle, segmentation_rle
 
     out = image.copy()
     height, width = image.shape[:2]
@@ -182,7 +182,7 @@ def draw_outlines(image: np.ndarray, annotations: Sequence[Mapping], palette: np
         cls = category_to_class.get(annotation["category_id"])
         if cls is None or (classes is not None and cls not in classes):
             continue
-        region = decode_segmentation(annotation["segmentation"], height, width).astype(bool)
+        region = decode_rle(segmentation_rle(annotation["segmentation"], height, width)).astype(bool)
         edge = region & ~_eroded(_eroded(region))  # 2 px: still visible in a thumbnail
         out[edge] = palette[cls]
     return out

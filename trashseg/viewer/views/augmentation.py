@@ -19,7 +19,7 @@ VARIANTS = 4
 
 
 def augmented(ctx: ViewerContext, file_name: str, split: str, config, seeds) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 image, mask) per seed, as the training loader produces them (de-normalised to show)."""
+    """(uint8 image, mask) per seed, as the training loader produces them."""
     from trashseg.augment import TrainTransform
     from trashseg.training import _TrainSamples, resolve_class_ids
 
@@ -33,12 +33,10 @@ def augmented(ctx: ViewerContext, file_name: str, split: str, config, seeds) -> 
     loader = _TrainSamples([SimpleNamespace(samples=samples)], num_classes,
                            TrainTransform(config.augment, config.image_size), config.seed,
                            copy_paste_ids, donors, config.augment.copy_paste)
-    mean, std = np.asarray(config.augment.mean), np.asarray(config.augment.std)
     out = []
     for seed in seeds:
-        image, mask = loader[(0, index, seed)]
-        rgb = (image.numpy().transpose(1, 2, 0) * std + mean).clip(0, 1) * 255
-        out.append((rgb.astype(np.uint8), mask.numpy().astype(np.uint8)))
+        image, mask = loader[(0, index, seed)]  # uint8 CHW: training normalises on the device
+        out.append((np.ascontiguousarray(image.numpy().transpose(1, 2, 0)), mask.numpy()))
     return out
 
 

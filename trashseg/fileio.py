@@ -1,0 +1,116 @@
+"""Atomic writes: the one way trashseg writes a file.
+
+Every writer writes a temporary name beside the destination (same filesystem, so the
+rename is atomic) and renames it into place only when the write completed. A reader
+therefore sees the old file or the whole new one, never a truncated one; a failed write
+removes its partial and raises `OutputError` naming the path, the cause and the free space
+(a full disk is the usual reason), so the first error is the one reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from trashseg.errors import OutputError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_name(dest: Path) -> str:
+    """The glob of `dest`'s temporary names (what a killed write leaves behind)."""
+    return f".{dest.name}.*{PARTIAL_SUFFIX}"
+
+
+def free_space(folder: Path) -> str:
+    """Free bytes of the filesystem holding `folder`, human-readable ("unknown" if unreadable)."""
+    for candidate in (folder, *folder.parents):
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(candidate).free
+            for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+                if free < 1024 or unit == "TiB":
+                    return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+                free /= 1024
+    return "unknown"
+
+
+def output_error(dest: Path, error: OSError) -> OutputError:
+    """The user-facing error for a failed write of `dest`."""
+    if isinstance(error, OutputError):
+        return error
+    reason = error.strerror or str(error)
+    hint = "free some space or write elsewhere" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
+    return OutputError(
+        error.errno, f"cannot write {dest}: {reason} ({free_space(dest.parent)} free in {dest.parent}); {hint}"
+    )
+
+
+@contextlib.contextmanager
+def temp_path(dest: str | Path) -> Iterator[Path]:
+    """A fresh temporary name beside `dest` (not created), removed when the block ends;
+    OS errors inside become OutputError for `dest`. The caller moves it into place."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+    except OSError as error:
+        raise output_error(dest, error) from error
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """A temporary path beside `dest`; renamed onto `dest` when the block completes,
+    removed when it fails. For writers that take a path rather than a file object."""
+    with temp_path(dest) as tmp:
+        yield tmp
+        os.replace(tmp, dest)
+
+
+@contextlib.contextmanager
+def atomic_write(dest: str | Path, mode: str = "wb", *, durable: bool = False) -> Iterator[IO]:
+    """An open file for `dest` (mode "wb" or "w"), written under a temporary name and
+    renamed into place on success. Writers that infer a format from the file name (PIL,
+    matplotlib) must be told the format. `durable` fsyncs before the rename (checkpoints)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode {mode!r}: expected 'wb' or 'w'")
+    with atomic_path(dest) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+
+
+def write_text(dest: str | Path, text: str) -> None:
+    with atomic_write(dest, "w") as handle:
+        handle.write(text)
+
+
+def write_bytes(dest: str | Path, data: bytes) -> None:
+    with atomic_write(dest) as handle:
+        handle.write(data)
+
+
+def save_figure(figure, dest: str | Path, **savefig_options) -> None:
+    """A matplotlib figure as a PNG at `dest`, atomically."""
+    with atomic_write(dest) as handle:
+        figure.savefig(handle, format="png", **savefig_options)
+
+
+def remove_partials(dest: Path) -> list[Path]:
+    """Delete what killed writes of `dest` left behind; returns what was removed."""
+    removed = sorted(dest.parent.glob(partial_name(dest))) if dest.parent.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
