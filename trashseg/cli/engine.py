@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--amp", choices=AMP_CHOICES, default="auto")
     predict.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored probability type")
+    predict.add_argument(
+        "--processes", type=int, default=1, metavar="N", help="one process per GPU, each predicting every N-th image"
+    )
     predict.set_defaults(func=run_predict)
 
     evaluate = subparsers.add_parser("evaluate", help="score a prediction folder against a split's masks")
@@ -127,7 +130,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     predictions = predict(
         args.checkpoint, args.data, args.split, args.out, batch_size=args.batch_size, tta_flip=args.tta_flip,
-        tta_scales=_parse_scales(args.tta_scales), amp=args.amp, dtype=args.dtype,
+        tta_scales=_parse_scales(args.tta_scales), amp=args.amp, dtype=args.dtype, processes=args.processes,
     )
     print(f"{len(predictions.file_names)} predictions written to {predictions.root}")
     return 0
