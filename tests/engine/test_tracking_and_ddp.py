@@ -174,3 +174,16 @@ def test_find_unused_parameters_only_where_a_step_leaves_parameters_without_grad
         model.loss(torch.randn(1, 3, 32, 32), torch.randint(0, 3, (1, 32, 32))).backward()
         unused = [k for k, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert has_unused_parameters(name) == bool(unused), (name, unused)
+
+
+def test_processes_per_task_reads_the_pipelines_setting(monkeypatch):
+    from trashseg.errors import ConfigError
+    from trashseg.launch import processes_per_task
+
+    monkeypatch.setenv("TRASHSEG_PROCESSES", "3")
+    assert processes_per_task() == 3 or torch.cuda.is_available()
+    monkeypatch.setenv("TRASHSEG_PROCESSES", "two")
+    with pytest.raises(ConfigError, match="TRASHSEG_PROCESSES='two'"):
+        processes_per_task()
+    monkeypatch.delenv("TRASHSEG_PROCESSES")
+    assert processes_per_task() == max(torch.cuda.device_count(), 1)
