@@ -6,7 +6,8 @@ requests, the KFP run id as `KFP_RUN_ID` (from the pod's `pipeline/runid` label,
 never enters a cache key), and, only where the task needs them, the S3 settings and
 credentials (ConfigMap and Secret) and the optional MLflow credentials (Secret), all named
 in `trashseg.secrets`.
-GPU tasks also get the accelerator request, GPU tolerations and node selector, and
+GPU tasks also get the accelerator request, `TRASHSEG_PROCESSES` (their steps run one process
+per GPU), GPU tolerations and node selector, and
 /dev/shm as a memory-backed emptyDir (PyTorch DataLoader workers share tensors there;
 the container default of 64 MiB is far too small).
 """
@@ -20,6 +21,7 @@ from kfp.dsl import PipelineTask
 
 from components.images import DEFAULT_IMAGES, Images
 from trashseg import secrets
+from trashseg.launch import PROCESSES_ENV
 from trashseg.tracking import KFP_RUN_ID_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -132,6 +134,8 @@ def gpu_task(
     task.set_cpu_request(str(settings.train_cpu_per_gpu * settings.gpus_per_task))
     task.set_memory_request(settings.train_memory)
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(settings.gpus_per_task)
+    # The step starts one process per requested GPU (trashseg.launch); said explicitly, not guessed.
+    task.set_env_variable(PROCESSES_ENV, str(settings.gpus_per_task))
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     kubernetes.add_node_selector(task, *settings.gpu_node_selector)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size)

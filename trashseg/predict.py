@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +25,7 @@ from trashseg.augment import eval_transform
 from trashseg.checkpoints import load_checkpoint
 from trashseg.data.io import read_image, read_mask
 from trashseg.data.layout import PreparedDataset
-from trashseg.device import AmpMode, autocast, default_device, resolve_amp_dtype
+from trashseg.device import AmpMode, autocast, default_device, local_device, resolve_amp_dtype
 from trashseg.errors import ConfigError, DataError
 from trashseg.fileio import write_text
 from trashseg.metrics import ConfusionMatrix, SegmentationScores
@@ -87,8 +89,14 @@ def predict(
     amp: AmpMode = "auto",
     dtype: Literal["uint8", "float16"] = "uint8",
     device: str | None = None,
+    processes: int = 1,
 ) -> PredictionSet:
-    """Predict every image of `split` and write a prediction folder to `out_dir`."""
+    """Predict every image of `split` and write a prediction folder to `out_dir`.
+
+    With `processes` > 1 (one per GPU, see `trashseg.launch`) each process predicts every
+    `processes`-th image on its own device; this process then lists them, in split order,
+    in the folder's meta, so the folder is the same as a single process writes.
+    """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: expected >= 1")
     # `not 0 < s <= max` also refuses NaN; a huge factor would resize an image past any memory.
@@ -96,8 +104,41 @@ def predict(
         raise ConfigError(
             f"tta_scales={list(tta_scales)}: expected one or more factors in (0, {MAX_TTA_SCALE:g}], e.g. 0.75,1,1.25"
         )
-    torch_device = default_device(device)
-    amp_dtype = resolve_amp_dtype(amp, torch_device.type)
+    if processes > 1 and device is not None:
+        raise ConfigError(f"device={device!r} with processes={processes}: each process uses its own GPU; leave device unset")
+    options = _PredictOptions(batch_size, tta_flip, tuple(tta_scales), amp, dtype, device)
+    if processes == 1:
+        out = _predict_part(str(checkpoint), str(dataset_dir), split, str(out_dir), options, parts=1)
+        out.save()
+        return out
+    from trashseg.launch import run_per_process
+
+    parts = run_per_process(_predict_part, (str(checkpoint), str(dataset_dir), split, str(out_dir), options, processes), processes)
+    names = [sample.file_name for sample in PreparedDataset(dataset_dir).samples(split)]
+    written = {name for part in parts for name in part.file_names}
+    if written != set(names):
+        raise DataError(f"{len(set(names) - written)} of {len(names)} images of {split!r} were not predicted into {out_dir}")
+    out = PredictionSet.create(out_dir, parts[0].class_names, dtype=dtype, source=parts[0].source)
+    out.complete(names)
+    return out
+
+
+@dataclass(frozen=True)
+class _PredictOptions:
+    batch_size: int
+    tta_flip: bool
+    tta_scales: tuple[float, ...]
+    amp: AmpMode
+    dtype: Literal["uint8", "float16"]
+    device: str | None
+
+
+def _predict_part(checkpoint: str, dataset_dir: str, split: str, out_dir: str, options: _PredictOptions, parts: int) -> PredictionSet:
+    """Predict this process's share of `split` (every `parts`-th image from its rank) into `out_dir`;
+    the returned set lists what it wrote, and the caller writes the meta."""
+    rank = int(os.environ.get("RANK", "0")) if parts > 1 else 0
+    torch_device = local_device() if parts > 1 else default_device(options.device)
+    amp_dtype = resolve_amp_dtype(options.amp, torch_device.type)
     model, meta = load_checkpoint(checkpoint, torch_device)
     dataset = PreparedDataset(dataset_dir)
     if dataset.classes_file.is_file() and dataset.classes().names != meta.classes.names:
@@ -108,34 +149,30 @@ def predict(
     samples = dataset.samples(split)
     if not samples:
         raise DataError(f"split {split!r} of {dataset.root} lists no images; nothing to predict")
-    out = PredictionSet.create(
-        out_dir,
-        meta.classes.names,
-        dtype=dtype,
-        source={
-            "architecture": meta.architecture,
-            "checkpoint": str(Path(checkpoint).resolve()),
-            "iteration": meta.iteration,
-            "dataset": str(dataset.root.resolve()),
-            "dataset_version": dataset.dataset_version(),  # checked by `submission`
-            "split": split,
-            "tta_flip": tta_flip,
-            "tta_scales": list(tta_scales),
-            "image_size": meta.image_size,
-        },
-    )
-    progress = Progress(len(samples), f"predict {split}", unit="img")
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
+    source = {
+        "architecture": meta.architecture,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "iteration": meta.iteration,
+        "dataset": str(dataset.root.resolve()),
+        "dataset_version": dataset.dataset_version(),  # checked by `submission`
+        "split": split,
+        "tta_flip": options.tta_flip,
+        "tta_scales": list(options.tta_scales),
+        "image_size": meta.image_size,
+    }
+    out = PredictionSet.create(out_dir, meta.classes.names, dtype=options.dtype, source=source)
+    mine = samples[rank::parts]
+    progress = Progress(len(mine), f"predict {split}" + (f" (process {rank + 1} of {parts})" if parts > 1 else ""), unit="img")
+    for start in range(0, len(mine), options.batch_size):
+        chunk = mine[start : start + options.batch_size]
         images = [read_image(sample.image) for sample in chunk]
         probabilities = predict_probabilities(
             model, images, image_size=meta.image_size, mean=meta.mean, std=meta.std, device=torch_device,
-            amp_dtype=amp_dtype, flip=tta_flip, scales=tta_scales,
+            amp_dtype=amp_dtype, flip=options.tta_flip, scales=options.tta_scales,
         )
         for sample, probs in zip(chunk, probabilities, strict=True):
             out.add(sample.file_name, probs.numpy())
         progress.update(len(chunk))
-    out.save()
     return out
 
 

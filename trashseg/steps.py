@@ -137,20 +137,25 @@ def train_step(
     pseudo_ratio: float = 0.0,
     init_bundle_dir: str | Path | None = None,
     weights_store: str = "",
+    processes: int | None = None,
 ) -> TrainStepResult:
-    """Train one architecture into `model_dir`.
+    """Train one architecture into `model_dir`, with one process per GPU of the task.
 
     `settings`: `key=value` overrides of TrainConfig. With `checkpoint_store` and a KFP run
-    id, checkpoints are mirrored to `<store>/<run id>/<stage>-<architecture>/` every
-    `checkpoint_interval` iterations, and a retried task resumes from there (training in
-    chunks is exact: resume reaches the same weights). `init_bundle_dir`: a registered
-    bundle whose weights for this architecture initialise the model (fine-tuning).
+    id, each checkpoint is mirrored to `<store>/<run id>/<stage>-<architecture>/` as it is
+    written, and a retried task resumes from there (resume is exact: it reaches the same
+    weights), so a preempted node loses at most one `checkpoint_interval`.
+    `init_bundle_dir`: a registered bundle whose checkpoint for this architecture
+    initialises the model (fine-tuning). `processes`: default `launch.processes_per_task()`;
+    with more than one, rank 0 writes the checkpoints, the MLflow run and the mirror.
     `weights_store`: where pretrained starts are mirrored (`trashseg weights mirror`); a hub id
     in the config is read from there, with no network.
     """
-    from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state, resolve_checkpoint
+    from trashseg.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
     from trashseg.config import load_config
-    from trashseg.training import TrainConfig, train
+    from trashseg.launch import processes_per_task, run_per_process
+    from trashseg.registry import ModelBundle
+    from trashseg.training import TrainConfig
 
     overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
     if pseudo_dataset_dir is not None:
@@ -158,30 +163,64 @@ def train_step(
     config = dataclasses.replace(load_config(TrainConfig, None, overrides), tracking=run.tracking())
     tags = run.tags()  # train() tags the run with dataset.version from the dataset itself
     model_dir = Path(model_dir)
-    # A fixed path: the resolved config (which holds it) must be equal when a retry resumes.
-    init_dir = Path(tempfile.gettempdir()) / "trashseg-init" / f"{run.stage}-{architecture}"
     if init_bundle_dir is not None:
-        config = dataclasses.replace(config, pretrained=_export_bundle_weights(init_bundle_dir, architecture, init_dir))
+        # The artifact path is the same on a retry, so the resolved config still matches on resume.
+        config = dataclasses.replace(config, pretrained=str(ModelBundle.open(init_bundle_dir).model_dir(architecture)))
         tags["init.bundle"] = str(init_bundle_dir)
     mirror = _checkpoint_mirror(checkpoint_store)
     prefix = f"{run.stage}-{architecture}"
-    resume = mirror is not None and mirror.exists(f"{prefix}/last.pt")
+    resume = mirror is not None and mirror.exists(f"{prefix}/{LAST_CHECKPOINT}")
     if resume:
         log.info("resuming %s from the checkpoint mirrored at %s", architecture, mirror.uri(prefix))
         mirror.get_folder(prefix, model_dir)
-    done = _completed_iterations(model_dir) if resume else 0
-    # Without a mirror, one call; with one, a call per checkpoint interval, each
-    # followed by an upload, so a preempted node loses at most one interval.
-    chunk = config.checkpoint_interval if mirror is not None else config.iterations
-    while done < config.iterations:
-        stop = min(done + chunk, config.iterations)
-        done = train(
-            config, dataset_dir, model_dir, pseudo_dataset=pseudo_dataset_dir, resume=done > 0, tags=tags,
-            stop_after=stop, weights_store=weights_store or None,
-        ).iterations
-        if mirror is not None:
-            mirror.put_folder(model_dir, prefix)
-    # Read back from the checkpoint: a retry may find training already complete in the mirror.
+    # A retry may find training already complete in the mirror.
+    if not resume or _completed_iterations(model_dir) < config.iterations:
+        job = (config, str(dataset_dir), str(model_dir), pseudo_dataset_dir and str(pseudo_dataset_dir), resume, tags,
+               checkpoint_store, prefix, weights_store or None)
+        run_per_process(_train_process, job, processes or processes_per_task())
+        if mirror is not None:  # the rest of the folder, e.g. a local MLflow store
+            _mirror_files(mirror, model_dir, prefix, exclude=(LAST_CHECKPOINT, BEST_CHECKPOINT))
+    return _train_step_result(model_dir, architecture, dataset_version)
+
+
+def _train_process(config, dataset_dir, model_dir, pseudo_dataset_dir, resume, tags, checkpoint_store, prefix,
+                   weights_store):
+    """One process of train_step (every rank); `train` calls the mirror hook on rank 0 only."""
+    from trashseg.training import train
+
+    mirror = _checkpoint_mirror(checkpoint_store)
+    hook = _CheckpointMirror(mirror, Path(model_dir), prefix) if mirror is not None else None
+    return train(config, dataset_dir, model_dir, pseudo_dataset=pseudo_dataset_dir, resume=resume, tags=tags,
+                 on_checkpoint=hook, weights_store=weights_store)
+
+
+class _CheckpointMirror:
+    """`train`'s on_checkpoint hook: uploads each checkpoint as it is written, after the config
+    and class table it needs, so the mirror's last.pt always has what a resume reads."""
+
+    def __init__(self, mirror, model_dir: Path, prefix: str) -> None:
+        self.mirror, self.model_dir, self.prefix = mirror, model_dir, prefix
+        self.meta_mirrored = False
+
+    def __call__(self, path: Path, iteration: int) -> None:
+        if not self.meta_mirrored:
+            _mirror_files(self.mirror, self.model_dir, self.prefix, only=("config.json", "classes.json"))
+            self.meta_mirrored = True
+        self.mirror.put_file(path, f"{self.prefix}/{path.name}")
+        log.info("mirrored %s (iteration %d) to %s", path.name, iteration, self.mirror.uri(self.prefix))
+
+
+def _mirror_files(mirror, folder: Path, prefix: str, *, only: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and (not only or name in only) and name not in exclude:
+            mirror.put_file(path, f"{prefix}/{name}")
+
+
+def _train_step_result(model_dir: Path, architecture: str, dataset_version: str) -> TrainStepResult:
+    """The step's outputs, read back from the checkpoint (the same whether trained now or found mirrored)."""
+    from trashseg.checkpoints import LAST_CHECKPOINT, load_checkpoint_state, resolve_checkpoint
+
     final = load_checkpoint_state(model_dir / LAST_CHECKPOINT)
     best = final["best_miou"] if final["best_miou"] is not None else math.nan
     metrics = {"iterations": float(final["iteration"])}
@@ -235,24 +274,16 @@ def _completed_iterations(model_dir: Path) -> int:
     return int(load_checkpoint_state(model_dir / LAST_CHECKPOINT)["iteration"])
 
 
-def _export_bundle_weights(bundle_dir: str | Path, architecture: str, out_dir: str | Path) -> str:
-    """Save a bundle model's weights as a transformers folder, which TrainConfig.pretrained loads."""
-    from trashseg.checkpoints import load_checkpoint
-    from trashseg.registry import ModelBundle
-
-    model, _ = load_checkpoint(ModelBundle.open(bundle_dir).model_dir(architecture))
-    model.save_pretrained(out_dir)
-    return str(out_dir)
-
-
 # ---------------------------------------------------------------------------- inference
 
 
-def predict_step(model_dir: str | Path, dataset_dir: str | Path, split: str, out_dir: str | Path) -> int:
-    """Predict `split` with a training output folder's checkpoint; returns the image count."""
+def predict_step(model_dir: str | Path, dataset_dir: str | Path, split: str, out_dir: str | Path, *, processes: int | None = None) -> int:
+    """Predict `split` with a training output folder's checkpoint, the images shared among one
+    process per GPU (`processes`: default `launch.processes_per_task()`); returns the image count."""
+    from trashseg.launch import processes_per_task
     from trashseg.predict import predict
 
-    return len(predict(model_dir, dataset_dir, split, out_dir).file_names)
+    return len(predict(model_dir, dataset_dir, split, out_dir, processes=processes or processes_per_task()).file_names)
 
 
 def evaluate_step(prediction_dir: str | Path, dataset_dir: str | Path, split: str, html_path: str | Path, *, title: str):

@@ -67,6 +67,7 @@ from trashseg.tracking import TrackingConfig
 log = logging.getLogger(__name__)
 
 LABELLED_STREAM, PSEUDO_STREAM = 0, 1
+MODEL_RANDOMNESS = 2  # seed stream of model-side randomness, per micro-batch
 # AdamW's step is about lr per weight: beyond 1 every weight is replaced by noise.
 MAX_LR = 1.0
 
@@ -78,6 +79,10 @@ class TrainConfig:
     # hub checkpoint, tiny twins from random init); "none" = random init; else a hub id, a
     # transformers folder, or a trashseg best.pt / training folder of the same architecture.
     pretrained: str | None = None
+    # A finished run's output folder (or last.pt) continued to a longer schedule: its weights
+    # and optimizer state at its last iteration, trained on to `iterations` in a NEW output
+    # folder and MLflow run. Not a resume: see `trashseg train --continue-from`.
+    continue_from: str | None = None
     image_size: int = 512
     batch_size: int = 8  # per process and micro-batch; global batch = batch_size * grad_accum * world size
     iterations: int = 80_000  # optimizer steps
@@ -345,6 +350,9 @@ def train(
     end = stop_after or config.iterations
 
     paths = _OutputPaths(output_dir)
+    start_tags = _start_tags(config)
+    if config.continue_from:
+        _continue_source(config, output_dir)  # refused before anything else looks like a resume
     saved = _resume_checkpoint(paths, config, dist) if resume else None
     if saved is not None and saved["iteration"] >= end:
         dist.shutdown()
@@ -362,12 +370,14 @@ def train(
     state = _build_model_and_optimizer(config, data.classes, device, dist, weights_store)
     if saved is not None:
         _restore_state(state, saved, paths.last, dist)
+    elif config.continue_from:
+        start_tags.update(_continue_schedule(state, config, data.classes, output_dir, end))
     loader = _build_loader(config, data, state.iteration, end, device, dist)
     if pseudo_dataset is not None:  # which models, ensemble, tau and images made the labels
         from trashseg.pseudo_labels import lineage_tags
 
         tags = {**lineage_tags(pseudo_dataset), **(tags or {})}
-    tracked = _start_tracking(config, data, state, output_dir, tags) if dist.is_main else None
+    tracked = _start_tracking(config, data, state, output_dir, {**start_tags, **(tags or {})}) if dist.is_main else None
 
     loop = _StepLoop(config, data, state, device, dist, paths, tracked, on_checkpoint)
     try:
@@ -488,6 +498,8 @@ def _build_start(config: TrainConfig, classes: ClassTable, dist: Distributed, we
     from trashseg.storage import open_store
     from trashseg.weights import resolve_pretrained
 
+    if config.continue_from:  # its weights come from the finished run (_continue_schedule)
+        return build_model(config.architecture, classes.num_classes), None
     store = open_store(weights_store) if weights_store else None
     cache = Path(tempfile.gettempdir()) / "trashseg-weights"
     source = resolve_pretrained(config.pretrained, store=store, cache_dir=cache)
@@ -521,11 +533,76 @@ def _build_model_and_optimizer(
     return _TrainState(model, optimizer, scheduler, scaler, amp_dtype, pretrained_load=pretrained_load)
 
 
+def _start_tags(config: TrainConfig) -> dict[str, str]:
+    """How the run's weights started, as MLflow tags (a continuation adds its source in _continue_schedule)."""
+    if config.continue_from:
+        return {"train.mode": "continue", "train.continued_from": config.continue_from}
+    from trashseg.models import is_trashseg_checkpoint
+
+    if config.pretrained and is_trashseg_checkpoint(config.pretrained):
+        return {"train.mode": "fine-tune", "train.init_checkpoint": config.pretrained}
+    return {"train.mode": "new"}
+
+
+def _continue_schedule(state: _TrainState, config: TrainConfig, classes: ClassTable, output_dir: Path, end: int) -> dict[str, str]:
+    """Start a longer schedule from a finished run's last.pt: its weights and optimizer moments, the
+    iteration count going on from where it ended, and the lr of the NEW schedule (`config.iterations`
+    long) from there on. Returns the MLflow tags naming the source."""
+    path = _continue_source(config, output_dir)
+    saved = load_checkpoint_state(path, map_location=next(state.model.parameters()).device)
+    if "optimizer" not in saved:
+        raise ConfigError(f"continue_from: {path} has no optimizer state (a best.pt?); continue from the run's {LAST_CHECKPOINT}")
+    done, planned = saved["iteration"], saved["config"]["iterations"]
+    if done != planned:
+        raise ConfigError(
+            f"continue_from: {path} stopped at iteration {done} of its {planned}-iteration schedule; an unfinished "
+            f"run is resumed, not continued: `trashseg train --resume --out {path.parent}`"
+        )
+    if saved["architecture"] != config.architecture or ClassTable.from_json(saved["classes"]).names != classes.names:
+        raise ConfigError(
+            f"continue_from: {path} trained {saved['architecture']!r} on classes {ClassTable.from_json(saved['classes']).names}; "
+            f"this run is {config.architecture!r} on {classes.names}: continue with the same architecture and dataset classes"
+        )
+    if end <= done:
+        raise ConfigError(f"iterations={config.iterations} (stop_after={end}): continuing {path} needs more than its {done}")
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    for group, decay in zip(state.optimizer.param_groups, (config.weight_decay, 0.0), strict=True):
+        group["initial_lr"], group["weight_decay"] = config.lr, decay  # this run's settings, not the source's
+    # As if stepped `done` times on the new schedule: the lr of iteration `done` of `config.iterations`.
+    state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer, _poly_schedule(config), last_epoch=done - 1)
+    state.scaler.load_state_dict(saved["scaler"])
+    state.iteration = done
+    log.info("continuing %s from iteration %d to a %d-iteration schedule (lr now %.3g)", path, done,
+             config.iterations, state.scheduler.get_last_lr()[0])
+    return {"train.continued_from.iteration": str(done), "train.continued_from.mlflow_run_id": saved.get("mlflow_run_id") or ""}
+
+
+def _continue_source(config: TrainConfig, output_dir: Path) -> Path:
+    """The last.pt a continued run starts from; never one in its own output folder."""
+    source = Path(config.continue_from)
+    path = source / LAST_CHECKPOINT if source.is_dir() else source
+    if path.resolve().parent == output_dir.resolve():
+        raise ConfigError(
+            f"continue_from={config.continue_from!r} is this run's own output folder {output_dir}: a continued "
+            "schedule is a new run, so write it to a new folder (--out); `--resume` alone continues an "
+            "interrupted run in its folder"
+        )
+    return path
+
+
 def _resume_checkpoint(paths: _OutputPaths, config: TrainConfig, dist: Distributed) -> dict[str, Any] | None:
     """`--resume`: last.pt's state (checked against `config`), or None to start fresh when
     there is none, so a retry loop that always passes --resume works from the first try."""
     if paths.last.is_file():
         saved = load_checkpoint_state(paths.last)
+        planned = saved["config"].get("iterations")
+        if saved["iteration"] == planned and config.iterations > planned:
+            raise ConfigError(
+                f"{paths.last} is a finished {planned}-iteration run and resuming never changes a schedule; to "
+                f"train it on to {config.iterations} iterations start a continued run in a new folder: "
+                f"`trashseg train --continue-from {paths.root} --continue-to {config.iterations} --out NEW_FOLDER`"
+            )
         check_resumable(saved["config"], to_dict(config))
         return saved
     if dist.is_main:
@@ -565,8 +642,8 @@ def _restore_state(state: _TrainState, saved: dict[str, Any], last_path: Path, d
     per_rank = saved.get("rng_per_rank") or [saved["rng"]]
     if len(per_rank) != dist.world:
         log.warning(
-            "%s was written by %d process(es), this run has %d: model-side randomness (dropout, point "
-            "sampling) restarts from rank 0's state, so the result will not match an uninterrupted run",
+            "%s was written by %d process(es), this run has %d: the global batch changes with the process "
+            "count (batch_size x processes x grad_accum), so the result will not match an uninterrupted run",
             last_path, len(per_rank), dist.world,
         )
     set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0])
@@ -709,6 +786,11 @@ class _StepLoop:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             masks = masks.to(self.device, non_blocking=True).long()
+            # Model-side randomness (dropout, drop path, point sampling) seeded by the micro-batch's
+            # place in the run, as its samples are: N processes draw what 1 process with N x
+            # grad_accum micro-batches draws, and a resumed run what an uninterrupted one does.
+            micro_batch = (iteration * config.grad_accum + micro) * self.dist.world + self.dist.rank
+            torch.manual_seed(sample_seed(config.seed, MODEL_RANDOMNESS, micro_batch))
             sync = micro == config.grad_accum - 1 or self.dist.world == 1
             with self.train_module.no_sync() if not sync else contextlib.nullcontext():
                 with autocast(self.device, state.amp_dtype):
@@ -830,11 +912,13 @@ def _wrap_for_training(model, device, dist: Distributed) -> torch.nn.Module:
         return train_module
     from torch.nn.parallel import DistributedDataParallel
 
+    from trashseg.models import has_unused_parameters
+
     if device.type == "cuda":
         train_module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_module)
-    # Some families leave parameters unused in a step (e.g. auxiliary heads).
     return DistributedDataParallel(
-        train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        train_module, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=has_unused_parameters(model.architecture),
     )
 
 

@@ -74,6 +74,8 @@ def test_training_tasks_get_gpu_toleration_shm_and_retries(compiled, pipeline):
         assert resources["accelerator"]["resourceCount"] == str(GPUS), name  # the count set at compile time
         cores = ClusterSettings().train_cpu_per_gpu * GPUS  # the data loaders scale with the GPUs they feed
         assert resources["resourceCpuRequest"] == str(cores), name
+        env = spec["deploymentSpec"]["executors"][executor]["container"]["env"]
+        assert {"name": "TRASHSEG_PROCESSES", "value": str(GPUS)} in env, name  # one process per GPU
         config = k8s(platform, executor)
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in config["tolerations"], name
         assert config["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}, name

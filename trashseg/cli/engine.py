@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="end after N iterations keeping the full schedule (a time-boxed run; continue with --resume)",
     )
     train.add_argument(
+        "--continue-from", metavar="RUN_DIR",
+        help="start a NEW run in --out that trains a finished run's weights on to a longer schedule "
+        "(with --continue-to; the config defaults to RUN_DIR/config.json). Not a resume: --resume continues "
+        "an interrupted run in its own folder",
+    )
+    train.add_argument("--continue-to", type=int, metavar="ITERATIONS", help="the longer schedule's total iterations")
+    train.add_argument(
         "--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)"
     )
     train.set_defaults(func=run_train)
@@ -46,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--amp", choices=AMP_CHOICES, default="auto")
     predict.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored probability type")
+    predict.add_argument(
+        "--processes", type=int, default=1, metavar="N", help="one process per GPU, each predicting every N-th image"
+    )
     predict.set_defaults(func=run_predict)
 
     evaluate = subparsers.add_parser("evaluate", help="score a prediction folder against a split's masks")
@@ -79,10 +89,10 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 def run_train(args: argparse.Namespace) -> int:
     import os
 
-    from trashseg.config import load_config, parse_assignments
-    from trashseg.training import TrainConfig, train
+    from trashseg.config import parse_assignments
+    from trashseg.training import train
 
-    config = load_config(TrainConfig, args.config, args.overrides)
+    config = _train_config(args)
     result = train(
         config, args.data, args.out, pseudo_dataset=args.pseudo, resume=args.resume, tags=parse_assignments(args.tag, what="--tag", example="team=vision"),
         stop_after=args.stop_after,
@@ -100,12 +110,30 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    from trashseg.config import load_config
+    from trashseg.training import TrainConfig
+
+    if (args.continue_from is None) != (args.continue_to is None):
+        raise ConfigError("--continue-from RUN_DIR and --continue-to ITERATIONS go together: give both or neither")
+    if args.continue_from is None:
+        return load_config(TrainConfig, args.config, args.overrides)
+    if args.resume:
+        raise ConfigError(
+            "--continue-from with --resume: a continued schedule starts a new run; to resume an interrupted "
+            "continued run, pass --resume with its own --config (OUT/config.json) and no --continue-from"
+        )
+    base = args.config or str(Path(args.continue_from) / "config.json")
+    overrides = [*args.overrides, f"iterations={args.continue_to}", f"continue_from={args.continue_from}"]
+    return load_config(TrainConfig, base, overrides)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from trashseg.predict import predict
 
     predictions = predict(
         args.checkpoint, args.data, args.split, args.out, batch_size=args.batch_size, tta_flip=args.tta_flip,
-        tta_scales=_parse_scales(args.tta_scales), amp=args.amp, dtype=args.dtype,
+        tta_scales=_parse_scales(args.tta_scales), amp=args.amp, dtype=args.dtype, processes=args.processes,
     )
     print(f"{len(predictions.file_names)} predictions written to {predictions.root}")
     return 0

@@ -51,6 +51,7 @@ __all__ = [
     "SegmentationModel",
     "architecture_table",
     "build_model",
+    "has_unused_parameters",
     "load_pretrained_model",
 ]
 
@@ -155,6 +156,20 @@ _FULL_SIZE: dict[str, _Entry] = {
     "oneformer-dinat-l": _Entry(partial(oneformer_config, "dinat", "l", drop_path_rate=0.3), _ONE, "shi-labs/oneformer_ade20k_dinat_large"),
 }
 
+# Architectures whose loss leaves parameters without a gradient in every step, so DDP must
+# search the autograd graph for them (`find_unused_parameters=True`, a traversal per step);
+# the others skip it. Found by one forward/backward of each tiny twin: Swin's final
+# layernorm feeds nothing the decoders read, OneFormer's contrastive `logit_scale` is not
+# in its training loss. Their -tiny twins share the entry.
+UNUSED_PARAMETERS = frozenset(
+    [name for name in _FULL_SIZE if "swin" in name.split("-")] + ["oneformer-swin-l", "oneformer-dinat-l"]
+)
+
+
+def has_unused_parameters(name: str) -> bool:
+    """Whether DDP training of architecture `name` needs `find_unused_parameters=True`."""
+    return architecture_spec(name).name.removesuffix("-tiny") in UNUSED_PARAMETERS
+
 
 def _call_config(config: Callable[..., PretrainedConfig], tiny: bool, num_classes: int):
     return config(num_classes, tiny=tiny)
@@ -228,7 +243,7 @@ def load_pretrained_model(
     """
     spec = architecture_spec(name)
     num_classes = _checked_classes(num_classes)
-    if _is_trashseg_checkpoint(pretrained):
+    if is_trashseg_checkpoint(pretrained):
         model = spec.build(num_classes)
         loaded = _load_trashseg_checkpoint(spec, model.network, pretrained)
     else:
@@ -255,7 +270,7 @@ def _checked_classes(num_classes: int) -> int:
     return num_classes
 
 
-def _is_trashseg_checkpoint(pretrained: str) -> bool:
+def is_trashseg_checkpoint(pretrained: str) -> bool:
     path = Path(pretrained)
     if path.is_dir():
         return not (path / "config.json").is_file() and any((path / n).is_file() for n in ("best.pt", "last.pt"))
