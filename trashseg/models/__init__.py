@@ -273,7 +273,8 @@ def _checked_classes(num_classes: int) -> int:
 def is_trashseg_checkpoint(pretrained: str) -> bool:
     path = Path(pretrained)
     if path.is_dir():
-        return not (path / "config.json").is_file() and any((path / n).is_file() for n in ("best.pt", "last.pt"))
+        # A training output folder (its config.json is trashseg's TrainConfig, not a model config).
+        return any((path / n).is_file() for n in ("best.pt", "last.pt"))
     return path.suffix == ".pt"
 
 
