@@ -1,19 +1,23 @@
 """A prediction folder: per-image class probabilities (for the ensemble) and argmax masks.
 
-    PRED/predictions.json         meta: classes, file_names (in split order), source, dtype
-    PRED/probs/<file_name>.npz    `probs`: (C, H, W), uint8 (p * 255, rounded) or float16
-    PRED/masks/<file_name>.png    uint8 argmax class ids
+    PRED/predictions.json             meta: classes, file_names (in split order), source, dtype, codec
+    PRED/probs/<file_name>.npy.zst    (C, H, W) probabilities: an .npy file, zstd-compressed
+    PRED/masks/<file_name>.png        uint8 argmax class ids
 
 Writing: `create` makes the folder; `add` writes one image's entries (from any process,
 see `entry_writer`); `save` (or `complete`) writes the meta file last, so a folder with
 meta is complete.
 
-uint8 quantisation keeps the ensemble's inputs ~4x smaller than float16 with an error of
-at most 1/510 per probability, far below what changes an argmax in practice.
+Probabilities are stored as uint8 (p * 255, rounded; at most 1/510 off, far below what
+changes an argmax in practice) or float16. The codec is zstd at level 1: about as small as
+zlib on these maps and ~20x faster both ways (benchmarks/predictions_bench.py).
+Folders written before the codec was recorded (`probs/<file_name>.npz`, zlib) are still
+read, and `codec="zlib"` still writes them (for comparisons).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import zstandard
 from PIL import Image
 
 from trashseg.data.io import read_mask
@@ -30,7 +35,63 @@ from trashseg.errors import DataError
 from trashseg.metrics import ConfusionMatrix
 
 ProbabilityDtype = Literal["uint8", "float16"]
+Codec = Literal["zstd", "zlib"]
 META_FILE = "predictions.json"
+DEFAULT_CODEC: Codec = "zstd"
+# zlib: np.savez_compressed, the only format before the meta recorded a codec.
+PROBS_SUFFIX = {"zstd": ".npy.zst", "zlib": ".npz"}
+LEGACY_CODEC: Codec = "zlib"
+ZSTD_LEVEL = 1  # higher levels shrink these maps by <1% at 2-3x the time
+# Masks are small next to the probabilities; PNG's fastest level writes ~5x faster than
+# its default for ~20% more bytes.
+MASK_PNG_LEVEL = 1
+
+
+def _check_format(dtype: str, codec: str, where: str = "") -> None:
+    if dtype not in ("uint8", "float16"):
+        raise DataError(f"{where}probability dtype {dtype!r} is not supported; use 'uint8' or 'float16'")
+    if codec not in PROBS_SUFFIX:
+        raise DataError(
+            f"{where}probability codec {codec!r} is not supported; use one of {', '.join(PROBS_SUFFIX)} "
+            "(a folder from a newer trashseg? upgrade, or recreate it with `trashseg predict`)"
+        )
+
+
+def quantise(probs: np.ndarray, dtype: ProbabilityDtype) -> np.ndarray:
+    """Probabilities as stored: uint8 rounds p * 255 (half up) after clipping to [0, 1]."""
+    if dtype == "float16":
+        return probs.astype(np.float16)
+    scaled = np.multiply(probs, 255, dtype=np.float32)
+    np.clip(scaled, 0, 255, out=scaled)
+    scaled += 0.5
+    return scaled.astype(np.uint8)
+
+
+def encode_probs(stored: np.ndarray, codec: Codec) -> bytes:
+    buffer = io.BytesIO()
+    if codec == "zlib":
+        np.savez_compressed(buffer, probs=stored)
+        return buffer.getvalue()
+    np.save(buffer, stored, allow_pickle=False)
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buffer.getbuffer())
+
+
+def decode_probs(data: bytes, codec: Codec) -> np.ndarray:
+    if codec == "zlib":
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return archive["probs"]
+    return np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(data)), allow_pickle=False)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)` then rename: a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -40,6 +101,7 @@ class PredictionSet:
     file_names: list[str] = field(default_factory=list)
     dtype: ProbabilityDtype = "uint8"
     source: dict = field(default_factory=dict)  # e.g. architecture, checkpoint, split, tta
+    codec: Codec = DEFAULT_CODEC
 
     @classmethod
     def create(
@@ -49,19 +111,21 @@ class PredictionSet:
         *,
         dtype: ProbabilityDtype = "uint8",
         source: dict | None = None,
+        codec: Codec = DEFAULT_CODEC,
     ) -> PredictionSet:
-        if dtype not in ("uint8", "float16"):
-            raise DataError(f"probability dtype {dtype!r} is not supported; use 'uint8' or 'float16'")
+        _check_format(dtype, codec)
         root = Path(root)
         (root / "probs").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(parents=True, exist_ok=True)
-        return cls(root, list(class_names), [], dtype, dict(source or {}))
+        return cls(root, list(class_names), [], dtype, dict(source or {}), codec)
 
     @classmethod
-    def entry_writer(cls, root: str | Path, class_names: Sequence[str], dtype: ProbabilityDtype = "uint8") -> PredictionSet:
-        """A worker's handle on a folder the parent `create`d: it only `add`s entries; the
-        parent lists them with `complete` once every worker is done."""
-        return cls(Path(root), list(class_names), [], dtype, {})
+    def entry_writer(
+        cls, root: str | Path, class_names: Sequence[str], dtype: ProbabilityDtype = "uint8", codec: Codec = DEFAULT_CODEC
+    ) -> PredictionSet:
+        """A worker's handle on a folder the parent `create`d (with the same dtype and codec):
+        it only `add`s entries; the parent lists them with `complete` once every worker is done."""
+        return cls(Path(root), list(class_names), [], dtype, {}, codec)
 
     def complete(self, file_names: Sequence[str]) -> None:
         """Parent side of a parallel write: record `file_names` (split order) and write the meta."""
@@ -76,15 +140,20 @@ class PredictionSet:
             raise DataError(f"{root} is not a prediction folder (no {META_FILE}); create it with `trashseg predict`")
         try:
             meta = json.loads(meta_path.read_bytes())
-            return cls(root, meta["class_names"], meta["file_names"], meta["dtype"], meta.get("source", {}))
+            opened = cls(
+                root, meta["class_names"], meta["file_names"], meta["dtype"], meta.get("source", {}),
+                meta.get("codec", LEGACY_CODEC),
+            )
         except (ValueError, KeyError, TypeError) as error:  # not JSON, or not our meta
             raise DataError(
                 f"{meta_path} is not a trashseg prediction meta file ({type(error).__name__}: {error}); "
                 "recreate the folder with `trashseg predict`"
             ) from None
+        _check_format(opened.dtype, opened.codec, where=f"{meta_path}: ")
+        return opened
 
     def probs_path(self, file_name: str) -> Path:
-        return self.root / "probs" / (file_name + ".npz")
+        return self.root / "probs" / (file_name + PROBS_SUFFIX[self.codec])
 
     def mask_path(self, file_name: str) -> Path:
         return self.root / "masks" / Path(file_name).with_suffix(".png")
@@ -102,14 +171,12 @@ class PredictionSet:
         if mask is not None and mask.shape != probs.shape[1:]:
             raise DataError(f"{file_name}: mask of shape {mask.shape}, expected {probs.shape[1:]}")
         probs = np.asarray(probs, dtype=np.float32)
-        stored = np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8) if self.dtype == "uint8" else probs.astype(np.float16)
-        path = self.probs_path(file_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, probs=stored)
-        mask_path = self.mask_path(file_name)
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
-        labels = probs.argmax(axis=0) if mask is None else mask
-        Image.fromarray(labels.astype(np.uint8)).save(mask_path)
+        data = encode_probs(quantise(probs, self.dtype), self.codec)
+        _write_atomically(self.probs_path(file_name), lambda tmp: tmp.write_bytes(data))
+        labels = Image.fromarray((probs.argmax(axis=0) if mask is None else mask).astype(np.uint8))
+        _write_atomically(
+            self.mask_path(file_name), lambda tmp: labels.save(tmp, format="PNG", compress_level=MASK_PNG_LEVEL)
+        )
         if file_name not in self.file_names:
             self.file_names.append(file_name)
 
@@ -118,20 +185,33 @@ class PredictionSet:
         path = self.probs_path(file_name)
         if not path.is_file():
             raise DataError(f"{self.root}: no probabilities for {file_name!r} ({path} missing)")
-        with np.load(path) as data:
-            stored = data["probs"]
-        return stored.astype(np.float32) / 255.0 if stored.dtype == np.uint8 else stored.astype(np.float32)
+        try:
+            stored = decode_probs(path.read_bytes(), self.codec)
+        except (ValueError, OSError, zstandard.ZstdError) as error:  # truncated or not ours
+            raise DataError(
+                f"{path}: unreadable {self.codec} probabilities ({type(error).__name__}: {error}); "
+                "recreate the folder with `trashseg predict`"
+            ) from None
+        if stored.ndim != 3 or stored.shape[0] != len(self.class_names) or stored.dtype not in (np.uint8, np.float16):
+            raise DataError(
+                f"{path}: stored probabilities are {stored.dtype} {stored.shape}, expected uint8 or float16 "
+                f"({len(self.class_names)}, H, W); recreate the folder with `trashseg predict`"
+            )
+        if stored.dtype == np.uint8:
+            return np.multiply(stored, np.float32(1 / 255), dtype=np.float32)
+        return stored.astype(np.float32)
 
     def mask(self, file_name: str) -> np.ndarray:
         return np.array(Image.open(self.mask_path(file_name)))
 
     def save(self) -> None:
         """Write the meta file (atomically) last, so a folder with meta is complete."""
-        meta = {"class_names": self.class_names, "file_names": self.file_names, "dtype": self.dtype, "source": self.source}
-        path = self.root / META_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, path)
+        meta = {
+            "class_names": self.class_names, "file_names": self.file_names, "dtype": self.dtype, "codec": self.codec,
+            "source": self.source,
+        }
+        text = json.dumps(meta, indent=2) + "\n"
+        _write_atomically(self.root / META_FILE, lambda tmp: tmp.write_text(text))
 
 
 def score_predictions(predictions: PredictionSet, dataset: PreparedDataset, file_names: Sequence[str]) -> ConfusionMatrix:
