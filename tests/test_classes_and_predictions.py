@@ -8,7 +8,7 @@ from PIL import Image
 
 from trashseg.data.classes import DEFAULT_TAXONOMY, ClassTable
 from trashseg.errors import DataError
-from trashseg.predictions import PROBS_SUFFIX, PredictionSet
+from trashseg.predictions import PROBS_SUFFIX, PredictionSet, argmax_classes
 
 
 def test_reference_categories_keep_their_ids():
@@ -115,3 +115,8 @@ def test_a_real_class_at_category_zero_gets_its_own_class_id():
     assert not table.is_identity
     assert "COCO category 0 -> class 1 (Aluminium foil)" in table.mapping_lines()
     assert ClassTable.default().is_identity
+
+
+def test_argmax_classes_matches_numpy_including_ties():
+    probs = np.random.default_rng(3).integers(0, 3, size=(5, 9, 7)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(argmax_classes(probs), probs.argmax(0))
