@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +79,17 @@ def predict(
     dataset_dir: str | Path,
     split: str,
     out_dir: str | Path,
+    **options,
+) -> PredictionSet:
+    """Predict every image of `split` and write a prediction folder to `out_dir`
+    (`options`: those of `predict_splits`)."""
+    return predict_splits(checkpoint, dataset_dir, {split: out_dir}, **options)[split]
+
+
+def predict_splits(
+    checkpoint: str | Path,
+    dataset_dir: str | Path,
+    outputs: Mapping[str, str | Path],
     *,
     batch_size: int = 4,
     tta_flip: bool = False,
@@ -86,8 +97,9 @@ def predict(
     amp: AmpMode = "auto",
     dtype: Literal["uint8", "float16"] = "uint8",
     device: str | None = None,
-) -> PredictionSet:
-    """Predict every image of `split` and write a prediction folder to `out_dir`."""
+) -> dict[str, PredictionSet]:
+    """Predict every image of each split in `outputs` (split -> prediction folder), with
+    the model built and loaded once for all of them."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: expected >= 1")
     # `not 0 < s <= max` also refuses NaN; a huge factor would resize an image past any memory.
@@ -97,45 +109,49 @@ def predict(
         )
     torch_device = default_device(device)
     amp_dtype = resolve_amp_dtype(amp, torch_device.type)
-    model, meta = load_checkpoint(checkpoint, torch_device)
     dataset = PreparedDataset(dataset_dir)
+    empty = [split for split in outputs if not dataset.samples(split)]
+    if empty:
+        raise DataError(f"split(s) {empty} of {dataset.root} list no images; nothing to predict")
+    model, meta = load_checkpoint(checkpoint, torch_device)
     if dataset.classes_file.is_file() and dataset.classes().names != meta.classes.names:
         raise DataError(
             f"{dataset.root} has classes {list(dataset.classes().names)} but {checkpoint} was trained on "
             f"{list(meta.classes.names)}; predict with a checkpoint trained on this taxonomy"
         )
-    samples = dataset.samples(split)
-    if not samples:
-        raise DataError(f"split {split!r} of {dataset.root} lists no images; nothing to predict")
-    out = PredictionSet.create(
-        out_dir,
-        meta.classes.names,
-        dtype=dtype,
-        source={
-            "architecture": meta.architecture,
-            "checkpoint": str(Path(checkpoint).resolve()),
-            "iteration": meta.iteration,
-            "dataset": str(dataset.root.resolve()),
-            "dataset_version": dataset.dataset_version(),  # checked by `submission`
-            "split": split,
-            "tta_flip": tta_flip,
-            "tta_scales": list(tta_scales),
-            "image_size": meta.image_size,
-        },
-    )
-    progress = Progress(len(samples), f"predict {split}", unit="img")
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        images = [read_image(sample.image) for sample in chunk]
-        probabilities = predict_probabilities(
-            model, images, image_size=meta.image_size, mean=meta.mean, std=meta.std, device=torch_device,
-            amp_dtype=amp_dtype, flip=tta_flip, scales=tta_scales,
+    written = {}
+    for split, out_dir in outputs.items():
+        out = PredictionSet.create(
+            out_dir,
+            meta.classes.names,
+            dtype=dtype,
+            source={
+                "architecture": meta.architecture,
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "iteration": meta.iteration,
+                "dataset": str(dataset.root.resolve()),
+                "dataset_version": dataset.dataset_version(),  # checked by `submission`
+                "split": split,
+                "tta_flip": tta_flip,
+                "tta_scales": list(tta_scales),
+                "image_size": meta.image_size,
+            },
         )
-        for sample, probs in zip(chunk, probabilities, strict=True):
-            out.add(sample.file_name, probs.numpy())
-        progress.update(len(chunk))
-    out.save()
-    return out
+        samples = dataset.samples(split)
+        progress = Progress(len(samples), f"predict {split}", unit="img")
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            images = [read_image(sample.image) for sample in chunk]
+            probabilities = predict_probabilities(
+                model, images, image_size=meta.image_size, mean=meta.mean, std=meta.std, device=torch_device,
+                amp_dtype=amp_dtype, flip=tta_flip, scales=tta_scales,
+            )
+            for sample, probs in zip(chunk, probabilities, strict=True):
+                out.add(sample.file_name, probs.numpy())
+            progress.update(len(chunk))
+        out.save()
+        written[split] = out
+    return written
 
 
 def evaluate(

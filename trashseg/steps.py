@@ -222,11 +222,12 @@ def _export_bundle_weights(bundle_dir: str | Path, architecture: str, out_dir: s
 # ---------------------------------------------------------------------------- inference
 
 
-def predict_step(model_dir: str | Path, dataset_dir: str | Path, split: str, out_dir: str | Path) -> int:
-    """Predict `split` with a training output folder's checkpoint; returns the image count."""
-    from trashseg.predict import predict
+def predict_step(model_dir: str | Path, dataset_dir: str | Path, outputs: dict[str, str | Path]) -> int:
+    """Predict each split in `outputs` (split -> folder) with a training output folder's
+    checkpoint, building the model once; returns the image count over all splits."""
+    from trashseg.predict import predict_splits
 
-    return len(predict(model_dir, dataset_dir, split, out_dir).file_names)
+    return sum(len(p.file_names) for p in predict_splits(model_dir, dataset_dir, outputs).values())
 
 
 def evaluate_step(prediction_dir: str | Path, dataset_dir: str | Path, split: str, html_path: str | Path, *, title: str):
