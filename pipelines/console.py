@@ -25,6 +25,8 @@ _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # start line waits for it, up to the input's closing brace (printed indented by 4).
 _ARCHITECTURE = re.compile(r'"architecture": "([^"]+)"')
 _INPUT_END = "    }"
+# The local runner's own progress (pipelines/local.py's logger) becomes status lines too.
+_RUNNER_NOTE = re.compile(r" INFO trashseg\.local: (.*)")
 FAILED_TAIL_LINES = 40  # of a failed task's log, shown on the terminal
 
 
@@ -121,6 +123,8 @@ class TaskConsole:
             self._tasks[thread] = _Task(started.group(1), time.monotonic())
             return
         if task is None:
+            if note := _RUNNER_NOTE.search(plain):
+                self.status(note.group(1))
             return
         task.tail.append(plain)
         if not task.detail and (architecture := _ARCHITECTURE.search(plain)):

@@ -178,8 +178,10 @@ def run_full(
         version = sample_dataset_version(out, images=sample_images, size=image_size)
     else:
         version = folder_dataset_version(out, data)
+    log.info("dataset version %s pushed to %s", version[:12], out / "store")
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     run_id = init_local(out, tracking_uri)
+    log.info("MLflow store ready (%s); running the pipeline, %d tasks at a time", tracking_uri, LOCAL_SETTINGS.parallelism)
     (out / "kfp").mkdir(exist_ok=True)
     before = set((out / "kfp").iterdir())
     full_pipeline(
