@@ -22,7 +22,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # The executor input names the task's architecture (train) or its model's (predict); the
-# start line waits for it, up to the input's closing brace (printed indented by 4).
+# start line waits for the input's closing brace (printed indented by 4) and names the
+# architecture when the input names exactly one (a bundle's lists several).
 _ARCHITECTURE = re.compile(r'"architecture": "([^"]+)"')
 _INPUT_END = "    }"
 # The local runner's own progress (pipelines/local.py's logger) becomes status lines too.
@@ -34,12 +35,12 @@ FAILED_TAIL_LINES = 40  # of a failed task's log, shown on the terminal
 class _Task:
     name: str
     started: float
-    detail: str = ""
+    architectures: set = field(default_factory=set)
     announced: bool = False
     tail: deque = field(default_factory=lambda: deque(maxlen=FAILED_TAIL_LINES))
 
     def label(self) -> str:
-        return f"{self.name} ({self.detail})" if self.detail else self.name
+        return f"{self.name} ({next(iter(self.architectures))})" if len(self.architectures) == 1 else self.name
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,11 @@ class TaskConsole:
                 self.status(note.group(1))
             return
         task.tail.append(plain)
-        if not task.detail and (architecture := _ARCHITECTURE.search(plain)):
-            task.detail = architecture.group(1)
-        if not task.announced and (task.detail or plain.rstrip() == _INPUT_END):
-            self._announce(task)
+        if not task.announced:
+            if architecture := _ARCHITECTURE.search(plain):
+                task.architectures.add(architecture.group(1))
+            elif plain.rstrip() == _INPUT_END:
+                self._announce(task)
         if finished := _FINISHED.search(plain):
             self._finish(thread, task, finished.group(2))
 

@@ -80,19 +80,38 @@ def argmax_classes(probs: np.ndarray) -> np.ndarray:
 
 
 def encode_probs(stored: np.ndarray, codec: Codec) -> bytes:
-    buffer = io.BytesIO()
     if codec == "zlib":
+        buffer = io.BytesIO()
         np.savez_compressed(buffer, probs=stored)
         return buffer.getvalue()
-    np.save(buffer, stored, allow_pickle=False)
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buffer.getbuffer())
+    # An .npy file (header, then the raw array) streamed into one zstd frame, no copies.
+    stored = np.ascontiguousarray(stored)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(stored))
+    frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=header.tell() + stored.nbytes)
+    return frame.compress(header.getvalue()) + frame.compress(memoryview(stored).cast("B")) + frame.flush()
 
 
 def decode_probs(data: bytes, codec: Codec) -> np.ndarray:
     if codec == "zlib":
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return archive["probs"]
-    return np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(data)), allow_pickle=False)
+    # Decompressed straight into the array: no intermediate bytes (page faults dominate here).
+    reader = zstandard.ZstdDecompressor().stream_reader(data)
+    version = np.lib.format.read_magic(reader)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(reader)
+    if dtype.hasobject:
+        raise ValueError(f"an array of {dtype} (objects), not numbers")
+    array = np.empty(shape, dtype, order="F" if fortran_order else "C")
+    view = memoryview(array.reshape(-1, order="A")).cast("B")
+    filled = 0
+    while filled < len(view):
+        count = reader.readinto(view[filled:])
+        if count == 0:
+            raise ValueError(f"the array ends after {filled} of {len(view)} bytes")
+        filled += count
+    return array
 
 
 def _write_atomically(path: Path, write) -> None:

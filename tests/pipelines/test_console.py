@@ -11,12 +11,12 @@ from pipelines.console import TaskConsole
 from pipelines.run_summary import results_table
 
 
-def _kfp_task(name: str, architecture: str | None, lines: int, finish: str | None = "SUCCESS") -> None:
+def _kfp_task(name: str, architecture: str | list | None, lines: int, finish: str | None = "SUCCESS") -> None:
     """What kfp.local prints for one task, from the thread that runs it (colours included)."""
     print(f"00:00:01.000 - INFO - Executing task \x1b[96m'{name}'\x1b[0m")
     print("    {")
-    if architecture:
-        print(f'        "parameterValues": {{"architecture": "{architecture}"}}')
+    for value in [architecture] if isinstance(architecture, str) else architecture or []:
+        print(f'        "metadata": {{"architecture": "{value}"}}')
     print("    }")
     for i in range(lines):
         print(f"    [KFP Executor] {name} progress {i}")
@@ -33,6 +33,7 @@ def test_one_status_line_per_task_start_and_end_and_everything_in_the_log(tmp_pa
             worker.start()
         for worker in workers:
             worker.join()
+        _kfp_task("bundle-models", ["a1", "a2"], 1)  # several architectures: none named
         print("12:00:00 INFO trashseg.local: MLflow store ready")
     console.close()
     shown = terminal.getvalue().splitlines()
@@ -44,9 +45,9 @@ def test_one_status_line_per_task_start_and_end_and_everything_in_the_log(tmp_pa
     for arch in ("a1", "a2"):  # each parallel task is told apart by its architecture
         assert f"start  train-model ({arch})" in texts
         assert any(re.fullmatch(rf"done   train-model \({arch}\)  \d+\.\d s", t) for t in texts)
-    assert texts[-1] == "MLflow store ready"
+    assert "start  bundle-models" in texts and texts[-1] == "MLflow store ready"
     log = (tmp_path / "logs" / "run.log").read_text()
-    assert log.count("progress") == 103 and "Executing task" in log
+    assert log.count("progress") == 104 and "Executing task" in log
     assert [t.label for t in console.finished].count("train-model (a1)") == 1
     assert "share" in console.time_table() and "train-model (a2)" in console.time_table()
 
