@@ -53,14 +53,19 @@ def _stage_rows(rounds: list[tuple[str, dict]]) -> list[str]:
                 row = stage["name"] if key == "miou" else f"{stage['name']} ({key})"
                 scores.setdefault(row, {})[round_name] = stage[key]
     names = [name for name, _ in rounds]
+    selected = [str(report.get("selected_stage", "-")) for _, report in rounds]
     width = max([len(r) for r in scores] + [24]) + 2
-    lines = [f"  {'':{width}s}" + "".join(f"{n:>16s}" for n in names)]
+    column = max(len(v) for v in [*names, *selected, "0.0000"]) + 2  # a selected model's name may be long
+
+    def row(label: str, values: list[str], indent: int = 4) -> str:
+        return f"{' ' * indent}{label:{width + 2 - indent}s}" + "".join(f"{v:>{column}s}" for v in values)
+
+    lines = [row("", names, indent=2)]
     model_rows = [r for r in scores if r.split(" (")[0] in models]
     for header, rows in (("models", model_rows), ("ensemble stages", [r for r in scores if r not in model_rows])):
         lines.append(f"  {header}")
-        lines += [f"    {row:{width - 2}s}" + "".join(f"{_score(scores[row].get(n)):>16s}" for n in names) for row in rows]
-    selected = [str(report.get("selected_stage", "-")) for _, report in rounds]
-    lines.append(f"  {'selected stage':{width}s}" + "".join(f"{s:>16s}" for s in selected))
+        lines += [row(r, [_score(scores[r].get(n)) for n in names]) for r in rows]
+    lines.append(row("selected stage", selected, indent=2))
     return lines
 
 

@@ -87,7 +87,7 @@ def test_results_table_rounds_stages_selected_round_and_registry(tmp_path):
     _stage_report(tmp_path / "ensemble-crf", models, first, "crf")
     second = [{"name": "seg", "miou": 0.55}, {"name": "uper", "miou": 0.58},
               {"name": "soft_vote", "miou": 0.62, "heldout_miou": 0.61}]
-    _stage_report(tmp_path / "ensemble-crf-2", models, second, "soft_vote", selected_round="base")
+    _stage_report(tmp_path / "ensemble-crf-2", models, second, "mask2former-semask-fapn-swin-l", selected_round="base")
     (tmp_path / "select-round").mkdir()
     (tmp_path / "select-round" / "executor_output.json").write_text(json.dumps({"parameterValues": {"Output": "base"}}))
     (tmp_path / "register-model").mkdir()
@@ -98,7 +98,7 @@ def test_results_table_rounds_stages_selected_round_and_registry(tmp_path):
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:] if line.startswith("    ")}
     assert rows["seg"] == ["0.5000", "0.5500"] and rows["crf"] == ["0.7000", "-"]
     assert "soft_vote (heldout_miou)" in table and table.index("  models") < table.index("  ensemble stages")
-    assert re.search(r"selected stage\s+crf\s+soft_vote", table)
+    assert re.search(r"selected stage\s+crf\s+mask2former-semask-fapn-swin-l$", table, re.MULTILINE)
     assert "selected_round (ensemble-crf-2): base" in table and "selected round (select-round): Output=base" in table
     assert "registry: trashseg v3 promoted to champion (better by 0.02)" in table
 
