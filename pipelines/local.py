@@ -300,12 +300,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="show every task's full log here too (make demo VERBOSE=1); it always goes to OUT/logs/")
     args = parser.parse_args(argv)
     out = Path(args.out or (f"runs/{args.data.resolve().name}" if args.pipeline == "run" and args.data else "runs/demo"))
+    try:
+        folder_options = _folder_options(args) if args.pipeline == "run" else None
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     console = TaskConsole(out / "logs" / f"{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log", verbose=args.verbose)
     try:
         with console:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                                 datefmt="%H:%M:%S", force=True)  # into the console's capture
-            run = _run(args, out)
+            run = _run(args, out, folder_options)
     except UserError as error:
         console.show(f"error: {error}", error=True)
         return 2
@@ -314,18 +319,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.show(f"error: {error} (the end of its log is above)\nfull logs: {console.log_path}", error=True)
         return 1
+    else:
+        console.show("\n".join([
+            summary(run), "", results_table(run.run_dir), "", "time per task:", console.time_table(),
+            f"full logs: {console.log_path}",
+        ]))
+        return 0
     finally:
         console.close()
-    console.show("\n".join([
-        summary(run), "", results_table(run.run_dir), "", "time per task:", console.time_table(),
-        f"full logs: {console.log_path}",
-    ]))
-    return 0
 
 
-def _run(args: argparse.Namespace, out: Path) -> LocalRun:
+def _run(args: argparse.Namespace, out: Path, folder_options: dict | None) -> LocalRun:
     if args.pipeline == "run":
-        return _run_on_folder(args, out)
+        return run_full(out, data=args.data, pseudo_round=not args.no_pseudo_round, **folder_options)
     if args.data is not None:
         raise ConfigError(f"--data is for `run`, not `{args.pipeline}`; use `python -m pipelines.local run --data {args.data}`")
     if args.pipeline == "demo":
@@ -333,7 +339,8 @@ def _run(args: argparse.Namespace, out: Path) -> LocalRun:
     return run_retrain(out)
 
 
-def _run_on_folder(args: argparse.Namespace, out: Path) -> LocalRun:
+def _folder_options(args: argparse.Namespace) -> dict:
+    """`run`'s choices, checked before anything is written (no log folder either)."""
     if args.data is None:
         raise ConfigError("run needs --data FOLDER (make run DATA=FOLDER): a COCO folder with train.json and test.json")
     architectures = args.architectures or DEMO_ARCHITECTURES
@@ -342,9 +349,9 @@ def _run_on_folder(args: argparse.Namespace, out: Path) -> LocalRun:
     single = ["consensus_enabled=false"] if len(architectures) == 1 else []
     ensemble_settings = [*DEMO_ENSEMBLE_SETTINGS, *single, *args.ensemble_settings]
     check_run_options(architectures, args.iterations, args.image_size, train_settings, ensemble_settings)
-    return run_full(
-        out, data=args.data, architectures=architectures, iterations=args.iterations, image_size=args.image_size,
-        train_settings=train_settings, ensemble_settings=ensemble_settings, pseudo_round=not args.no_pseudo_round,
+    return dict(
+        architectures=architectures, iterations=args.iterations, image_size=args.image_size,
+        train_settings=train_settings, ensemble_settings=ensemble_settings,
     )
 
 

@@ -65,6 +65,14 @@ def test_a_failed_task_shows_the_end_of_its_log(tmp_path):
     assert f"all of them are in {tmp_path / 'run.log'}" in shown
 
 
+def test_the_start_line_is_shown_when_the_task_starts(tmp_path):
+    terminal = io.StringIO()
+    with TaskConsole(tmp_path / "run.log", terminal=terminal) as console:
+        _kfp_task("evaluate", None, 2, finish=None)
+        assert terminal.getvalue().splitlines()[-1].endswith("] start  evaluate")  # before it ends
+    console.close()
+
+
 def test_verbose_shows_the_full_logs_too(tmp_path):
     terminal = io.StringIO()
     with TaskConsole(tmp_path / "run.log", terminal=terminal, verbose=True) as console:
