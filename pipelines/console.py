@@ -68,7 +68,8 @@ class TaskConsole:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w", encoding="utf-8")
         self._saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = _Capture(self)
+        self._captures = _Capture(self, sys.stdout), _Capture(self, sys.stderr)
+        sys.stdout, sys.stderr = self._captures
         self.status(f"full logs: {self.log_path}" + ("" if self.verbose else "   (VERBOSE=1 shows them here)"))
         return self
 
@@ -80,6 +81,8 @@ class TaskConsole:
         for thread, task in list(self._tasks.items()):
             self._finish(thread, task, "FAILED" if failed and failed.group(1) == task.name else "stopped")
         sys.stdout, sys.stderr = self._saved
+        for capture in self._captures:  # handlers made meanwhile (mlflow's, on import) keep them
+            capture.release()
 
     def close(self) -> None:
         self._log.close()
@@ -164,17 +167,25 @@ class TaskConsole:
 
 
 class _Capture:
-    """The file object stdout and stderr become during a run."""
+    """The file object stdout (or stderr) becomes during a run; after it, a pass-through to
+    the original stream, for the logging handlers libraries created while it was in place."""
 
-    def __init__(self, console: TaskConsole) -> None:
-        self._console = console
+    def __init__(self, console: TaskConsole, original: TextIO) -> None:
+        self._console: TaskConsole | None = console
+        self._original = original
+
+    def release(self) -> None:
+        self._console = None
 
     def write(self, text: str) -> int:
+        if self._console is None:
+            return self._original.write(text)
         self._console.write(text)
         return len(text)
 
     def flush(self) -> None:
-        pass
+        if self._console is None:
+            self._original.flush()
 
     def isatty(self) -> bool:
         return False

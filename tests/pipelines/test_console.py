@@ -2,7 +2,9 @@
 
 import io
 import json
+import logging
 import re
+import sys
 import threading
 
 import pytest
@@ -50,6 +52,15 @@ def test_one_status_line_per_task_start_and_end_and_everything_in_the_log(tmp_pa
     assert log.count("progress") == 104 and "Executing task" in log
     assert [t.label for t in console.finished].count("train-model (a1)") == 1
     assert "share" in console.time_table() and "train-model (a2)" in console.time_table()
+
+
+def test_handlers_made_during_the_run_still_write_after_it(tmp_path, capsys):
+    with TaskConsole(tmp_path / "run.log", terminal=io.StringIO()) as console:
+        handler = logging.StreamHandler(sys.stderr)  # as a library imported mid-run makes one
+    console.close()
+    handler.handle(logging.makeLogRecord({"msg": "after the run"}))
+    err = capsys.readouterr().err
+    assert "after the run\n" in err and "Logging error" not in err
 
 
 def test_a_failed_task_shows_the_end_of_its_log(tmp_path):
