@@ -22,10 +22,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # The executor input names the task's architecture (train) or its model's (predict); the
-# start line waits for the input's closing brace (printed indented by 4) and names the
-# architecture when the input names exactly one (a bundle's lists several).
+# start line waits for the input JSON's closing brace (at its opening brace's indentation,
+# 4 spaces per nested group) and names the architecture when the input names exactly one
+# (a bundle's lists several).
 _ARCHITECTURE = re.compile(r'"architecture": "([^"]+)"')
-_INPUT_END = "    }"
 # The local runner's own progress (pipelines/local.py's logger) becomes status lines too.
 _RUNNER_NOTE = re.compile(r" INFO trashseg\.local: (.*)")
 FAILED_TAIL_LINES = 40  # of a failed task's log, shown on the terminal
@@ -37,6 +37,7 @@ class _Task:
     started: float
     architectures: set = field(default_factory=set)
     announced: bool = False
+    input_indent: int | None = None  # of the executor input's opening brace
     tail: deque = field(default_factory=lambda: deque(maxlen=FAILED_TAIL_LINES))
 
     def label(self) -> str:
@@ -132,9 +133,12 @@ class TaskConsole:
             return
         task.tail.append(plain)
         if not task.announced:
+            indent = len(plain) - len(plain.lstrip())
             if architecture := _ARCHITECTURE.search(plain):
                 task.architectures.add(architecture.group(1))
-            elif plain.rstrip() == _INPUT_END:
+            elif plain.strip() == "{" and task.input_indent is None:
+                task.input_indent = indent
+            elif plain.strip() == "}" and indent == task.input_indent:
                 self._announce(task)
         if finished := _FINISHED.search(plain):
             self._finish(thread, task, finished.group(2))

@@ -13,15 +13,21 @@ from pipelines.console import TaskConsole
 from pipelines.run_summary import results_table
 
 
-def _kfp_task(name: str, architecture: str | list | None, lines: int, finish: str | None = "SUCCESS") -> None:
-    """What kfp.local prints for one task, from the thread that runs it (colours included)."""
+def _kfp_task(
+    name: str, architecture: str | list | None, lines: int, finish: str | None = "SUCCESS", depth: int = 1
+) -> None:
+    """What kfp.local prints for one task, from the thread that runs it (colours included;
+    the executor's lines indented by 4 per nested group)."""
+    pad = "    " * depth
     print(f"00:00:01.000 - INFO - Executing task \x1b[96m'{name}'\x1b[0m")
-    print("    {")
+    print(f"{pad}{{")
+    print(f'{pad}    "inputs": {{')
     for value in [architecture] if isinstance(architecture, str) else architecture or []:
-        print(f'        "metadata": {{"architecture": "{value}"}}')
-    print("    }")
+        print(f'{pad}        "metadata": {{"architecture": "{value}"}}')
+    print(f"{pad}    }}")
+    print(f"{pad}}}")
     for i in range(lines):
-        print(f"    [KFP Executor] {name} progress {i}")
+        print(f"{pad}[KFP Executor] {name} progress {i}")
     if finish:
         print(f"00:00:02.000 - INFO - Task \x1b[96m'{name}'\x1b[0m finished with status \x1b[92m{finish}\x1b[0m")
 
@@ -79,8 +85,9 @@ def test_a_failed_task_shows_the_end_of_its_log(tmp_path):
 def test_the_start_line_is_shown_when_the_task_starts(tmp_path):
     terminal = io.StringIO()
     with TaskConsole(tmp_path / "run.log", terminal=terminal) as console:
-        _kfp_task("evaluate", None, 2, finish=None)
-        assert terminal.getvalue().splitlines()[-1].endswith("] start  evaluate")  # before it ends
+        for depth in (1, 3):  # a task inside an exit handler and a condition is indented deeper
+            _kfp_task(f"evaluate-{depth}", None, 2, finish=None, depth=depth)
+            assert terminal.getvalue().splitlines()[-1].endswith(f"] start  evaluate-{depth}")  # before it ends
     console.close()
 
 
