@@ -158,6 +158,9 @@ deploy: tools ## Apply an overlay to the current kube context: make deploy OVERL
 # converted to the type the compiled pipeline declares. NAMESPACE: the Kubeflow profile
 # namespace on multi-user clusters (empty for standalone KFP).
 DEMO_OUT ?= runs/demo
+# VERBOSE=1: every task's full log on the terminal too (it always goes to $(DEMO_OUT)/logs/).
+VERBOSE ?= 0
+VERBOSE_FLAG = $(if $(filter 1 true yes,$(VERBOSE)),--verbose)
 GPUS ?= 1
 # compile: size the training retry window for runs of up to this many iterations (0: the defaults)
 MAX_ITERATIONS ?= 0
@@ -168,8 +171,8 @@ PARAMS ?=
 NAMESPACE ?=
 
 .PHONY: demo
-demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few minutes)
-	$(PY) -m pipelines.local demo --out $(DEMO_OUT)
+demo: setup ## The whole pipeline locally on sample data (kfp.local, CPU, a few minutes; VERBOSE=1: full logs)
+	$(PY) -m pipelines.local demo --out $(DEMO_OUT) $(VERBOSE_FLAG)
 
 # make run: the same, on your own COCO folder (train.json, test.json, optional val.json, images
 # at their file_name). Empty variables keep the demo's choices (pipelines/local.py); ARCHS
@@ -185,7 +188,7 @@ RUN_OUT ?=
 run: require-data setup ## full.py locally on your COCO folder: make run DATA=folder [ARCHS="a b"] [ITERATIONS=] [IMAGE_SIZE=] [SETTINGS="lr=1e-3"]
 	$(PY) -m pipelines.local run --data "$(DATA)" $(foreach arch,$(ARCHS),--arch $(arch)) \
 	  $(if $(ITERATIONS),--iterations $(ITERATIONS)) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) \
-	  $(foreach setting,$(SETTINGS),--set '$(setting)') $(if $(RUN_OUT),--out "$(RUN_OUT)")
+	  $(foreach setting,$(SETTINGS),--set '$(setting)') $(if $(RUN_OUT),--out "$(RUN_OUT)") $(VERBOSE_FLAG)
 
 require-data:  # before setup, so a forgotten DATA fails at once
 	@[ -n "$(DATA)" ] || { echo "error: make run needs DATA=<folder with train.json, test.json and the images>, e.g. make run DATA=~/photos" >&2; exit 1; }

@@ -1,4 +1,4 @@
-"""predict: one model's class probabilities for one split -> Dataset (a prediction folder)."""
+"""predict: one model's class probabilities for val and test -> two Datasets (prediction folders)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -10,10 +10,11 @@ from components.images import DEFAULT_IMAGES
 def predict(
     model: Input[Model],
     dataset: Input[Dataset],
-    split: str,
-    predictions: Output[Dataset],
+    val_predictions: Output[Dataset],
+    test_predictions: Output[Dataset],
 ) -> int:
-    """`model`: a train_model output. Returns the number of images predicted."""
+    """`model`: a train_model output. Both splits in one task: one process start and one
+    model build instead of two. Returns the number of images predicted."""
     from trashseg.steps import predict_step
 
-    return predict_step(model.path, dataset.path, split, predictions.path)
+    return predict_step(model.path, dataset.path, {"val": val_predictions.path, "test": test_predictions.path})

@@ -18,7 +18,7 @@ def train_round(
     checkpoint_store, tracking_uri, experiment, *, stage, default_iterations, pseudo_dataset=None, pseudo_ratio=None,
     init_bundle=None, weights_store="",
 ):
-    """ParallelFor over architectures: train, predict val and test, evaluate on val; then
+    """ParallelFor over architectures: train, predict val and test (one task), evaluate on val; then
     bundle the round's models. `default_iterations` (the pipeline's default, known at compile
     time) sizes the training retry window. `weights_store`: where the pretrained starts are
     mirrored (the data store); tasks read them from there with no network."""
@@ -37,14 +37,12 @@ def train_round(
             settings, retry_iterations=default_iterations, cache=True, object_store=True, mlflow=True,
         ).set_display_name(f"train-{stage}")
         model = trained.outputs["model"]
-        predictions = {}
-        for split in ("val", "test"):
-            predictions[split] = gpu_task(
-                predict(model=model, dataset=dataset, split=split),
-                settings, retry_iterations=None, cache=False, object_store=False, mlflow=False,
-            ).set_display_name(f"predict-{stage}-{split}")
+        predicted = gpu_task(
+            predict(model=model, dataset=dataset),
+            settings, retry_iterations=None, cache=False, object_store=False, mlflow=False,
+        ).set_display_name(f"predict-{stage}")
         cpu_task(
-            evaluate(predictions=predictions["val"].outputs["predictions"], dataset=dataset, split="val", title=architecture),
+            evaluate(predictions=predicted.outputs["val_predictions"], dataset=dataset, split="val", title=architecture),
             settings,
         ).set_display_name(f"evaluate-{stage}")
     # Collected outputs are consumed in this group only (KFP cannot pass them into an If/Else
@@ -55,8 +53,8 @@ def train_round(
     ).set_display_name(f"bundle-{stage}")
     return {
         "bundle": bundled.outputs["bundle"],
-        "val": dsl.Collected(predictions["val"].outputs["predictions"]),
-        "test": dsl.Collected(predictions["test"].outputs["predictions"]),
+        "val": dsl.Collected(predicted.outputs["val_predictions"]),
+        "test": dsl.Collected(predicted.outputs["test_predictions"]),
     }
 
 

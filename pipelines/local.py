@@ -20,12 +20,15 @@ import argparse
 import logging
 import os
 import sys
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.cluster import ClusterSettings
+from pipelines.console import TaskConsole
+from pipelines.run_summary import results_table
 from trashseg.errors import ConfigError, DataError, UserError
 from trashseg.tracking import KFP_RUN_ID_ENV
 
@@ -173,8 +176,10 @@ def run_full(
         version = sample_dataset_version(out, images=sample_images, size=image_size)
     else:
         version = folder_dataset_version(out, data)
+    log.info("dataset version %s pushed to %s", version[:12], out / "store")
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     run_id = init_local(out, tracking_uri)
+    log.info("MLflow store ready (%s); running the pipeline, %d tasks at a time", tracking_uri, LOCAL_SETTINGS.parallelism)
     (out / "kfp").mkdir(exist_ok=True)
     before = set((out / "kfp").iterdir())
     full_pipeline(
@@ -290,25 +295,51 @@ def main(argv: list[str] | None = None) -> int:
                              help="a training setting over the demo's (e.g. lr=1e-3); repeat for several")
     run_options.add_argument("--ensemble-set", action="append", default=[], dest="ensemble_settings", metavar="KEY=VALUE",
                              help="an ensemble setting over the demo's (e.g. crf_enabled=false); repeat for several")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every task's full log here too (make demo VERBOSE=1); it always goes to OUT/logs/")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.out or (f"runs/{args.data.resolve().name}" if args.pipeline == "run" and args.data else "runs/demo"))
     try:
-        if args.pipeline == "run":
-            run = _run_on_folder(args)
-        elif args.data is not None:
-            raise ConfigError(f"--data is for `run`, not `{args.pipeline}`; use `python -m pipelines.local run --data {args.data}`")
-        elif args.pipeline == "demo":
-            run = run_full(args.out or "runs/demo", pseudo_round=not args.no_pseudo_round)
-        else:
-            run = run_retrain(args.out or "runs/demo")
+        folder_options = _folder_options(args) if args.pipeline == "run" else None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(summary(run))
-    return 0
+    console = TaskConsole(out / "logs" / f"{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S')}.log", verbose=args.verbose)
+    try:
+        with console:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                datefmt="%H:%M:%S", force=True)  # into the console's capture
+            run = _run(args, out, folder_options)
+    except UserError as error:
+        console.show(f"error: {error}", error=True)
+        return 2
+    except RuntimeError as error:
+        if "finished with status" not in str(error):  # not kfp.local's failed task: a bug, with its traceback
+            raise
+        console.show(f"error: {error} (the end of its log is above)\nfull logs: {console.log_path}", error=True)
+        return 1
+    else:
+        console.show("\n".join([
+            summary(run), "", results_table(run.run_dir), "", "time per task:", console.time_table(),
+            f"full logs: {console.log_path}",
+        ]))
+        return 0
+    finally:
+        console.close()
 
 
-def _run_on_folder(args: argparse.Namespace) -> LocalRun:
+def _run(args: argparse.Namespace, out: Path, folder_options: dict | None) -> LocalRun:
+    if args.pipeline == "run":
+        return run_full(out, data=args.data, pseudo_round=not args.no_pseudo_round, **folder_options)
+    if args.data is not None:
+        raise ConfigError(f"--data is for `run`, not `{args.pipeline}`; use `python -m pipelines.local run --data {args.data}`")
+    if args.pipeline == "demo":
+        return run_full(out, pseudo_round=not args.no_pseudo_round)
+    return run_retrain(out)
+
+
+def _folder_options(args: argparse.Namespace) -> dict:
+    """`run`'s choices, checked before anything is written (no log folder either)."""
     if args.data is None:
         raise ConfigError("run needs --data FOLDER (make run DATA=FOLDER): a COCO folder with train.json and test.json")
     architectures = args.architectures or DEMO_ARCHITECTURES
@@ -317,10 +348,9 @@ def _run_on_folder(args: argparse.Namespace) -> LocalRun:
     single = ["consensus_enabled=false"] if len(architectures) == 1 else []
     ensemble_settings = [*DEMO_ENSEMBLE_SETTINGS, *single, *args.ensemble_settings]
     check_run_options(architectures, args.iterations, args.image_size, train_settings, ensemble_settings)
-    out = args.out or f"runs/{args.data.resolve().name}"
-    return run_full(
-        out, data=args.data, architectures=architectures, iterations=args.iterations, image_size=args.image_size,
-        train_settings=train_settings, ensemble_settings=ensemble_settings, pseudo_round=not args.no_pseudo_round,
+    return dict(
+        architectures=architectures, iterations=args.iterations, image_size=args.image_size,
+        train_settings=train_settings, ensemble_settings=ensemble_settings,
     )
 
 

@@ -1,9 +1,14 @@
+import io
+import json
+
 import numpy as np
 import pytest
+import zstandard
+from PIL import Image
 
 from trashseg.data.classes import DEFAULT_TAXONOMY, ClassTable
 from trashseg.errors import DataError
-from trashseg.predictions import PredictionSet
+from trashseg.predictions import PROBS_SUFFIX, PredictionSet, argmax_classes
 
 
 def test_reference_categories_keep_their_ids():
@@ -33,18 +38,65 @@ def test_duplicate_names_rejected():
         ClassTable.from_categories([{"id": 1, "name": "x"}, {"id": 2, "name": "x"}])
 
 
+@pytest.mark.parametrize("codec", ["zstd", "zlib"])
 @pytest.mark.parametrize("dtype, tolerance", [("uint8", 1 / 510 + 1e-6), ("float16", 1e-3)])
-def test_prediction_set_round_trip(tmp_path, dtype, tolerance):
+def test_prediction_set_round_trip(tmp_path, dtype, tolerance, codec):
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=(8, 6)).transpose(2, 0, 1)
-    created = PredictionSet.create(tmp_path, ["a", "b", "c"], dtype=dtype, source={"architecture": "x"})
+    created = PredictionSet.create(tmp_path, ["a", "b", "c"], dtype=dtype, source={"architecture": "x"}, codec=codec)
     created.add("batch/0001.jpg", probs)
     created.save()
     opened = PredictionSet.open(tmp_path)
-    assert opened.file_names == ["batch/0001.jpg"]
+    assert (opened.file_names, opened.codec, opened.dtype) == (["batch/0001.jpg"], codec, dtype)
     assert opened.source == {"architecture": "x"}
     assert np.abs(opened.probs("batch/0001.jpg") - probs).max() <= tolerance
     np.testing.assert_array_equal(opened.mask("batch/0001.jpg"), probs.argmax(0))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "0001.jpg" + PROBS_SUFFIX[codec], "0001.png", "predictions.json"  # no temp files left
+    ]
+
+
+def test_default_format_is_uint8_zstd_npy(tmp_path):
+    probs = np.random.default_rng(1).dirichlet(np.ones(4), size=(5, 7)).transpose(2, 0, 1)
+    created = PredictionSet.create(tmp_path, list("abcd"))
+    created.add("0.jpg", probs)
+    created.save()
+    assert json.loads((tmp_path / "predictions.json").read_text())["codec"] == "zstd"
+    # A plain .npy inside a zstd frame: `zstd -d` on the file gives a standard numpy file.
+    raw = zstandard.ZstdDecompressor().decompress((tmp_path / "probs" / "0.jpg.npy.zst").read_bytes())
+    stored = np.load(io.BytesIO(raw))
+    assert stored.dtype == np.uint8 and stored.shape == (4, 5, 7)
+    np.testing.assert_array_equal(stored, np.floor(probs * 255 + 0.5))
+
+
+def test_folders_written_before_the_codec_was_recorded_are_read(tmp_path):
+    """The old layout: probs/<name>.npz (zlib, key `probs`), no `codec` in the meta."""
+    probs = np.random.default_rng(2).dirichlet(np.ones(3), size=(6, 6)).transpose(2, 0, 1).astype(np.float16)
+    (tmp_path / "probs" / "sub").mkdir(parents=True)
+    (tmp_path / "masks" / "sub").mkdir(parents=True)
+    np.savez_compressed(tmp_path / "probs" / "sub" / "a.jpg.npz", probs=probs)
+    Image.fromarray(probs.argmax(0).astype(np.uint8)).save(tmp_path / "masks" / "sub" / "a.png")
+    meta = {"class_names": ["x", "y", "z"], "file_names": ["sub/a.jpg"], "dtype": "float16", "source": {}}
+    (tmp_path / "predictions.json").write_text(json.dumps(meta))
+    opened = PredictionSet.open(tmp_path)
+    assert opened.codec == "zlib"
+    np.testing.assert_array_equal(opened.probs("sub/a.jpg"), probs.astype(np.float32))
+    np.testing.assert_array_equal(opened.mask("sub/a.jpg"), probs.argmax(0))
+
+
+def test_unknown_codec_and_damaged_files_are_refused_by_name(tmp_path):
+    created = PredictionSet.create(tmp_path, ["a", "b"])
+    created.add("0.jpg", np.full((2, 4, 4), 0.5))
+    created.save()
+    (tmp_path / "probs" / "0.jpg.npy.zst").write_bytes(b"\x28\xb5\x2f\xfd truncated")
+    with pytest.raises(DataError, match=r"0\.jpg\.npy\.zst: unreadable zstd probabilities"):
+        PredictionSet.open(tmp_path).probs("0.jpg")
+    meta = json.loads((tmp_path / "predictions.json").read_text())
+    (tmp_path / "predictions.json").write_text(json.dumps({**meta, "codec": "brotli"}))
+    with pytest.raises(DataError, match="codec 'brotli' is not supported; use one of zstd, zlib"):
+        PredictionSet.open(tmp_path)
+    with pytest.raises(DataError, match="codec 'lz4'"):
+        PredictionSet.create(tmp_path / "new", ["a"], codec="lz4")
 
 
 def test_prediction_set_rejects_wrong_class_count_and_missing_folder(tmp_path):
@@ -63,3 +115,8 @@ def test_a_real_class_at_category_zero_gets_its_own_class_id():
     assert not table.is_identity
     assert "COCO category 0 -> class 1 (Aluminium foil)" in table.mapping_lines()
     assert ClassTable.default().is_identity
+
+
+def test_argmax_classes_matches_numpy_including_ties():
+    probs = np.random.default_rng(3).integers(0, 3, size=(5, 9, 7)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(argmax_classes(probs), probs.argmax(0))

@@ -120,7 +120,7 @@ def crf_prediction_set(
         dtype=source.dtype,
         source={"stage": "crf", "input": source.source, "input_dir": str(prediction_dir)},
     )
-    job = _CrfJob(str(prediction_dir), str(dataset_dir), str(out_dir), source.dtype, config)
+    job = _CrfJob(str(prediction_dir), str(dataset_dir), str(out_dir), result.dtype, result.codec, config)
     if pool is None:
         with WorkerPool(min(config.resolved_workers(), len(names))) as own_pool:
             own_pool.map_chunks(job, names, config.chunk_size, "crf")
@@ -192,11 +192,12 @@ class _CrfJob:
     dataset_dir: str
     out_dir: str
     dtype: str
+    codec: str
     config: CrfConfig
 
     def __call__(self, file_names: Sequence[str]) -> None:
         source = PredictionSet.open(self.prediction_dir)
-        target = PredictionSet.entry_writer(self.out_dir, source.class_names, self.dtype)
+        target = PredictionSet.entry_writer(self.out_dir, source.class_names, self.dtype, self.codec)
         dataset = PreparedDataset(self.dataset_dir)
         for file_name in file_names:
             try:

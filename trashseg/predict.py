@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,6 +82,17 @@ def predict(
     dataset_dir: str | Path,
     split: str,
     out_dir: str | Path,
+    **options,
+) -> PredictionSet:
+    """Predict every image of `split` and write a prediction folder to `out_dir`
+    (`options`: those of `predict_splits`)."""
+    return predict_splits(checkpoint, dataset_dir, {split: out_dir}, **options)[split]
+
+
+def predict_splits(
+    checkpoint: str | Path,
+    dataset_dir: str | Path,
+    outputs: Mapping[str, str | Path],
     *,
     batch_size: int = 4,
     tta_flip: bool = False,
@@ -90,12 +101,13 @@ def predict(
     dtype: Literal["uint8", "float16"] = "uint8",
     device: str | None = None,
     processes: int = 1,
-) -> PredictionSet:
-    """Predict every image of `split` and write a prediction folder to `out_dir`.
+) -> dict[str, PredictionSet]:
+    """Predict every image of each split in `outputs` (split -> prediction folder), with
+    the model built and loaded once for all of them.
 
     With `processes` > 1 (one per GPU, see `trashseg.launch`) each process predicts every
     `processes`-th image on its own device; this process then lists them, in split order,
-    in the folder's meta, so the folder is the same as a single process writes.
+    in each folder's meta, so the folders are the same as a single process writes.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: expected >= 1")
@@ -106,19 +118,30 @@ def predict(
         )
     if processes > 1 and device is not None:
         raise ConfigError(f"device={device!r} with processes={processes}: each process uses its own GPU; leave device unset")
+    dataset = PreparedDataset(dataset_dir)
+    empty = [split for split in outputs if not dataset.samples(split)]
+    if empty:
+        raise DataError(f"split(s) {empty} of {dataset.root} list no images; nothing to predict")
     options = _PredictOptions(batch_size, tta_flip, tuple(tta_scales), amp, dtype, device)
+    outputs = {split: str(out_dir) for split, out_dir in outputs.items()}
     if processes == 1:
-        out = _predict_part(str(checkpoint), str(dataset_dir), split, str(out_dir), options, parts=1)
-        out.save()
-        return out
+        written = _predict_part(str(checkpoint), str(dataset_dir), outputs, options, parts=1)
+        for out in written.values():
+            out.save()
+        return written
     from trashseg.launch import run_per_process
 
-    parts = run_per_process(_predict_part, (str(checkpoint), str(dataset_dir), split, str(out_dir), options, processes), processes)
-    names = [sample.file_name for sample in PreparedDataset(dataset_dir).samples(split)]
+    parts = run_per_process(_predict_part, (str(checkpoint), str(dataset_dir), outputs, options, processes), processes)
+    return {split: _merge_parts([part[split] for part in parts], dataset, split, out_dir) for split, out_dir in outputs.items()}
+
+
+def _merge_parts(parts: list[PredictionSet], dataset: PreparedDataset, split: str, out_dir: str) -> PredictionSet:
+    """The meta of a folder that several processes wrote entries into, in split order."""
+    names = [sample.file_name for sample in dataset.samples(split)]
     written = {name for part in parts for name in part.file_names}
     if written != set(names):
         raise DataError(f"{len(set(names) - written)} of {len(names)} images of {split!r} were not predicted into {out_dir}")
-    out = PredictionSet.create(out_dir, parts[0].class_names, dtype=dtype, source=parts[0].source)
+    out = PredictionSet.create(out_dir, parts[0].class_names, dtype=parts[0].dtype, source=parts[0].source)
     out.complete(names)
     return out
 
@@ -133,9 +156,11 @@ class _PredictOptions:
     device: str | None
 
 
-def _predict_part(checkpoint: str, dataset_dir: str, split: str, out_dir: str, options: _PredictOptions, parts: int) -> PredictionSet:
-    """Predict this process's share of `split` (every `parts`-th image from its rank) into `out_dir`;
-    the returned set lists what it wrote, and the caller writes the meta."""
+def _predict_part(
+    checkpoint: str, dataset_dir: str, outputs: Mapping[str, str], options: _PredictOptions, parts: int
+) -> dict[str, PredictionSet]:
+    """Predict this process's share of each split (every `parts`-th image from its rank) into
+    its folder; the returned sets list what this process wrote, and the caller writes the meta."""
     rank = int(os.environ.get("RANK", "0")) if parts > 1 else 0
     torch_device = local_device() if parts > 1 else default_device(options.device)
     amp_dtype = resolve_amp_dtype(options.amp, torch_device.type)
@@ -146,34 +171,34 @@ def _predict_part(checkpoint: str, dataset_dir: str, split: str, out_dir: str, o
             f"{dataset.root} has classes {list(dataset.classes().names)} but {checkpoint} was trained on "
             f"{list(meta.classes.names)}; predict with a checkpoint trained on this taxonomy"
         )
-    samples = dataset.samples(split)
-    if not samples:
-        raise DataError(f"split {split!r} of {dataset.root} lists no images; nothing to predict")
-    source = {
-        "architecture": meta.architecture,
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "iteration": meta.iteration,
-        "dataset": str(dataset.root.resolve()),
-        "dataset_version": dataset.dataset_version(),  # checked by `submission`
-        "split": split,
-        "tta_flip": options.tta_flip,
-        "tta_scales": list(options.tta_scales),
-        "image_size": meta.image_size,
-    }
-    out = PredictionSet.create(out_dir, meta.classes.names, dtype=options.dtype, source=source)
-    mine = samples[rank::parts]
-    progress = Progress(len(mine), f"predict {split}" + (f" (process {rank + 1} of {parts})" if parts > 1 else ""), unit="img")
-    for start in range(0, len(mine), options.batch_size):
-        chunk = mine[start : start + options.batch_size]
-        images = [read_image(sample.image) for sample in chunk]
-        probabilities = predict_probabilities(
-            model, images, image_size=meta.image_size, mean=meta.mean, std=meta.std, device=torch_device,
-            amp_dtype=amp_dtype, flip=options.tta_flip, scales=options.tta_scales,
-        )
-        for sample, probs in zip(chunk, probabilities, strict=True):
-            out.add(sample.file_name, probs.numpy())
-        progress.update(len(chunk))
-    return out
+    written = {}
+    for split, out_dir in outputs.items():
+        source = {
+            "architecture": meta.architecture,
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "iteration": meta.iteration,
+            "dataset": str(dataset.root.resolve()),
+            "dataset_version": dataset.dataset_version(),  # checked by `submission`
+            "split": split,
+            "tta_flip": options.tta_flip,
+            "tta_scales": list(options.tta_scales),
+            "image_size": meta.image_size,
+        }
+        out = PredictionSet.create(out_dir, meta.classes.names, dtype=options.dtype, source=source)
+        mine = dataset.samples(split)[rank::parts]
+        progress = Progress(len(mine), f"predict {split}" + (f" (process {rank + 1} of {parts})" if parts > 1 else ""), unit="img")
+        for start in range(0, len(mine), options.batch_size):
+            chunk = mine[start : start + options.batch_size]
+            images = [read_image(sample.image) for sample in chunk]
+            probabilities = predict_probabilities(
+                model, images, image_size=meta.image_size, mean=meta.mean, std=meta.std, device=torch_device,
+                amp_dtype=amp_dtype, flip=options.tta_flip, scales=options.tta_scales,
+            )
+            for sample, probs in zip(chunk, probabilities, strict=True):
+                out.add(sample.file_name, probs.numpy())
+            progress.update(len(chunk))
+        written[split] = out
+    return written
 
 
 def evaluate(

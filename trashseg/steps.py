@@ -277,13 +277,17 @@ def _completed_iterations(model_dir: Path) -> int:
 # ---------------------------------------------------------------------------- inference
 
 
-def predict_step(model_dir: str | Path, dataset_dir: str | Path, split: str, out_dir: str | Path, *, processes: int | None = None) -> int:
-    """Predict `split` with a training output folder's checkpoint, the images shared among one
-    process per GPU (`processes`: default `launch.processes_per_task()`); returns the image count."""
+def predict_step(
+    model_dir: str | Path, dataset_dir: str | Path, outputs: dict[str, str | Path], *, processes: int | None = None
+) -> int:
+    """Predict each split in `outputs` (split -> folder) with a training output folder's
+    checkpoint, building the model once, the images shared among one process per GPU
+    (`processes`: default `launch.processes_per_task()`); returns the image count over all splits."""
     from trashseg.launch import processes_per_task
-    from trashseg.predict import predict
+    from trashseg.predict import predict_splits
 
-    return len(predict(model_dir, dataset_dir, split, out_dir, processes=processes or processes_per_task()).file_names)
+    written = predict_splits(model_dir, dataset_dir, outputs, processes=processes or processes_per_task())
+    return sum(len(p.file_names) for p in written.values())
 
 
 def evaluate_step(prediction_dir: str | Path, dataset_dir: str | Path, split: str, html_path: str | Path, *, title: str):

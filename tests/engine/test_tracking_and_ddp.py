@@ -156,8 +156,8 @@ def test_train_and_predict_steps_run_one_process_per_gpu(sample_dataset, tmp_pat
     from trashseg.predictions import PredictionSet
     from trashseg.steps import predict_step
 
-    assert predict_step(tmp_path / "one", sample_dataset, "val", tmp_path / "p2", processes=2) == 9
-    assert predict_step(tmp_path / "one", sample_dataset, "val", tmp_path / "p1", processes=1) == 9
+    assert predict_step(tmp_path / "one", sample_dataset, {"val": tmp_path / "p2"}, processes=2) == 9
+    assert predict_step(tmp_path / "one", sample_dataset, {"val": tmp_path / "p1"}, processes=1) == 9
     sharded, single = PredictionSet.open(tmp_path / "p2"), PredictionSet.open(tmp_path / "p1")
     assert sharded.file_names == single.file_names and sharded.source == single.source
     for name in single.file_names:

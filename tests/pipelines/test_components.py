@@ -72,7 +72,7 @@ def world(tmp_path_factory):
             source=str(root / "store"), dataset_version=w.version, val_fraction=0.2, seed=0,
             dataset=w.dataset, report=w.data_report, stats=w.stats,
         )
-        w.models, w.train_metrics, w.train_scores, w.val_preds, w.test_preds = {}, {}, {}, {}, {}
+        w.models, w.train_metrics, w.train_scores, w.val_preds, w.test_preds, w.predicted = {}, {}, {}, {}, {}, {}
         for arch in ARCHITECTURES:
             model, metrics = artifact(Model, root, f"model-{arch}"), artifact(Metrics, root, f"train-metrics-{arch}")
             w.train_scores[arch] = train_model.python_func(
@@ -81,9 +81,10 @@ def world(tmp_path_factory):
                 tracking_uri=w.tracking_uri, experiment="components", model=model, metrics=metrics,
             )
             w.models[arch], w.train_metrics[arch] = model, metrics
-            for split, store in (("val", w.val_preds), ("test", w.test_preds)):
-                store[arch] = artifact(Dataset, root, f"pred-{split}-{arch}")
-                predict.python_func(model=model, dataset=w.dataset, split=split, predictions=store[arch])
+            w.val_preds[arch], w.test_preds[arch] = (artifact(Dataset, root, f"pred-{s}-{arch}") for s in ("val", "test"))
+            w.predicted[arch] = predict.python_func(
+                model=model, dataset=w.dataset, val_predictions=w.val_preds[arch], test_predictions=w.test_preds[arch]
+            )
 
         w.eval_metrics, w.confusion, w.eval_report = (artifact(c, root, n) for c, n in ((Metrics, "eval"), (ClassificationMetrics, "confusion"), (HTML, "eval.html")))
         w.eval_miou = evaluate.python_func(
@@ -169,6 +170,9 @@ def test_predict_writes_every_image(world):
         for arch in ARCHITECTURES:
             meta = json.loads((Path(predictions[arch].path) / "predictions.json").read_text())
             assert meta["file_names"] == expected and meta["source"]["architecture"] == arch
+            assert meta["source"]["split"] == split
+    sizes = [len(json.loads((Path(world.dataset.path) / "splits" / f"{s}.json").read_text())["images"]) for s in ("val", "test")]
+    assert all(world.predicted[arch] == sum(sizes) for arch in ARCHITECTURES)  # one task, both splits
 
 
 def test_evaluate_outputs_metrics_confusion_and_html(world):

@@ -71,7 +71,12 @@ def test_run_trains_on_the_folder_and_writes_its_submission(coco_folder, tmp_pat
     rows = validate_submission(submission, coco_folder / "test.json").file_names
     assert rows == [f"photos/test-{i}.png" for i in range(3)]
     run_dir = out / "kfp" / submission.relative_to(out / "kfp").parts[0]
-    assert str(submission.relative_to(run_dir)) in capsys.readouterr().out  # the summary says where
+    shown = capsys.readouterr().out
+    assert str(submission.relative_to(run_dir)) in shown  # the summary says where
+    assert "] start  train-model (segformer-b0-tiny)" in shown and "KFP Executor" not in shown
+    assert "results (val mIoU):" in shown and "selected stage" in shown and "time per task:" in shown
+    (log,) = (out / "logs").glob("run-*.log")
+    assert f"full logs: {log}" in shown and "KFP Executor" in log.read_text()
 
 
 def test_run_refuses_a_folder_without_test_json_before_pushing(coco_folder, tmp_path, capsys):

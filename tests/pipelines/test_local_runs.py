@@ -4,14 +4,18 @@ One full run (both rounds, two tiny architectures) is shared: the first tests ch
 outputs, the retrain tests then run against its object store and MLflow registry.
 """
 
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.console import TaskConsole
 from pipelines.local import run_full, run_retrain, summary
+from pipelines.run_summary import results_table
 from trashseg.data.sample import generate_sample_dataset
 from trashseg.registry import CHALLENGER, CHAMPION
 from trashseg.storage import LocalStore, push_batch
@@ -36,19 +40,42 @@ def full_run(tmp_path_factory):
         # the runner sets both for its tasks; restored afterwards
         patch.setenv("KFP_RUN_ID", "unset")
         patch.setenv("OMP_NUM_THREADS", "1")
-        run = run_full(
-            out, **TINY, sample_images=16, pseudo_round=True, pseudo_ratio=0.5, model_name=MODEL,
-            pseudo_settings=["tau=0.05", "min_confident_fraction=0.0"],
-        )
-    return out, run
+        # as `make demo` runs it: status lines on the terminal, everything in the log file
+        console = TaskConsole(out / "logs" / "full.log", terminal=io.StringIO())
+        with console:
+            run = run_full(
+                out, **TINY, sample_images=16, pseudo_round=True, pseudo_ratio=0.5, model_name=MODEL,
+                pseudo_settings=["tau=0.05", "min_confident_fraction=0.0"],
+            )
+        console.close()
+    return out, run, console
 
 
 def executor_output(task_dir: Path) -> dict:
     return json.loads((task_dir / "executor_output.json").read_text())
 
 
+def test_full_run_shows_status_lines_and_a_results_table(full_run):
+    _, run, console = full_run
+    shown = console.terminal.getvalue().splitlines()
+    assert len(shown) < 60 and not any("KFP Executor" in line for line in shown)  # the executor logs are in the file
+    for task in ("prepare-data", "ensemble-crf", "register-model", "record-status"):
+        assert any(re.fullmatch(rf"\[\d+:\d\d\] start  {task}", line) for line in shown), task
+        assert any(re.fullmatch(rf"\[\d+:\d\d\] done   {task}  \d+\.\d s", line) for line in shown), task
+    for architecture in TINY["architectures"]:  # one train and one predict task per model and round
+        assert sum(f"done   train-model ({architecture})" in line for line in shown) == 1
+        assert sum(f"done   predict ({architecture})" in line for line in shown) == 1
+        assert sum(f"done   predict-2 ({architecture})" in line for line in shown) == 1
+    log = console.log_path.read_text()
+    assert log.count("KFP Executor") > 100 and "Got executor_input" in log
+    table = results_table(run.run_dir)
+    for row in [*TINY["architectures"], "soft_vote", "crf", "consensus", "selected stage"]:
+        assert re.search(rf"^\s+{row}\s+\S+\s+\S+$", table, re.MULTILINE), row  # both rounds
+    assert re.search(r"registry: trashseg-e2e v\d+ promoted to champion", table)
+
+
 def test_full_run_writes_a_valid_submission(full_run):
-    _, run = full_run
+    _, run, _ = full_run
     (submission,) = run.outputs("make-submission", "submission")
     (test_file,) = run.outputs("prepare-data", "dataset/splits/test.json")
     rows = validate_submission(submission, test_file).file_names
@@ -57,7 +84,7 @@ def test_full_run_writes_a_valid_submission(full_run):
 
 
 def test_full_run_metrics_hold_miou_and_confusion_matrix(full_run):
-    _, run = full_run
+    _, run, _ = full_run
     evaluations = sorted(p.parent for p in run.run_dir.glob("**/evaluate*/executor_output.json"))
     # each model of both rounds, and both ensembles
     assert len(evaluations) == 6
@@ -74,7 +101,7 @@ def test_full_run_metrics_hold_miou_and_confusion_matrix(full_run):
 
 
 def test_full_run_is_tracked_in_mlflow(full_run):
-    _, run = full_run
+    _, run, _ = full_run
     client = MlflowClient(run.tracking_uri)
     experiment = client.get_experiment_by_name("trashseg").experiment_id
     runs = client.search_runs([experiment], filter_string=f"tags.`kfp.run_id` = '{run.kfp_run_id}'")
@@ -108,7 +135,7 @@ def test_full_run_is_tracked_in_mlflow(full_run):
 
 
 def test_retrain_without_new_data_ends_early(full_run):
-    out, first = full_run
+    out, first, _ = full_run
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KFP_RUN_ID", "unset")
         patch.setenv("OMP_NUM_THREADS", "1")
@@ -124,7 +151,7 @@ def test_retrain_without_new_data_ends_early(full_run):
 
 
 def test_retrain_with_new_batch_promotes_only_if_better(full_run, tmp_path):
-    out, first = full_run
+    out, first, _ = full_run
     client = MlflowClient(first.tracking_uri)
     store = LocalStore(out / "store")
 

@@ -19,8 +19,8 @@ def _demo_run(out, name: str) -> None:
     run = out / "kfp" / name
     (run / "prepare-data" / "dataset").mkdir(parents=True)
     (run / "prepare-data" / "dataset" / "classes.json").write_text("[]")
-    for i, split in enumerate(("val", "test")):
-        folder = run / f"for-loop-2-iteration-{i}" / "predict" / "predictions"
+    for split in ("val", "test"):
+        folder = run / "for-loop-2-iteration-0" / "predict" / f"{split}_predictions"
         folder.mkdir(parents=True)
         (folder / "predictions.json").write_text(json.dumps({"split": split}))
     (run / "ensemble-crf" / "ensemble" / "stages").mkdir(parents=True)

@@ -81,7 +81,7 @@ def latest_demo_sources(out: str | Path) -> ViewerSources:
     datasets = [p for p in newest("**/prepare-data*/dataset") if (p / "classes.json").is_file()]
     if not datasets:
         raise DataError(f"{run} has no prepare-data output; is it a complete `make demo` run?")
-    predictions = [p for p in newest("**/predict*/predictions") if (p / "predictions.json").is_file()]
+    predictions = [p for p in newest("**/predict*/*predictions") if (p / "predictions.json").is_file()]
     ensembles = [p for p in newest("**/ensemble-crf*/ensemble") if (p / "stages").is_dir()]
     submissions = newest("**/make-submission*/submission")
     db = out / "mlflow.db"
