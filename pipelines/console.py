@@ -193,3 +193,6 @@ class _Capture:
 
     def isatty(self) -> bool:
         return False
+
+    def fileno(self) -> int:  # subprocesses and multiprocessing inherit the real descriptor
+        return self._original.fileno()

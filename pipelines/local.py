@@ -99,7 +99,8 @@ def validate_source(folder: Path) -> None:
     for name in ("train.json", "val.json", "test.json"):
         if not (folder / name).is_file():
             continue
-        report = load_coco(folder / name).report  # fatal problems raise DataError, naming each
+        # Fatal problems raise DataError, naming each; the test file may be unlabelled, as in prepare.
+        report = load_coco(folder / name, unlabelled=name == "test.json").report
         print(f"{name}: {report.summary()}")
         kept = report.images_total - len(report.skipped_images)
         if name == "train.json" and kept == 0:

@@ -373,10 +373,8 @@ def train(
     elif config.continue_from:
         start_tags.update(_continue_schedule(state, config, data.classes, output_dir, end))
     loader = _build_loader(config, data, state.iteration, end, device, dist)
-    if pseudo_dataset is not None:  # which models, ensemble, tau and images made the labels
-        from trashseg.pseudo_labels import lineage_tags
-
-        tags = {**lineage_tags(pseudo_dataset), **(tags or {})}
+    if pseudo_dataset is not None:
+        tags = {**_pseudo_lineage_tags(pseudo_dataset), **(tags or {})}
     tracked = _start_tracking(config, data, state, output_dir, {**start_tags, **(tags or {})}) if dist.is_main else None
 
     loop = _StepLoop(config, data, state, device, dist, paths, tracked, on_checkpoint)
@@ -531,6 +529,19 @@ def _build_model_and_optimizer(
     # Per-rank stream for model-side randomness (dropout, point sampling).
     torch.manual_seed(config.seed + dist.rank)
     return _TrainState(model, optimizer, scheduler, scaler, amp_dtype, pretrained_load=pretrained_load)
+
+
+def _pseudo_lineage_tags(pseudo_dataset: str | Path) -> dict[str, str]:
+    """Which models, ensemble, tau and images made the pseudo-labels (`trashseg pseudo-label`
+    records them); a pseudo-label folder made by other means trains, with a warning."""
+    from trashseg.data.layout import PreparedDataset
+    from trashseg.pseudo_labels import lineage_tags
+
+    if not PreparedDataset(pseudo_dataset).lineage_file.is_file():
+        log.warning("%s has no lineage.json (it was not made by `trashseg pseudo-label`): this run's MLflow "
+                    "tags cannot say which models made its pseudo-labels", pseudo_dataset)
+        return {"pseudo.dataset": str(Path(pseudo_dataset).resolve())}
+    return lineage_tags(pseudo_dataset)
 
 
 def _start_tags(config: TrainConfig) -> dict[str, str]:
