@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     masks.add_argument("out", type=Path, metavar="OUT", help="output folder")
     _image_root_option(masks)
     masks.set_defaults(func=write_masks_command)
+    _register_preparation(subparsers)
 
+
+def _register_preparation(subparsers: argparse._SubParsersAction) -> None:
+    """The subcommands that split a COCO file, count its statistics, or prepare a dataset."""
     split = subparsers.add_parser(
         "split",
         help="stratified train/val split or group k-fold of a COCO file",

@@ -58,55 +58,15 @@ def prepare_dataset(
 ) -> PrepareResult:
     """Validate SOURCE and write the prepared layout to OUT (which must be empty or new)."""
     source, out = Path(source), PreparedDataset(out_dir)
-    if not (source / "train.json").is_file():
-        raise DataError(
-            f"{source} has no train.json; a source folder holds train.json and optionally val.json and test.json"
-        )
-    if out.root.exists() and any(out.root.iterdir()):
-        raise DataError(f"output folder {out.root} is not empty; choose a new or empty folder (nothing was written)")
-
+    _check_folders(source, out)
     datasets = _load_all(source, image_root)
-    train = datasets["train"]
-    splits: dict[str, dict[str, Any]] = {}
+    splits, origin = _split_sources(datasets, val_fraction, seed)
     val_from_train = "val" not in datasets
-    if val_from_train:
-        split = train_val_split(train, val_fraction, seed)
-        splits["train"], splits["val"] = train.subset(split.train), train.subset(split.val)
-    else:
-        splits["train"], splits["val"] = train.data, datasets["val"].data
-    if "test" in datasets:
-        splits["test"] = datasets["test"].data
-    origin = {"train": train, "val": train if val_from_train else datasets["val"], "test": datasets.get("test")}
-
-    class_table = train.class_table
-    out.root.mkdir(parents=True, exist_ok=True)
-    class_table.save(out.classes_file)
-    for name, data in splits.items():
-        write_coco(data, out.split_file(name))
-        _copy_images(origin[name], data["images"], out)
-    # A test file with `annotations: []` is unlabelled (the competition's test set): no masks.
-    test_labelled = "test" in datasets and datasets["test"].report.annotations_total > 0
-    labelled = ["train", "val"] + (["test"] if test_labelled else [])
-    for name in labelled:
-        write_masks(load_coco(out.split_file(name), out.root / "images"), out)
-
-    reports = {name: ds.report.to_dict() for name, ds in datasets.items()}
-    report = {"classes": class_table.to_json(), "files": reports}
+    class_table = datasets["train"].class_table
+    _write_splits(out, class_table, splits, origin, datasets)
+    report = {"classes": class_table.to_json(), "files": {name: ds.report.to_dict() for name, ds in datasets.items()}}
     write_text(out.report_file, json.dumps(report, indent=2) + "\n")
-
-    labelled_images = [im for name in ("train", "val") for im in splits[name]["images"]]
-    annotations_by_image: dict[int, list[dict]] = {}
-    for name in ("train", "val"):
-        for annotation in splits[name].get("annotations", []):
-            annotations_by_image.setdefault(annotation["image_id"], []).append(annotation)
-    stats = compute_stats(
-        labelled_images,
-        lambda image_id: annotations_by_image.get(image_id, []),
-        class_table,
-        lambda image: out.image_path(image["file_name"]),
-    )
-    stats["splits"] = ["train", "val"]
-    write_stats(stats, out.stats_dir)
+    stats = _write_labelled_stats(out, splits, class_table)
 
     digest = dataset_hash(source, image_root)
     images = {name: len(data["images"]) for name, data in splits.items()}
@@ -133,6 +93,63 @@ def prepare_dataset(
     write_text(out.root / REPORT_MARKDOWN, markdown_report(result, datasets, stats))
     log.info("prepared %s: %s images, hash %s", out.root, images, digest[:12])
     return result
+
+
+def _check_folders(source: Path, out: PreparedDataset) -> None:
+    if not (source / "train.json").is_file():
+        raise DataError(
+            f"{source} has no train.json; a source folder holds train.json and optionally val.json and test.json"
+        )
+    if out.root.exists() and any(out.root.iterdir()):
+        raise DataError(f"output folder {out.root} is not empty; choose a new or empty folder (nothing was written)")
+
+
+def _split_sources(datasets: dict[str, CocoDataset], val_fraction: float, seed: int):
+    """(split name -> COCO dict, split name -> the dataset its images come from); val is
+    split off train when the source has no val.json."""
+    train = datasets["train"]
+    splits: dict[str, dict[str, Any]] = {}
+    val_from_train = "val" not in datasets
+    if val_from_train:
+        split = train_val_split(train, val_fraction, seed)
+        splits["train"], splits["val"] = train.subset(split.train), train.subset(split.val)
+    else:
+        splits["train"], splits["val"] = train.data, datasets["val"].data
+    if "test" in datasets:
+        splits["test"] = datasets["test"].data
+    origin = {"train": train, "val": train if val_from_train else datasets["val"], "test": datasets.get("test")}
+    return splits, origin
+
+
+def _write_splits(out: PreparedDataset, class_table, splits, origin, datasets) -> None:
+    """classes.json, each split's annotation file and images, and masks of the labelled splits."""
+    out.root.mkdir(parents=True, exist_ok=True)
+    class_table.save(out.classes_file)
+    for name, data in splits.items():
+        write_coco(data, out.split_file(name))
+        _copy_images(origin[name], data["images"], out)
+    # A test file with `annotations: []` is unlabelled (the competition's test set): no masks.
+    test_labelled = "test" in datasets and datasets["test"].report.annotations_total > 0
+    for name in ["train", "val"] + (["test"] if test_labelled else []):
+        write_masks(load_coco(out.split_file(name), out.root / "images"), out)
+
+
+def _write_labelled_stats(out: PreparedDataset, splits, class_table) -> dict[str, Any]:
+    """Statistics of the labelled splits (train and val), written to OUT/stats."""
+    labelled_images = [im for name in ("train", "val") for im in splits[name]["images"]]
+    annotations_by_image: dict[int, list[dict]] = {}
+    for name in ("train", "val"):
+        for annotation in splits[name].get("annotations", []):
+            annotations_by_image.setdefault(annotation["image_id"], []).append(annotation)
+    stats = compute_stats(
+        labelled_images,
+        lambda image_id: annotations_by_image.get(image_id, []),
+        class_table,
+        lambda image: out.image_path(image["file_name"]),
+    )
+    stats["splits"] = ["train", "val"]
+    write_stats(stats, out.stats_dir)
+    return stats
 
 
 def _load_all(source: Path, image_root: str | Path | None) -> dict[str, CocoDataset]:
