@@ -17,6 +17,8 @@ images at their file_name), validated before anything is pushed.
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
 import logging
 import os
 import sys
@@ -183,24 +185,36 @@ def run_full(
     log.info("MLflow store ready (%s); running the pipeline, %d tasks at a time", tracking_uri, LOCAL_SETTINGS.parallelism)
     (out / "kfp").mkdir(exist_ok=True)
     before = set((out / "kfp").iterdir())
-    full_pipeline(
-        dataset_version=version,
-        data_store=str(out / "store"),
-        architectures=list(architectures),
-        iterations=iterations,
-        image_size=image_size,
-        train_settings=list(train_settings),
-        ensemble_settings=list(ensemble_settings),
-        pseudo_round=pseudo_round,
-        pseudo_settings=list(pseudo_settings),
-        pseudo_ratio=pseudo_ratio,
-        model_name=model_name,
-        min_improvement=min_improvement,
-        tracking_uri=tracking_uri,
-        experiment="trashseg",
-        checkpoint_store=str(out / "checkpoints"),
-    )
+    with _print_restored():
+        full_pipeline(
+            dataset_version=version,
+            data_store=str(out / "store"),
+            architectures=list(architectures),
+            iterations=iterations,
+            image_size=image_size,
+            train_settings=list(train_settings),
+            ensemble_settings=list(ensemble_settings),
+            pseudo_round=pseudo_round,
+            pseudo_settings=list(pseudo_settings),
+            pseudo_ratio=pseudo_ratio,
+            model_name=model_name,
+            min_improvement=min_improvement,
+            tracking_uri=tracking_uri,
+            experiment="trashseg",
+            checkpoint_store=str(out / "checkpoints"),
+        )
     return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", version)
+
+
+@contextlib.contextmanager
+def _print_restored():
+    """kfp.local indents task output by swapping `builtins.print`, which is not thread-safe:
+    parallel tasks can leave an indenting print in place after the run. Restore the original."""
+    original = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = original
 
 
 def run_retrain(
@@ -221,18 +235,19 @@ def run_retrain(
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     run_id = init_local(out, tracking_uri)
     before = set((out / "kfp").iterdir())
-    retrain_pipeline(
-        data_store=str(out / "store"),
-        iterations=iterations,
-        image_size=image_size,
-        train_settings=list(train_settings),
-        ensemble_settings=list(ensemble_settings),
-        model_name=model_name,
-        min_improvement=min_improvement,
-        tracking_uri=tracking_uri,
-        experiment="trashseg",
-        checkpoint_store=str(out / "checkpoints"),
-    )
+    with _print_restored():
+        retrain_pipeline(
+            data_store=str(out / "store"),
+            iterations=iterations,
+            image_size=image_size,
+            train_settings=list(train_settings),
+            ensemble_settings=list(ensemble_settings),
+            model_name=model_name,
+            min_improvement=min_improvement,
+            tracking_uri=tracking_uri,
+            experiment="trashseg",
+            checkpoint_store=str(out / "checkpoints"),
+        )
     return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", "")
 
 

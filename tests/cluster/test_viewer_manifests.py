@@ -3,7 +3,8 @@ credentials from trashseg's Secret, MLflow in the cluster, reachable only from t
 
 from __future__ import annotations
 
-from tests.cluster.test_cluster_manifests import by_kind, pod_spec, render
+from test_cluster_manifests import by_kind, pod_spec, render
+
 from trashseg import secrets
 
 VIEWER = "trashseg-viewer"

@@ -61,7 +61,7 @@ def test_full_run_shows_status_lines_and_a_results_table(full_run):
     assert len(shown) < 60 and not any("KFP Executor" in line for line in shown)  # the executor logs are in the file
     for task in ("prepare-data", "ensemble-crf", "register-model", "record-status"):
         assert any(re.fullmatch(rf"\[\d+:\d\d\] start  {task}(-\d+)?", line) for line in shown), task
-        assert any(re.fullmatch(rf"\[\d+:\d\d\] done   {task}  \d+\.\d s", line) for line in shown), task
+        assert any(re.fullmatch(rf"\[\d+:\d\d\] done   {task}(-\d+)?  \d+\.\d s", line) for line in shown), task
     for architecture in TINY["architectures"]:  # one train and one predict task per model and round
         assert sum(f"done   train-model ({architecture})" in line for line in shown) == 1
         assert sum(f"done   predict ({architecture})" in line for line in shown) == 1
