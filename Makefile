@@ -20,6 +20,8 @@ PIN = $(shell grep -oE '"$(1)==[^"]+"' pyproject.toml | tr -d '"')
 PYTEST_ARGS ?=
 # Two workers for the two cores CI has (tests run torch single-threaded); loadscope keeps each
 # module's expensive fixtures (a whole local pipeline run, MLflow and S3 servers) on one worker.
+# The viewer tests run in processes of their own: Streamlit's AppTest leaves a process in a
+# state where later DenseCRF process pools die (BrokenProcessPool).
 PYTEST_WORKERS ?= 2
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -52,7 +54,8 @@ lint: setup ## Lint Python (ruff) and Dockerfiles (hadolint)
 
 .PHONY: test
 test: setup tools ## Run the test suite (installs what it needs first)
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope --ignore=tests/viewer $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope tests/viewer $(PYTEST_ARGS)
 
 .PHONY: clean
 clean: ## Remove build outputs and local run state (keeps .venv)
