@@ -35,6 +35,8 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from trashseg.models.backbones import swin_backbone_config
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
+from trashseg.models.mask2former import _FULL_DECODER as M2F_FULL_DECODER
+from trashseg.models.mask2former import _TINY_DECODER as M2F_TINY_DECODER
 from trashseg.models.mask2former import semantic_log_probs, semantic_targets
 from trashseg.models.maskdino_loss import Targets, maskdino_loss
 
@@ -47,29 +49,10 @@ DN_BOX_NOISE_SCALE = 0.4
 
 # `decoder_layers` counts the prediction on the initial queries, as in Mask2FormerConfig:
 # 10 = 9 decoder layers + 1 (MaskDINO's DEC_LAYERS: 9, "add one for the loss on learnable query").
-_FULL_DECODER = dict(
-    hidden_dim=256,
-    feature_size=256,
-    mask_feature_size=256,
-    encoder_layers=6,
-    decoder_layers=10,
-    dim_feedforward=2048,
-    encoder_feedforward_dim=1024,
-    num_attention_heads=8,
-    num_queries=100,
-)
-_TINY_DECODER = dict(
-    hidden_dim=32,
-    feature_size=32,
-    mask_feature_size=32,
-    encoder_layers=1,
-    decoder_layers=3,
-    dim_feedforward=64,
-    encoder_feedforward_dim=64,
-    num_attention_heads=2,
-    num_queries=8,
-    train_num_points=1024,
-)
+# Mask2Former's published decoder sizes (MaskDINO's semantic config uses the same); its tiny twin
+# has 3 decoder layers where Mask2Former-tiny has 2, as before.
+_FULL_DECODER = M2F_FULL_DECODER
+_TINY_DECODER = {**M2F_TINY_DECODER, "decoder_layers": 3}
 
 
 def maskdino_swin_config(
