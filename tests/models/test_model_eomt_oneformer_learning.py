@@ -1,7 +1,6 @@
-"""EoMT learns: its tiny twin trained briefly through trashseg's training loop beats the
-majority-class predictor on the sample data's validation split, and ends its training with
-masked attention fully annealed (the loop drives `set_training_progress`). OneFormer's case is
-skipped, with the measured reason below."""
+"""EoMT and OneFormer learn: their tiny twins trained briefly through trashseg's training loop
+beat the majority-class predictor on the sample data's validation split. EoMT also ends its
+training with masked attention fully annealed (the loop drives `set_training_progress`)."""
 
 import pytest
 import torch
@@ -15,23 +14,16 @@ from trashseg.training import TrainConfig, load_checkpoint_state, train
 # EoMT-tiny 0.225 (2.9x) at 200 iterations (0.29 after 400).
 FACTOR_OVER_MAJORITY = 2.0
 
-# OneFormer's tiny twin learns far slower than Mask2Former's: on one 4-class batch it needs ~120
-# AdamW steps where Mask2Former-tiny needs 40, and through the training loop it reached only
-# 0.14 (200 iterations, 1.8x floor) and 0.13 (400 iterations at lr 1e-3, ~5 min here), so no
-# CPU-sized run clears a stated margin; its training is covered by the forward/backward tests.
-_ONEFORMER_TOO_SLOW = (
-    "OneFormer-tiny does not clear the majority floor by a margin within a CPU test budget "
-    "(best 0.14 vs floor 0.079 after 200-400 iterations); see the comment above"
-)
+# OneFormer-tiny 0.261 (3.3x) at 600 iterations; seeds 1 and 2 give 0.215 and 0.166, so the 2x
+# margin holds across random streams (seed 2 only just, at 2.1x). It needs about twice Mask2Former's steps: its object queries
+# all start as the one task token (see trashseg/models/oneformer.py).
 
 
 @pytest.mark.parametrize(
     "architecture, iterations",
     [
         ("eomt-dinov2-s-tiny", 200),
-        pytest.param(
-            "oneformer-swin-l-tiny", 400, marks=pytest.mark.skip(reason=_ONEFORMER_TOO_SLOW)
-        ),
+        ("oneformer-swin-l-tiny", 600),
     ],
 )
 def test_tiny_model_learns_beyond_majority_class(sample_dataset, tmp_path, architecture, iterations):
