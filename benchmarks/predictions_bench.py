@@ -7,9 +7,11 @@
    segmentation head's output (softmax of low-resolution logits upsampled bilinearly):
    PredictionSet.add (probabilities + argmax mask) and .probs per format, in images/s,
    with bytes per image and the ratio to the old defaults. The old writers are reproduced
-   exactly: zlib .npz probabilities and masks at PNG's default level 6.
-2. The codecs alone on the same uint8 maps (lz4 only where it is installed; it is not a
-   dependency), the measurement behind the choice of zstd level 1.
+   exactly: zlib .npz probabilities and masks at PNG's default level 6. This process runs
+   with trashseg.memory's allocator settings, as trashseg does; 1b repeats the table in a
+   child process with glibc's defaults.
+2. The codecs alone on the same uint8 maps at a few levels, the measurement behind the
+   choice of LZ4's fast level.
 3. Ensemble mIoU per format on the sample data: two tiny models trained on the generated
    sample dataset (or the training output folders given with --models, e.g. a demo run's),
    each predicting val and test once; those same float32 probabilities are stored in every
@@ -19,27 +21,32 @@
 import argparse
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import lz4.frame  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zstandard  # noqa: E402
 
 from trashseg import predictions as prediction_files  # noqa: E402
+from trashseg.memory import ALLOCATOR_ENV, reuse_freed_memory  # noqa: E402
 from trashseg.predictions import PredictionSet  # noqa: E402
 
 # (label, dtype, codec, mask PNG level); the first two are the writers before this change.
 FORMATS = [
     ("float16 zlib (old, issue)", "float16", "zlib", 6),
     ("uint8 zlib (old default)", "uint8", "zlib", 6),
-    ("float16 zstd-1", "float16", "zstd", 1),
-    ("uint8 zstd-1 (new default)", "uint8", "zstd", 1),
+    ("uint8 zstd-1", "uint8", "zstd", 1),
+    ("float16 lz4", "float16", "lz4", 1),
+    ("uint8 lz4 (new default)", "uint8", "lz4", 1),
 ]
-OLD_DEFAULT, NEW_DEFAULT = FORMATS[1][0], FORMATS[3][0]
+OLD_DEFAULT, NEW_DEFAULT = FORMATS[1][0], FORMATS[-1][0]
 DEMO_ARCHITECTURES = ["segformer-b0-tiny", "upernet-convnext-t-tiny"]
 
 
@@ -112,15 +119,20 @@ def codecs_alone(images: int, size: int, classes: int) -> None:
         "zlib-6 (np.savez_compressed)": (
             lambda a: prediction_files.encode_probs(a, "zlib"), lambda b: prediction_files.decode_probs(b, "zlib"),
         ),
-        "zstd-1": (lambda a: zstandard.ZstdCompressor(level=1).compress(a), lambda b: zstandard.ZstdDecompressor().decompress(b)),
-        "zstd-3": (lambda a: zstandard.ZstdCompressor(level=3).compress(a), lambda b: zstandard.ZstdDecompressor().decompress(b)),
+        **{
+            f"zstd {level}": (
+                lambda a, level=level: zstandard.ZstdCompressor(level=level).compress(a),
+                zstandard.ZstdDecompressor().decompress,
+            )
+            for level in (-1, 1, 3)
+        },
+        **{
+            f"lz4 {level}{' (default)' if level == prediction_files.LZ4_LEVEL else ''}": (
+                lambda a, level=level: lz4.frame.compress(a, compression_level=level), lz4.frame.decompress,
+            )
+            for level in (0, 3)
+        },
     }
-    try:
-        import lz4.frame
-
-        codecs["lz4 (frame, default)"] = (lz4.frame.compress, lz4.frame.decompress)
-    except ImportError:
-        print("   (lz4 not installed: `pip install lz4` adds it to the table below)")
     print(f"\n2. codecs alone on uint8 maps ({images} x {classes}x{size}x{size}, {raw / images / 1e6:.2f} MB raw each)")
     print(f"{'codec':30s} {'encode MB/s':>11s} {'decode MB/s':>11s} {'size':>7s}   (per CPU-second)")
     for name, (encode, decode) in codecs.items():
@@ -203,10 +215,25 @@ def ensemble_per_format(root: Path, dataset: Path, model_dirs: list[Path]) -> No
         )
 
 
+def speed_with_glibc_defaults(args: argparse.Namespace) -> None:
+    """Section 1 again in a child process without trashseg.memory's allocator settings."""
+    print("\n1b. the same with glibc's default allocator (every array over 128 KB mapped afresh, a child process)")
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    command = [sys.executable, __file__, "--only-speed", "--default-allocator"]
+    command += [f"--{name}={getattr(args, name)}" for name in ("images", "size", "classes")]
+    child = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    print("\n".join(child.stdout.splitlines()[3:]))
+
+
 def main(args: argparse.Namespace) -> None:
+    if not args.default_allocator:
+        reuse_freed_memory()  # as trashseg's CLI, local runs and images do
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         speed_and_size(root, args.images, args.size, args.classes)
+        if args.only_speed:
+            return
+        speed_with_glibc_defaults(args)
         codecs_alone(args.images, args.size, args.classes)
         if args.skip_ensemble:
             return
@@ -226,6 +253,8 @@ if __name__ == "__main__":
     parser.add_argument("--models", nargs="*", help="training output folders to use instead of training sample models")
     parser.add_argument("--dataset", type=Path, help="the prepared dataset the --models were trained on")
     parser.add_argument("--skip-ensemble", action="store_true", help="only sections 1 and 2")
+    parser.add_argument("--only-speed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--default-allocator", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.models and arguments.dataset is None:
         parser.error("--models needs --dataset (the prepared dataset folder they were trained on)")

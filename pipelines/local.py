@@ -32,6 +32,7 @@ from pipelines.cluster import ClusterSettings
 from pipelines.console import TaskConsole
 from pipelines.run_summary import results_table
 from trashseg.errors import ConfigError, DataError, UserError
+from trashseg.memory import reuse_freed_memory
 from trashseg.tracking import KFP_RUN_ID_ENV
 
 log = logging.getLogger("trashseg.local")
@@ -143,6 +144,7 @@ def init_local(out: Path, tracking_uri: str) -> str:
     # Two tasks share the cores (LOCAL_SETTINGS.parallelism): one torch thread each avoids
     # oversubscription, which slows both by far more than the lost intra-op parallelism.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    reuse_freed_memory()  # exported to the tasks, as the images' ENV does on a cluster
     return run_id
 
 

@@ -1,9 +1,9 @@
 import io
 import json
 
+import lz4.frame
 import numpy as np
 import pytest
-import zstandard
 from PIL import Image
 
 from trashseg.data.classes import DEFAULT_TAXONOMY, ClassTable
@@ -38,7 +38,7 @@ def test_duplicate_names_rejected():
         ClassTable.from_categories([{"id": 1, "name": "x"}, {"id": 2, "name": "x"}])
 
 
-@pytest.mark.parametrize("codec", ["zstd", "zlib"])
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "zlib"])
 @pytest.mark.parametrize("dtype, tolerance", [("uint8", 1 / 510 + 1e-6), ("float16", 1e-3)])
 def test_prediction_set_round_trip(tmp_path, dtype, tolerance, codec):
     rng = np.random.default_rng(0)
@@ -56,14 +56,14 @@ def test_prediction_set_round_trip(tmp_path, dtype, tolerance, codec):
     ]
 
 
-def test_default_format_is_uint8_zstd_npy(tmp_path):
+def test_default_format_is_uint8_lz4_npy(tmp_path):
     probs = np.random.default_rng(1).dirichlet(np.ones(4), size=(5, 7)).transpose(2, 0, 1)
     created = PredictionSet.create(tmp_path, list("abcd"))
     created.add("0.jpg", probs)
     created.save()
-    assert json.loads((tmp_path / "predictions.json").read_text())["codec"] == "zstd"
-    # A plain .npy inside a zstd frame: `zstd -d` on the file gives a standard numpy file.
-    raw = zstandard.ZstdDecompressor().decompress((tmp_path / "probs" / "0.jpg.npy.zst").read_bytes())
+    assert json.loads((tmp_path / "predictions.json").read_text())["codec"] == "lz4"
+    # A plain .npy inside an LZ4 frame: `lz4 -d` on the file gives a standard numpy file.
+    raw = lz4.frame.decompress((tmp_path / "probs" / "0.jpg.npy.lz4").read_bytes())
     stored = np.load(io.BytesIO(raw))
     assert stored.dtype == np.uint8 and stored.shape == (4, 5, 7)
     np.testing.assert_array_equal(stored, np.floor(probs * 255 + 0.5))
@@ -84,19 +84,29 @@ def test_folders_written_before_the_codec_was_recorded_are_read(tmp_path):
     np.testing.assert_array_equal(opened.mask("sub/a.jpg"), probs.argmax(0))
 
 
-def test_unknown_codec_and_damaged_files_are_refused_by_name(tmp_path):
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_damaged_probability_files_are_refused_by_name(tmp_path, codec):
+    created = PredictionSet.create(tmp_path, ["a", "b"], codec=codec)
+    created.add("0.jpg", np.full((2, 4, 4), 0.5))
+    created.save()
+    path = tmp_path / "probs" / ("0.jpg" + PROBS_SUFFIX[codec])
+    whole = path.read_bytes()
+    for damaged in (whole[:8] + b" truncated", whole[: len(whole) // 2]):
+        path.write_bytes(damaged)
+        with pytest.raises(DataError, match=rf"0\.jpg\{PROBS_SUFFIX[codec]}: unreadable {codec} probabilities"):
+            PredictionSet.open(tmp_path).probs("0.jpg")
+
+
+def test_unknown_codec_is_refused_by_name(tmp_path):
     created = PredictionSet.create(tmp_path, ["a", "b"])
     created.add("0.jpg", np.full((2, 4, 4), 0.5))
     created.save()
-    (tmp_path / "probs" / "0.jpg.npy.zst").write_bytes(b"\x28\xb5\x2f\xfd truncated")
-    with pytest.raises(DataError, match=r"0\.jpg\.npy\.zst: unreadable zstd probabilities"):
-        PredictionSet.open(tmp_path).probs("0.jpg")
     meta = json.loads((tmp_path / "predictions.json").read_text())
     (tmp_path / "predictions.json").write_text(json.dumps({**meta, "codec": "brotli"}))
-    with pytest.raises(DataError, match="codec 'brotli' is not supported; use one of zstd, zlib"):
+    with pytest.raises(DataError, match="codec 'brotli' is not supported; use one of lz4, zstd, zlib"):
         PredictionSet.open(tmp_path)
-    with pytest.raises(DataError, match="codec 'lz4'"):
-        PredictionSet.create(tmp_path / "new", ["a"], codec="lz4")
+    with pytest.raises(DataError, match="codec 'snappy'"):
+        PredictionSet.create(tmp_path / "new", ["a"], codec="snappy")
 
 
 def test_prediction_set_rejects_wrong_class_count_and_missing_folder(tmp_path):

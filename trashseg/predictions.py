@@ -1,7 +1,7 @@
 """A prediction folder: per-image class probabilities (for the ensemble) and argmax masks.
 
     PRED/predictions.json             meta: classes, file_names (in split order), source, dtype, codec
-    PRED/probs/<file_name>.npy.zst    (C, H, W) probabilities: an .npy file, zstd-compressed
+    PRED/probs/<file_name>.npy.lz4    (C, H, W) probabilities: an .npy file in one LZ4 frame
     PRED/masks/<file_name>.png        uint8 argmax class ids
 
 Writing: `create` makes the folder; `add` writes one image's entries (from any process,
@@ -9,10 +9,12 @@ see `entry_writer`); `save` (or `complete`) writes the meta file last, so a fold
 meta is complete.
 
 Probabilities are stored as uint8 (p * 255, rounded; at most 1/510 off, far below what
-changes an argmax in practice) or float16. The codec is zstd at level 1: about as small as
-zlib on these maps and ~20x faster both ways (benchmarks/predictions_bench.py).
-Folders written before the codec was recorded (`probs/<file_name>.npz`, zlib) are still
-read, and `codec="zlib"` still writes them (for comparisons).
+changes an argmax in practice) or float16. The codec is LZ4 (its fastest level), chosen by
+measurement (benchmarks/predictions_bench.py): it reads and writes uint8 maps more than 5x
+faster than the old zlib .npz, for ~30% more bytes; zstd level 1 is as small as zlib but
+decodes at half LZ4's speed. Both frames hold a plain .npy file (`lz4 -d` / `zstd -d` gives
+one). Folders written before the codec was recorded (`probs/<file_name>.npz`, zlib) and zstd
+folders are still read, and `codec=` still writes either (for comparisons).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import lz4.frame
 import numpy as np
 import zstandard
 from PIL import Image
@@ -35,13 +38,15 @@ from trashseg.fileio import atomic_write, write_text
 from trashseg.metrics import ConfusionMatrix
 
 ProbabilityDtype = Literal["uint8", "float16"]
-Codec = Literal["zstd", "zlib"]
+Codec = Literal["lz4", "zstd", "zlib"]
 META_FILE = "predictions.json"
-DEFAULT_CODEC: Codec = "zstd"
+DEFAULT_CODEC: Codec = "lz4"
 # zlib: np.savez_compressed, the only format before the meta recorded a codec.
-PROBS_SUFFIX = {"zstd": ".npy.zst", "zlib": ".npz"}
+PROBS_SUFFIX = {"lz4": ".npy.lz4", "zstd": ".npy.zst", "zlib": ".npz"}
 LEGACY_CODEC: Codec = "zlib"
 ZSTD_LEVEL = 1  # higher levels shrink these maps by <1% at 2-3x the time
+LZ4_LEVEL = 0  # fast mode; high-compression level 3 writes 7x slower for 14% fewer bytes
+_NPY_HEADER_MAX = 4096  # an .npy header of a 3-d array is well under this
 # Masks are small next to the probabilities; PNG's fastest level writes ~5x faster than
 # its default for ~20% more bytes.
 MASK_PNG_LEVEL = 1
@@ -84,34 +89,35 @@ def encode_probs(stored: np.ndarray, codec: Codec) -> bytes:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, probs=stored)
         return buffer.getvalue()
-    # An .npy file (header, then the raw array) streamed into one zstd frame, no copies.
+    # An .npy file (header, then the raw array) fed into one frame without copying the array.
     stored = np.ascontiguousarray(stored)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(stored))
-    frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=header.tell() + stored.nbytes)
-    return frame.compress(header.getvalue()) + frame.compress(memoryview(stored).cast("B")) + frame.flush()
+    size, body = header.tell() + stored.nbytes, memoryview(stored).cast("B")
+    if codec == "lz4":
+        frame = lz4.frame.LZ4FrameCompressor(compression_level=LZ4_LEVEL)
+        return frame.begin(source_size=size) + frame.compress(header.getvalue()) + frame.compress(body) + frame.flush()
+    frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=size)
+    return frame.compress(header.getvalue()) + frame.compress(body) + frame.flush()
 
 
 def decode_probs(data: bytes, codec: Codec) -> np.ndarray:
+    """The stored array (read-only for lz4 and zstd: a view of the decompressed bytes)."""
     if codec == "zlib":
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return archive["probs"]
-    # Decompressed straight into the array: no intermediate bytes (page faults dominate here).
-    reader = zstandard.ZstdDecompressor().stream_reader(data)
-    version = np.lib.format.read_magic(reader)
+    raw = lz4.frame.decompress(data) if codec == "lz4" else zstandard.ZstdDecompressor().decompress(data)
+    header = io.BytesIO(raw[:_NPY_HEADER_MAX])
+    version = np.lib.format.read_magic(header)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = read_header(reader)
+    shape, fortran_order, dtype = read_header(header)
     if dtype.hasobject:
         raise ValueError(f"an array of {dtype} (objects), not numbers")
-    array = np.empty(shape, dtype, order="F" if fortran_order else "C")
-    view = memoryview(array.reshape(-1, order="A")).cast("B")
-    filled = 0
-    while filled < len(view):
-        count = reader.readinto(view[filled:])
-        if count == 0:
-            raise ValueError(f"the array ends after {filled} of {len(view)} bytes")
-        filled += count
-    return array
+    count = int(np.prod(shape))
+    if len(raw) != header.tell() + count * dtype.itemsize:
+        raise ValueError(f"the frame holds {len(raw) - header.tell()} bytes of array data, expected {count * dtype.itemsize}")
+    array = np.frombuffer(raw, dtype, count=count, offset=header.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 @dataclass
@@ -207,7 +213,7 @@ class PredictionSet:
             raise DataError(f"{self.root}: no probabilities for {file_name!r} ({path} missing)")
         try:
             stored = decode_probs(path.read_bytes(), self.codec)
-        except (ValueError, OSError, zstandard.ZstdError) as error:  # truncated or not ours
+        except (ValueError, OSError, RuntimeError, zstandard.ZstdError) as error:  # truncated or not ours
             raise DataError(
                 f"{path}: unreadable {self.codec} probabilities ({type(error).__name__}: {error}); "
                 "recreate the folder with `trashseg predict`"

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from trashseg.errors import UserError
+from trashseg.memory import reuse_freed_memory
 
 COMMAND_MODULES = (
     "trashseg.cli.data",
@@ -59,6 +60,7 @@ def _redacting_excepthook(exc_type, exc, tb) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    reuse_freed_memory()
     sys.excepthook = _redacting_excepthook
     try:
         result = args.func(args)
