@@ -46,8 +46,8 @@ DEMO_IMAGE_SIZE = 96
 DEMO_ITERATIONS = 600
 # The tiny twins' own defaults (lr 3e-3, no weight decay, random init: the architecture table's
 # TINY_RECIPE) learn the sample classes in a few hundred steps (tests/engine/test_learning.py);
-# measured here (80 images at 96 px, 600 steps, ~2.5 min for the whole demo on 2 cores):
-# val mIoU 0.59 and 0.65 per model, 0.69 for the gated ensemble; all-background scores ~0.08.
+# measured here (80 images at 96 px, 600 steps, ~2.5 min for the whole demo on 2 idle cores):
+# val mIoU 0.58 and 0.63 per model, 0.675 for the selected (CRF) stage; all-background ~0.08.
 DEMO_TRAIN_SETTINGS = [
     "batch_size=8",
     "warmup_iters=10",
