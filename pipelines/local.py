@@ -69,6 +69,7 @@ class LocalRun:
     tracking_uri: str
     data_store: Path
     dataset_version: str
+    rounds: tuple[str, ...] = ()  # what each ensemble task's round is, in pipeline order
 
     def outputs(self, task_prefix: str, name: str) -> list[Path]:
         """Output `name` of every task whose folder starts with `task_prefix` (loops included)."""
@@ -205,7 +206,8 @@ def run_full(
             experiment="trashseg",
             checkpoint_store=str(out / "checkpoints"),
         )
-    return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", version)
+    rounds = ("base", "pseudo") if pseudo_round else ("base",)
+    return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", version, rounds)
 
 
 @contextlib.contextmanager
@@ -250,7 +252,7 @@ def run_retrain(
             experiment="trashseg",
             checkpoint_store=str(out / "checkpoints"),
         )
-    return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", "")
+    return LocalRun(_new_run_dir(out / "kfp", before), run_id, tracking_uri, out / "store", "", ("retrain",))
 
 
 def summary(run: LocalRun) -> str:
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     else:
         console.show("\n".join([
-            summary(run), "", results_table(run.run_dir), "", "time per task:", console.time_table(),
+            summary(run), "", results_table(run.run_dir, run.rounds), "", "time per task:", console.time_table(),
             f"full logs: {console.log_path}",
         ]))
         return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 STAGE_REPORT = "ensemble/report/report.json"  # an ensemble-crf task's stage report
@@ -25,18 +26,33 @@ def _score(value) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) and not math.isnan(value) else "-"
 
 
-def results_table(run_dir: str | Path) -> str:
+def results_table(run_dir: str | Path, round_names: Sequence[str] = ()) -> str:
+    """`round_names`: what each ensemble task's round is (e.g. base, pseudo), in pipeline
+    order; the columns are named by their task folders when it does not match their number."""
     run_dir = Path(run_dir)
-    rounds = [(path.parents[2].name, report) for path in sorted(run_dir.glob(f"*/{STAGE_REPORT}"))
+    rounds = [(path.parents[2].name, report) for path in _in_pipeline_order(run_dir.glob(f"*/{STAGE_REPORT}"))
               if isinstance(report := _json(path), dict)]
     lines = ["results (val mIoU):"]
-    if rounds:
+    if rounds and len(round_names) == len(rounds):
+        tasks = ", ".join(f"{name} = {task}" for name, (task, _) in zip(round_names, rounds, strict=True))
+        rounds = [(name, report) for name, (_, report) in zip(round_names, rounds, strict=True)]
+        lines += _stage_rows(rounds) + [f"  rounds (ensemble tasks): {tasks}"]
+    elif rounds:
         lines += _stage_rows(rounds)
     else:
         lines.append("  no ensemble stage report (the run stopped before the ensemble)")
     lines += _selected_round(run_dir, rounds)
     lines += _registry(run_dir)
     return "\n".join(lines)
+
+
+def _in_pipeline_order(report_paths) -> list[Path]:
+    """kfp.local numbers repeated tasks in pipeline order: ensemble-crf, ensemble-crf-2, ... -10."""
+    def task_number(path: Path) -> tuple[str, int]:
+        name, _, number = path.parents[2].name.rpartition("-")
+        return (name, int(number)) if number.isdigit() else (path.parents[2].name, 1)
+
+    return sorted(report_paths, key=task_number)
 
 
 def _stage_rows(rounds: list[tuple[str, dict]]) -> list[str]:

@@ -129,6 +129,18 @@ def test_results_table_rounds_stages_selected_round_and_registry(tmp_path):
     assert "registry: trashseg v3 promoted to champion (better by 0.02)" in table
 
 
+def test_results_table_names_its_columns_by_round_in_pipeline_order(tmp_path):
+    stages = [{"name": "soft_vote", "miou": 0.6}]
+    for task, miou in (("ensemble-crf", 0.1), ("ensemble-crf-2", 0.2), ("ensemble-crf-10", 0.3)):  # -10 < -2 as text
+        _stage_report(tmp_path / task, ["m"], [*stages, {"name": "m", "miou": miou}], "soft_vote")
+    table = results_table(tmp_path, ("base", "pseudo", "third"))
+    assert re.search(r"^\s+base\s+pseudo\s+third$", table, re.MULTILINE)
+    assert re.search(r"^\s+m\s+0\.1000\s+0\.2000\s+0\.3000$", table, re.MULTILINE)  # crf-10 last
+    assert "rounds (ensemble tasks): base = ensemble-crf, pseudo = ensemble-crf-2, third = ensemble-crf-10" in table
+    # Names that do not match the tasks found (a run that stopped early) are not guessed at.
+    assert re.search(r"^\s+ensemble-crf\s+ensemble-crf-2\s+ensemble-crf-10$", results_table(tmp_path, ("base",)), re.MULTILINE)
+
+
 def test_results_table_of_a_run_that_stopped_early(tmp_path):
     table = results_table(tmp_path)
     assert "no ensemble stage report" in table and "no decision" in table

@@ -68,7 +68,8 @@ def test_full_run_shows_status_lines_and_a_results_table(full_run):
         assert sum(f"done   predict-2 ({architecture})" in line for line in shown) == 1
     log = console.log_path.read_text()
     assert log.count("KFP Executor") > 100 and "Got executor_input" in log
-    table = results_table(run.run_dir)
+    table = results_table(run.run_dir, run.rounds)
+    assert re.search(r"^\s+base\s+pseudo$", table, re.MULTILINE) and "pseudo = ensemble-crf-2" in table
     for row in [*TINY["architectures"], "soft_vote", "crf", "consensus", "selected stage"]:
         assert re.search(rf"^\s+{row}\s+\S+\s+\S+$", table, re.MULTILINE), row  # both rounds
     assert re.search(r"registry: trashseg-e2e v\d+ promoted to champion", table)
