@@ -35,6 +35,8 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
 def test_redaction_of_uris_values_and_log_records(caplog):
     assert redact("at http://alice:pw@host:5000/x and s3://k:s@b") == "at http://alice:***@host:5000/x and s3://k:***@b"
     assert redact("http://host:5000 sqlite:////tmp/a@b/mlflow.db user@host") == "http://host:5000 sqlite:////tmp/a@b/mlflow.db user@host"
+    assert redact("uri=https://ghp_abc123@mlflow.example:443/x") == "uri=https://***@mlflow.example:443/x"
+    assert redact("HTTP://tok@h and http://u:p@h") == "HTTP://***@h and http://u:***@h"
     assert redact_values({"tracking": {"uri": "https://u:p@h"}, "list": ["http://a:b@c"], "n": 1}) == {
         "tracking": {"uri": "https://u:***@h"}, "list": ["http://a:***@c"], "n": 1
     }

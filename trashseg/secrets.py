@@ -62,16 +62,21 @@ PIPELINE_POD_LABEL = ("pipelines.kubeflow.org/v2_component", "true")
 # ------------------------------------------------------------------ redaction
 # `scheme://user:password@host`: the password is replaced wherever such a URI is shown or saved.
 _URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?P<password>[^/\s@]+)@")
+# `https://TOKEN@host`: an HTTP(S) user with no password is usually an access token.
+_HTTP_TOKEN = re.compile(r"(?P<head>https?://)(?P<token>[^/\s:@]+)@", re.IGNORECASE)
 REDACTED = "***"
 
 
 def has_credentials(uri: str | None) -> bool:
-    return bool(uri) and _URI_PASSWORD.search(uri) is not None
+    return bool(uri) and (_URI_PASSWORD.search(uri) is not None or _HTTP_TOKEN.search(uri) is not None)
 
 
 def redact(text: str) -> str:
-    """`text` with the password of every `scheme://user:password@` URI in it replaced by ***."""
-    return _URI_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text) if "@" in text else text
+    """`text` with the password of every `scheme://user:password@` URI in it, and the token of
+    every `http(s)://token@` URI, replaced by ***."""
+    if "@" not in text:
+        return text
+    return _HTTP_TOKEN.sub(rf"\g<head>{REDACTED}@", _URI_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text))
 
 
 def redact_values(data: Any) -> Any:

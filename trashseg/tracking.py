@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 KFP_RUN_ID_ENV = "KFP_RUN_ID"
 OUTPUT_DIR_TAG = "trashseg.output_dir"  # the training folder a run writes (stale-run clean-up)
 ENV_USERNAME, ENV_PASSWORD = MLFLOW_CREDENTIALS_SECRET_TO_ENV
+ENV_TOKEN = "MLFLOW_TRACKING_TOKEN"  # MLflow's bearer token
 # MLflow's per-request limits for log_batch.
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
@@ -78,7 +79,8 @@ def resolve_tracking_uri(configured: str | None, default_dir: str | Path) -> str
 
 def client_uri(uri: str) -> str:
     """`uri` without credentials, for MLflow: a `user:password@` in it is moved to the
-    environment variables MLflow reads (unless they are already set), with a warning."""
+    environment variables MLflow reads (unless they are already set), with a warning; so is
+    an http(s) `token@` (to MLFLOW_TRACKING_TOKEN)."""
     install_log_redaction()
     if not has_credentials(uri):
         return uri
@@ -88,9 +90,11 @@ def client_uri(uri: str) -> str:
         "the %s Secret). They are used for this process and never logged or saved",
         redact(uri), ENV_USERNAME, ENV_PASSWORD, MLFLOW_CREDENTIALS_SECRET,
     )
-    if not os.environ.get(ENV_PASSWORD):
+    if parts.password is None:  # https://TOKEN@host
+        os.environ.setdefault(ENV_TOKEN, urllib.parse.unquote(parts.username or ""))
+    elif not os.environ.get(ENV_PASSWORD):
         os.environ[ENV_USERNAME] = urllib.parse.unquote(parts.username or "")
-        os.environ[ENV_PASSWORD] = urllib.parse.unquote(parts.password or "")
+        os.environ[ENV_PASSWORD] = urllib.parse.unquote(parts.password)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     netloc += f":{parts.port}" if parts.port else ""

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from trashseg.cli import main
 from trashseg.config import from_mapping
 from trashseg.errors import DataError, OutputError
-from trashseg.tracking import TrackedRun, TrackingConfig
+from trashseg.tracking import TrackedRun, TrackingConfig, client_uri
 from trashseg.training import TrainConfig, train
 
 PASSWORD = "s3cret-Pw0rd"
@@ -66,6 +66,14 @@ def test_credentials_in_the_tracking_uri_never_reach_output_files_or_mlflow(
     assert run.info.status == "FINISHED"
     assert run.data.params["tracking.uri"].startswith("http://alice:***@")
     assert PASSWORD not in json.dumps({**run.data.params, **run.data.tags})
+
+
+def test_a_token_in_the_tracking_uri_moves_to_mlflows_token_variable(caplog, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    with caplog.at_level(logging.WARNING):
+        assert client_uri("https://ghp_secret42@mlflow.example:8443/x") == "https://mlflow.example:8443/x"
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "ghp_secret42"
+    assert "ghp_secret42" not in caplog.text and "https://***@mlflow.example" in caplog.text
 
 
 def test_half_made_sqlite_store_is_set_aside_and_recreated(tmp_path, caplog):

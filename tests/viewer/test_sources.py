@@ -57,3 +57,11 @@ def test_view_needs_data_and_serves_headless_on_the_address():
     assert command[command.index("--server.port") + 1] == "8600"
     assert command[command.index("--server.address") + 1] == "0.0.0.0"
     assert command[command.index("--server.headless") + 1] == "true"
+
+
+def test_runs_page_link_shows_no_tracking_credentials():
+    from trashseg.viewer.views.runs import ui_link
+
+    assert ui_link("https://alice:pw@mlflow.example:5000/") == "[Open the MLflow UI](https://mlflow.example:5000/)"
+    assert ui_link("http://ghp_tok@mlflow.example/") == "[Open the MLflow UI](http://mlflow.example/)"
+    assert "pw" not in ui_link("postgresql://alice:pw@db/mlflow")

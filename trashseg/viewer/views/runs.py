@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 import streamlit as st
 
+from trashseg.secrets import redact
 from trashseg.viewer.context import ViewerContext
 
 LINEAGE_TAGS = ("kfp.run_id", "dataset_version", "architecture", "lineage", "stage")
@@ -40,9 +43,12 @@ def runs_table(tracking_uri: str) -> tuple[list[dict], list[dict]]:
 
 
 def ui_link(tracking_uri: str) -> str:
-    """Where the MLflow UI of `tracking_uri` is: the server itself, or how to start one."""
+    """Where the MLflow UI of `tracking_uri` is: the server itself, or how to start one.
+    Credentials in the URI are not shown: the browser asks for them."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"[Open the MLflow UI]({tracking_uri})"
+        parts = urllib.parse.urlsplit(tracking_uri)
+        return f"[Open the MLflow UI]({urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition('@')[2]))})"
+    tracking_uri = redact(tracking_uri)
     return (f"The tracking store is a file; browse it with `mlflow ui --backend-store-uri {tracking_uri} "
             "--port 5000` and open [http://127.0.0.1:5000](http://127.0.0.1:5000)")
 
