@@ -160,7 +160,7 @@ def test_interrupted_local_write_leaves_no_object(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(local_backend.shutil, "copyfile", copy_half_then_fail)
-    with pytest.raises(LocalWriteError, match=r"cannot write .*k/obj.*No space left.*MiB free on"):
+    with pytest.raises(LocalWriteError, match=r"cannot write .*k/obj.*No space left.*iB free on "):
         store.put_bytes(b"new bytes", "k/obj")
     with pytest.raises(LocalWriteError, match="No space"):
         store.put_bytes(b"new bytes", "k/fresh")

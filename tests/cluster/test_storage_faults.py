@@ -257,7 +257,7 @@ def test_pull_on_a_full_disk_reports_path_and_free_space_and_cleans_up(tmp_path,
     out.mkdir()
     assert main(["data", "pull", version, str(out / "pulled"), "--store", str(location)]) == 2
     assert "Traceback" not in caplog.text
-    assert "No space left on device" in caplog.text and "MiB free on" in caplog.text and "cannot write" in caplog.text
+    assert "No space left on device" in caplog.text and "iB free on " in caplog.text and "cannot write" in caplog.text
     assert list(out.iterdir()) == []  # no partial file, no half-pulled folder
 
 

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from trashseg.errors import ConfigError, DataError, UserError
+from trashseg.fileio import free_space
 from trashseg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -174,17 +174,12 @@ def safe_join(root: str | Path, relative: str, *, what: str = "path") -> Path:
     return path
 
 
-def free_space(path: Path) -> str:
-    """Free space on path's filesystem (nearest existing folder), for error messages."""
-    for folder in (path, *path.parents):
-        if folder.exists():
-            return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free on {folder}"
-    return "free space unknown"
-
-
 @contextlib.contextmanager
 def reporting_write_errors(dest: Path) -> Iterator[None]:
-    """Turn a failed local write (disk full, quota, read-only) into LocalWriteError with the facts."""
+    """Turn a failed local write (disk full, quota, read-only) into LocalWriteError with the facts.
+
+    Unlike `fileio.temp_path`, other OS errors pass unchanged: a connection reset while a
+    download streams into a file is the network's fault, and the retry logic needs it as is."""
     try:
         yield
     except OSError as error:
@@ -193,7 +188,7 @@ def reporting_write_errors(dest: Path) -> Iterator[None]:
         full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         fix = "free space there" if full else "make that folder writable"
         raise LocalWriteError(
-            f"cannot write {dest}: {error.strerror or error} ({free_space(dest.parent)}); the partial file was "
+            f"cannot write {dest}: {error.strerror or error} ({free_space(dest.parent)} free on {dest.parent}); the partial file was "
             f"removed: {fix} (or choose another destination) and run the command again"
         ) from error
 
