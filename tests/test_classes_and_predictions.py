@@ -4,6 +4,7 @@ import json
 import lz4.frame
 import numpy as np
 import pytest
+import zstandard
 from PIL import Image
 
 from trashseg.data.classes import DEFAULT_TAXONOMY, ClassTable
@@ -84,6 +85,17 @@ def test_folders_written_before_the_codec_was_recorded_are_read(tmp_path):
     np.testing.assert_array_equal(opened.mask("sub/a.jpg"), probs.argmax(0))
 
 
+def _with_declared_size(frame: bytes, codec: str, size: int) -> bytes:
+    """`frame` re-framed to declare `size` bytes of content (its real content is far smaller)."""
+    raw = lz4.frame.decompress(frame) if codec == "lz4" else zstandard.ZstdDecompressor().decompress(frame)
+    # Unflushed (the compressors check the size at the end): the header is what is read first.
+    if codec == "lz4":
+        compressor = lz4.frame.LZ4FrameCompressor()
+        return compressor.begin(source_size=size) + compressor.compress(raw)
+    compressor = zstandard.ZstdCompressor().compressobj(size=size)
+    return compressor.compress(raw) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
 def test_damaged_probability_files_are_refused_by_name(tmp_path, codec):
     created = PredictionSet.create(tmp_path, ["a", "b"], codec=codec)
@@ -91,10 +103,12 @@ def test_damaged_probability_files_are_refused_by_name(tmp_path, codec):
     created.save()
     path = tmp_path / "probs" / ("0.jpg" + PROBS_SUFFIX[codec])
     whole = path.read_bytes()
-    for damaged in (whole[:8] + b" truncated", whole[: len(whole) // 2]):
+    huge = _with_declared_size(whole, codec, 1 << 40)  # a header claiming 1 TiB: refused, not allocated
+    for damaged in (whole[:8] + b" truncated", whole[: len(whole) // 2], huge):
         path.write_bytes(damaged)
-        with pytest.raises(DataError, match=rf"0\.jpg\{PROBS_SUFFIX[codec]}: unreadable {codec} probabilities"):
+        with pytest.raises(DataError, match=rf"0\.jpg\{PROBS_SUFFIX[codec]}: unreadable {codec} probabilities") as refused:
             PredictionSet.open(tmp_path).probs("0.jpg")
+    assert "declares 1099511627776 bytes" in str(refused.value)
 
 
 def test_unknown_codec_is_refused_by_name(tmp_path):

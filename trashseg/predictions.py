@@ -47,6 +47,7 @@ LEGACY_CODEC: Codec = "zlib"
 ZSTD_LEVEL = 1  # higher levels shrink these maps by <1% at 2-3x the time
 LZ4_LEVEL = 0  # fast mode; high-compression level 3 writes 7x slower for 14% fewer bytes
 _NPY_HEADER_MAX = 4096  # an .npy header of a 3-d array is well under this
+MAX_PROBS_BYTES = 4 << 30  # one image's stored map; 11 classes of 8192^2 float16 are 1.5 GB
 # Masks are small next to the probabilities; PNG's fastest level writes ~5x faster than
 # its default for ~20% more bytes.
 MASK_PNG_LEVEL = 1
@@ -106,6 +107,9 @@ def decode_probs(data: bytes, codec: Codec) -> np.ndarray:
     if codec == "zlib":
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return archive["probs"]
+    declared = lz4.frame.get_frame_info(data)["content_size"] if codec == "lz4" else zstandard.frame_content_size(data)
+    if not 0 < declared <= MAX_PROBS_BYTES:  # checked before allocating: the frame says its size
+        raise ValueError(f"the frame declares {declared} bytes (unknown or over {MAX_PROBS_BYTES})")
     raw = lz4.frame.decompress(data) if codec == "lz4" else zstandard.ZstdDecompressor().decompress(data)
     header = io.BytesIO(raw[:_NPY_HEADER_MAX])
     version = np.lib.format.read_magic(header)
