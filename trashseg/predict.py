@@ -141,7 +141,8 @@ def _merge_parts(parts: list[PredictionSet], dataset: PreparedDataset, split: st
     written = {name for part in parts for name in part.file_names}
     if written != set(names):
         raise DataError(f"{len(set(names) - written)} of {len(names)} images of {split!r} were not predicted into {out_dir}")
-    out = PredictionSet.create(out_dir, parts[0].class_names, dtype=parts[0].dtype, source=parts[0].source)
+    first = parts[0]
+    out = PredictionSet.create(out_dir, first.class_names, dtype=first.dtype, source=first.source, codec=first.codec)
     out.complete(names)
     return out
 

@@ -85,10 +85,11 @@ def client_uri(uri: str) -> str:
     if not has_credentials(uri):
         return uri
     parts = urllib.parse.urlsplit(uri)
+    variables = ENV_TOKEN if parts.password is None else f"{ENV_USERNAME} and {ENV_PASSWORD}"
     log.warning(
-        "the MLflow tracking URI %s carries credentials; set %s and %s instead (the pipelines do, from "
-        "the %s Secret). They are used for this process and never logged or saved",
-        redact(uri), ENV_USERNAME, ENV_PASSWORD, MLFLOW_CREDENTIALS_SECRET,
+        "the MLflow tracking URI %s carries credentials; set %s instead (the pipelines set the user and "
+        "password from the %s Secret). They are used for this process and never logged or saved",
+        redact(uri), variables, MLFLOW_CREDENTIALS_SECRET,
     )
     if parts.password is None:  # https://TOKEN@host
         os.environ.setdefault(ENV_TOKEN, urllib.parse.unquote(parts.username or ""))

@@ -74,6 +74,7 @@ def test_a_token_in_the_tracking_uri_moves_to_mlflows_token_variable(caplog, mon
         assert client_uri("https://ghp_secret42@mlflow.example:8443/x") == "https://mlflow.example:8443/x"
     assert os.environ["MLFLOW_TRACKING_TOKEN"] == "ghp_secret42"
     assert "ghp_secret42" not in caplog.text and "https://***@mlflow.example" in caplog.text
+    assert "set MLFLOW_TRACKING_TOKEN instead" in caplog.text
 
 
 def test_half_made_sqlite_store_is_set_aside_and_recreated(tmp_path, caplog):
