@@ -22,10 +22,12 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # The executor input names the task's architecture (train) or its model's (predict); the
-# start line waits for the input JSON's closing brace (at its opening brace's indentation,
-# 4 spaces per nested group) and names the architecture when the input names exactly one
-# (a bundle's lists several).
+# start line waits for the input JSON's closing brace and names the architecture when the
+# input names exactly one (a bundle's lists several). The braces are counted, outside JSON
+# strings: indentation cannot tell, since kfp.local's indenting print (swapped in and out of
+# builtins by each parallel task, not thread-safe) can change it in the middle of an input.
 _ARCHITECTURE = re.compile(r'"architecture": "([^"]+)"')
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 # The local runner's own progress (pipelines/local.py's logger) becomes status lines too.
 _RUNNER_NOTE = re.compile(r" INFO trashseg\.local: (.*)")
 FAILED_TAIL_LINES = 40  # of a failed task's log, shown on the terminal
@@ -37,7 +39,7 @@ class _Task:
     started: float
     architectures: set = field(default_factory=set)
     announced: bool = False
-    input_indent: int | None = None  # of the executor input's opening brace
+    input_depth: int | None = None  # braces open in the executor input (None: not begun)
     tail: deque = field(default_factory=lambda: deque(maxlen=FAILED_TAIL_LINES))
 
     def label(self) -> str:
@@ -133,13 +135,15 @@ class TaskConsole:
             return
         task.tail.append(plain)
         if not task.announced:
-            indent = len(plain) - len(plain.lstrip())
             if architecture := _ARCHITECTURE.search(plain):
                 task.architectures.add(architecture.group(1))
-            elif plain.strip() == "{" and task.input_indent is None:
-                task.input_indent = indent
-            elif plain.strip() == "}" and indent == task.input_indent:
-                self._announce(task)
+            if task.input_depth is None and plain.strip() == "{":
+                task.input_depth = 0
+            if task.input_depth is not None:
+                code = _JSON_STRING.sub("", plain)
+                task.input_depth += code.count("{") - code.count("}")
+                if task.input_depth <= 0:
+                    self._announce(task)
         if finished := _FINISHED.search(plain):
             self._finish(thread, task, finished.group(2))
 

@@ -91,6 +91,20 @@ def test_the_start_line_is_shown_when_the_task_starts(tmp_path):
     console.close()
 
 
+def test_the_architecture_is_named_when_another_task_shifts_the_indentation_mid_input(tmp_path):
+    """kfp.local's indenting print is swapped per task and not thread-safe: a parallel task can
+    change a line's indentation half-way through another's executor input."""
+    terminal = io.StringIO()
+    with TaskConsole(tmp_path / "run.log", terminal=terminal) as console:
+        print("00:00:01.000 - INFO - Executing task \x1b[96m'train-model'\x1b[0m")
+        for line in ['    {', '        "inputs": {', '            "note": "a } in a string {",',
+                     '    }',  # an inner brace, now at the outer brace's indentation
+                     '                "metadata": {"architecture": "a1"}', '    }']:
+            print(line)
+        assert terminal.getvalue().splitlines()[-1].endswith("] start  train-model (a1)")
+    console.close()
+
+
 def test_verbose_shows_the_full_logs_too(tmp_path):
     terminal = io.StringIO()
     with TaskConsole(tmp_path / "run.log", terminal=terminal, verbose=True) as console:

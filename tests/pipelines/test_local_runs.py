@@ -63,9 +63,8 @@ def test_full_run_shows_status_lines_and_a_results_table(full_run):
         assert any(re.fullmatch(rf"\[\d+:\d\d\] start  {task}(-\d+)?", line) for line in shown), task
         assert any(re.fullmatch(rf"\[\d+:\d\d\] done   {task}(-\d+)?  \d+\.\d s", line) for line in shown), task
     for architecture in TINY["architectures"]:  # one train and one predict task per model and round
-        assert sum(f"done   train-model ({architecture})" in line for line in shown) == 1
-        assert sum(f"done   predict ({architecture})" in line for line in shown) == 1
-        assert sum(f"done   predict-2 ({architecture})" in line for line in shown) == 1
+        for task in ("train-model", "predict", "predict-2"):
+            assert sum(f"done   {task} ({architecture})" in line for line in shown) == 1, "\n".join(shown)
     log = console.log_path.read_text()
     assert log.count("KFP Executor") > 100 and "Got executor_input" in log
     table = results_table(run.run_dir, run.rounds)
