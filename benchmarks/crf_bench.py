@@ -23,7 +23,8 @@ from trashseg.crf import CrfConfig, crf_prediction_set, dense_crf
 from trashseg.data.classes import ClassTable
 from trashseg.data.io import read_image
 from trashseg.data.layout import PreparedDataset
-from trashseg.ensemble import EnsembleConfig, run_recipe
+from trashseg.ensemble.config import EnsembleConfig
+from trashseg.ensemble.recipe import run_recipe
 from trashseg.predictions import PredictionSet
 
 # Run as a script, benchmarks/ is on the path: the formats are predictions_bench's.

@@ -20,7 +20,8 @@ from trashseg.config import from_mapping  # noqa: E402
 from trashseg.crf import CrfConfig  # noqa: E402
 from trashseg.data.prepare import prepare_dataset  # noqa: E402
 from trashseg.data.sample import generate_sample_dataset  # noqa: E402
-from trashseg.ensemble import EnsembleConfig, run_recipe  # noqa: E402
+from trashseg.ensemble.config import EnsembleConfig  # noqa: E402
+from trashseg.ensemble.recipe import run_recipe  # noqa: E402
 from trashseg.predict import predict  # noqa: E402
 from trashseg.training import TrainConfig, train  # noqa: E402
 

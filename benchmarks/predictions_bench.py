@@ -188,7 +188,8 @@ def model_probabilities(model_dir: Path, dataset: Path, split: str) -> dict[str,
 def ensemble_per_format(root: Path, dataset: Path, model_dirs: list[Path]) -> None:
     from trashseg.config import load_config
     from trashseg.data.layout import PreparedDataset
-    from trashseg.ensemble import EnsembleConfig, run_recipe
+    from trashseg.ensemble.config import EnsembleConfig
+    from trashseg.ensemble.recipe import run_recipe
 
     classes = list(PreparedDataset(dataset).classes().names)
     predicted = {(m, split): model_probabilities(m, dataset, split) for m in model_dirs for split in ("val", "test")}

@@ -284,7 +284,7 @@ def check_run_options(
 ) -> None:
     """Fail before data is pushed or any task starts: names, numbers and settings as the steps read them."""
     from trashseg.config import load_config
-    from trashseg.ensemble import EnsembleConfig
+    from trashseg.ensemble.config import EnsembleConfig
     from trashseg.models import ARCHITECTURES
     from trashseg.training import TrainConfig
 

@@ -136,7 +136,7 @@ def test_non_finite_and_absurd_floats_are_refused_at_config_validation(tmp_path,
 
 def test_every_stage_config_refuses_non_finite_floats():
     from trashseg.crf import CrfConfig
-    from trashseg.ensemble import EnsembleConfig
+    from trashseg.ensemble.config import EnsembleConfig
     from trashseg.pseudo_labels import PseudoLabelConfig
 
     with pytest.raises(ConfigError, match="tau: 'nan' is not a finite number"):

@@ -3,7 +3,7 @@
 The unary term is -log(p) of the given class probabilities; the pairwise terms are a
 Gaussian smoothness kernel (position only) and a bilateral appearance kernel (position
 and colour). DenseCRF removes speckle noise but also erases small objects, which the
-consensus overwrite in `trashseg.ensemble` gives back.
+consensus overwrite in `trashseg.ensemble.voting` gives back.
 
 Workers get only file names and read the image and probabilities themselves, and write
 their result straight into the output folder: nothing large crosses a process boundary.
@@ -151,7 +151,7 @@ class WorkerPool:
             # copy in a bad state. The server imports the recipe modules once; workers fork
             # from it in milliseconds.
             context = get_context("forkserver")
-            context.set_forkserver_preload([__name__, "trashseg.ensemble"])
+            context.set_forkserver_preload([__name__, "trashseg.ensemble.jobs"])
             self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
         return self
 

@@ -327,7 +327,8 @@ def ensemble_step(
 ) -> EnsembleStepResult:
     """The recipe (vote, CRF, consensus, gating) into `out_dir`; reports copied out."""
     from trashseg.config import load_config
-    from trashseg.ensemble import EnsembleConfig, run_recipe
+    from trashseg.ensemble.config import EnsembleConfig
+    from trashseg.ensemble.recipe import run_recipe
 
     config = load_config(EnsembleConfig, None, settings)
     result = run_recipe(val_dirs, test_dirs, dataset_dir, out_dir, config)
@@ -349,7 +350,7 @@ def pseudo_label_step(ensemble_dir: str | Path, dataset_dir: str | Path, out_dir
     """Pseudo-label dataset: labels from the ensemble's final predictions, confidence from its
     pre-CRF soft vote (CRF marginals are overconfident). Returns the images kept."""
     from trashseg.config import load_config
-    from trashseg.ensemble import SOFT_VOTE
+    from trashseg.ensemble.config import SOFT_VOTE
     from trashseg.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
 
     config = load_config(PseudoLabelConfig, None, settings)

@@ -70,7 +70,7 @@ def _right_or_other(truth: np.ndarray, right: np.ndarray) -> np.ndarray:
 def planted_cross_fit_case(tmp_path, images: int = 4) -> dict[str, list]:
     """The planted case of test_recipe_cross_fit (see its docstring); returns the val and test
     prediction folders of its two models (the dataset is at tmp_path/data)."""
-    from trashseg.ensemble import cross_fit_folds
+    from trashseg.ensemble.holdout import cross_fit_folds
 
     rng = np.random.default_rng(0)
     val_names = [f"val/{i}.png" for i in range(images)]

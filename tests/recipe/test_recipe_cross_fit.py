@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from recipe_builders import planted_cross_fit_case, write_dataset, write_predictions
 
-from trashseg.ensemble import EnsembleConfig, cross_fit_folds, run_recipe
+from trashseg.ensemble.config import EnsembleConfig
+from trashseg.ensemble.holdout import cross_fit_folds
+from trashseg.ensemble.recipe import run_recipe
 from trashseg.errors import ConfigError
 from trashseg.predictions import PredictionSet
 

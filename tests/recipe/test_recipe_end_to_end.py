@@ -103,7 +103,8 @@ def test_recipe_report_and_submission(trained, capsys):
 def test_pseudo_label_retraining_logs_lineage_to_mlflow(trained):
     from mlflow.tracking import MlflowClient
 
-    from trashseg.ensemble import EnsembleConfig, run_recipe
+    from trashseg.ensemble.config import EnsembleConfig
+    from trashseg.ensemble.recipe import run_recipe
     from trashseg.pseudo_labels import PseudoLabelConfig, lineage_tags, make_pseudo_labels
     from trashseg.training import train
 

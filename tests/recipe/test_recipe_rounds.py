@@ -8,7 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from recipe_builders import planted_cross_fit_case
 
-from trashseg.ensemble import EnsembleConfig, run_recipe
+from trashseg.ensemble.config import EnsembleConfig
+from trashseg.ensemble.recipe import run_recipe
 from trashseg.errors import DataError
 from trashseg.registry import write_bundle
 from trashseg.rounds import RoundChoice, RoundScore, choose_round

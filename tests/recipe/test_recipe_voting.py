@@ -7,16 +7,16 @@ from recipe_builders import one_hot, write_dataset, write_predictions
 
 from trashseg.crf import CrfConfig, dense_crf
 from trashseg.data.layout import PreparedDataset
-from trashseg.ensemble import (
-    EnsembleConfig,
+from trashseg.ensemble.config import EnsembleConfig
+from trashseg.ensemble.voting import (
     GatingDecision,
     apply_gating,
     consensus_overwrite,
     decide_gating,
-    fit_weights,
     hard_vote,
     soft_vote,
 )
+from trashseg.ensemble.weight_fit import fit_weights
 from trashseg.errors import ConfigError, DataError
 from trashseg.metrics import ConfusionMatrix
 from trashseg.predictions import PredictionSet
@@ -152,7 +152,7 @@ def test_recipe_on_constructed_predictions(tmp_path):
     """Three models on the CRF case, all with the same pinholes of Background in the Paper:
     the votes keep the holes, CRF fills them but erases the Battery, consensus brings the
     Battery back; every stage is scored on val and the best is written."""
-    from trashseg.ensemble import EnsembleConfig, run_recipe
+    from trashseg.ensemble.recipe import run_recipe
 
     image, truth, clean = _crf_erases_small_object_case()
     rng = np.random.default_rng(0)

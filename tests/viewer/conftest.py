@@ -60,7 +60,8 @@ def _model(dataset: PreparedDataset, split: str, out: Path, name: str, noise: fl
 @pytest.fixture(scope="session")
 def viewer_world(sample_dataset, tmp_path_factory) -> ViewerWorld:
     from trashseg.config import from_mapping
-    from trashseg.ensemble import EnsembleConfig, run_recipe
+    from trashseg.ensemble.config import EnsembleConfig
+    from trashseg.ensemble.recipe import run_recipe
     from trashseg.submission import write_submission_from_predictions
 
     root = tmp_path_factory.mktemp("viewer")

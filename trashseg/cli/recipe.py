@@ -97,7 +97,8 @@ def _config_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 def ensemble_command(args: argparse.Namespace) -> int:
     from trashseg.config import load_config
-    from trashseg.ensemble import EnsembleConfig, run_recipe
+    from trashseg.ensemble.config import EnsembleConfig
+    from trashseg.ensemble.recipe import run_recipe
 
     config = load_config(EnsembleConfig, args.config, args.overrides)
     result = run_recipe(args.val, args.test, args.data, args.out, config)

@@ -224,7 +224,7 @@ def model_sources(prediction_dirs: Sequence[str | Path], file_names: Sequence[st
 
 def stage_sources(ensemble_dir: str | Path | None, split: str) -> list[Source]:
     """The ensemble output's stages on `split` (soft vote, hard vote, CRF, consensus, gating)."""
-    from trashseg.ensemble import ENSEMBLE_STAGES
+    from trashseg.ensemble.config import ENSEMBLE_STAGES
 
     if not ensemble_dir:
         return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from trashseg.ensemble import CONSENSUS, CRF
+from trashseg.ensemble.config import CONSENSUS, CRF
 from trashseg.viewer import logic
 from trashseg.viewer.context import ViewerContext, mask_of
 
