@@ -1,15 +1,22 @@
-"""Soft-vote weights fitted on val: a coordinate search over a grid of weights per model."""
+"""Soft-vote weights: the configured ones, or fitted on val labels by a coordinate search over
+a grid of weights per model."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from trashseg.data.io import read_mask
 from trashseg.data.layout import Sample
+from trashseg.ensemble.config import EnsembleConfig
+from trashseg.ensemble.inputs import RecipeInputs
+from trashseg.errors import ConfigError
 from trashseg.metrics import ConfusionMatrix
 from trashseg.predictions import PredictionSet
+
+log = logging.getLogger(__name__)
 
 
 def fit_weights(
@@ -68,3 +75,45 @@ def fit_weights(
     total = sum(weights)
     return tuple(w / total for w in weights), best
 
+
+
+class SoftVoteWeights:
+    """The weights that a set of val images fits: the configured ones, else fitted on those
+    images' labels, once per set (the full pass's val and test groups share one fit)."""
+
+    def __init__(self, inputs: RecipeInputs, config: EnsembleConfig) -> None:
+        self.inputs, self.config = inputs, config
+        self._val_samples = {s.file_name: s for s in inputs.samples[inputs.val_split]}
+        self._fitted: dict[tuple[str, ...], tuple[float, ...]] = {}
+
+    def fitted_on(self, fit_names: Sequence[str], what: str) -> tuple[float, ...]:
+        config, names = self.config, self.inputs.names
+        if config.weights:
+            if len(config.weights) != len(names):
+                raise ConfigError(
+                    f"{len(config.weights)} weights given for {len(names)} models ({', '.join(names)})"
+                )
+            return tuple(w / sum(config.weights) for w in config.weights)
+        key = tuple(fit_names)
+        if key not in self._fitted:
+            self._fitted[key] = self._fit(fit_names, what)
+        return self._fitted[key]
+
+    def _fit(self, fit_names: Sequence[str], what: str) -> tuple[float, ...]:
+        inputs, config = self.inputs, self.config
+        weights, fitted_miou = fit_weights(
+            inputs.prediction_sets[inputs.val_split],
+            [self._val_samples[n] for n in fit_names],
+            inputs.num_classes,
+            config.weight_grid,
+            config.fit_rounds,
+            config.fit_stride,
+        )
+        log.info(
+            "%s: weights %s fitted on %d val image(s) (mIoU %.4f on the fitting pixels)",
+            what,
+            dict(zip(inputs.names, weights, strict=True)),
+            len(fit_names),
+            fitted_miou,
+        )
+        return weights
