@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,31 +36,9 @@ def fit_weights(
     """
     if len(prediction_sets) == 1:
         return (1.0,), float("nan")
-    cached = [[] for _ in prediction_sets]
-    targets = []
-    for sample in samples:
-        target = read_mask(sample.mask, num_classes)[::stride, ::stride]
-        targets.append(target.reshape(-1))
-        for m, prediction in enumerate(prediction_sets):
-            probs = prediction.probs(sample.file_name)[:, ::stride, ::stride]
-            cached[m].append(np.rint(probs * 255).astype(np.uint8).reshape(num_classes, -1))
-    stacked = [np.concatenate(parts, axis=1) for parts in cached]
-    target = np.concatenate(targets)
-
-    def score(weights: Sequence[float]) -> float:
-        matrix = ConfusionMatrix(num_classes)
-        for start in range(0, target.size, 1 << 20):
-            chunk = slice(start, start + (1 << 20))
-            total = sum(
-                np.float32(w) * p[:, chunk].astype(np.float32)
-                for w, p in zip(weights, stacked, strict=True)
-                if w
-            )
-            matrix.update(total.argmax(axis=0), target[chunk])
-        return matrix.compute().miou
-
+    pixels = _FittingPixels.read(prediction_sets, samples, num_classes, stride)
     weights = [1.0] * len(prediction_sets)
-    best = score(weights)
+    best = pixels.miou(weights)
     for _ in range(rounds):
         improved = False
         for m in range(len(weights)):
@@ -67,7 +46,7 @@ def fit_weights(
                 candidate = weights[:m] + [float(value)] + weights[m + 1 :]
                 if value == weights[m] or sum(candidate) == 0:
                     continue
-                candidate_score = score(candidate)
+                candidate_score = pixels.miou(candidate)
                 if candidate_score > best + 1e-12:
                     best, weights, improved = candidate_score, candidate, True
         if not improved:
@@ -75,6 +54,41 @@ def fit_weights(
     total = sum(weights)
     return tuple(w / total for w in weights), best
 
+
+@dataclass(frozen=True)
+class _FittingPixels:
+    """Every `stride`-th pixel of the fitting images: each model's probabilities as uint8
+    (C, N) and the labels (N,), so a candidate's mIoU needs no further reads."""
+
+    probs: list[np.ndarray]  # one per model
+    target: np.ndarray
+    num_classes: int
+
+    @classmethod
+    def read(cls, prediction_sets: Sequence[PredictionSet], samples: Sequence[Sample], num_classes: int,
+             stride: int) -> _FittingPixels:
+        cached = [[] for _ in prediction_sets]
+        targets = []
+        for sample in samples:
+            target = read_mask(sample.mask, num_classes)[::stride, ::stride]
+            targets.append(target.reshape(-1))
+            for m, prediction in enumerate(prediction_sets):
+                probs = prediction.probs(sample.file_name)[:, ::stride, ::stride]
+                cached[m].append(np.rint(probs * 255).astype(np.uint8).reshape(num_classes, -1))
+        return cls([np.concatenate(parts, axis=1) for parts in cached], np.concatenate(targets), num_classes)
+
+    def miou(self, weights: Sequence[float]) -> float:
+        """mIoU of the soft vote with `weights`, in chunks of 1M pixels to bound memory."""
+        matrix = ConfusionMatrix(self.num_classes)
+        for start in range(0, self.target.size, 1 << 20):
+            chunk = slice(start, start + (1 << 20))
+            total = sum(
+                np.float32(w) * p[:, chunk].astype(np.float32)
+                for w, p in zip(weights, self.probs, strict=True)
+                if w
+            )
+            matrix.update(total.argmax(axis=0), self.target[chunk])
+        return matrix.compute().miou
 
 
 class SoftVoteWeights:
