@@ -22,6 +22,8 @@ CHUNK_SIZE = 4  # images per work item of the per-image stages
 
 @dataclass(frozen=True)
 class ChunkResult:
+    """What a job sends back for one chunk of images."""
+
     matrices: dict[str, np.ndarray]  # val confusion counts by stage (empty off val)
     restored: int = 0
 
@@ -52,6 +54,8 @@ class StageJob:
 
 @dataclass(frozen=True)
 class VoteJob(StageJob):
+    """soft_vote and hard_vote of the models' predictions; on val, also every model's score."""
+
     model_dirs: tuple[str, ...] = ()
     model_names: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
@@ -84,6 +88,8 @@ class VoteJob(StageJob):
 
 @dataclass(frozen=True)
 class ConsensusJob(StageJob):
+    """consensus: the refined stage with the models' agreed foreground written back."""
+
     refined_stage: str = CRF
     model_dirs: tuple[str, ...] = ()
     k: int = 2
@@ -118,6 +124,8 @@ class ConsensusJob(StageJob):
 
 @dataclass(frozen=True)
 class GatingJob(StageJob):
+    """gating: per class, the ensemble's or the refined stage's pixels, as decided on val."""
+
     ensemble_stage: str = SOFT_VOTE
     refined_stage: str = CONSENSUS
     use_ensemble: tuple[bool, ...] = ()
