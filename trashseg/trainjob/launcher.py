@@ -153,6 +153,8 @@ def launch_train_step(
             tracking_uri=run.tracking_uri, experiment=run.experiment, extra={"kfp.task": task},
         )
         existing = start_job(api, train_job(name, spec, job, job_labels(run_id, task, architecture, run.stage), pod), pod)
+    else:
+        existing = adopt(api, existing, pod)
     if job_state(existing) != COMPLETE:
         with delete_on_abort(api, name):
             supervise(api, name, deadline=_created(existing) + job.timeout_s)
@@ -180,8 +182,6 @@ def _reusable(api: TrainerApi, name: str) -> dict[str, Any] | None:
         api.delete_job(name)
         _wait_gone(api, name)
         return None
-    if job is not None:
-        log.info("TrainJob %s exists (%s): attaching to it", name, job_state(job) or "running")
     return job
 
 
@@ -196,15 +196,21 @@ def _wait_gone(api: TrainerApi, name: str, timeout_s: float = 300.0) -> None:
 def start_job(api: TrainerApi, obj: dict[str, Any], pod: LauncherPod) -> dict[str, Any]:
     """Create the job, or adopt the one a previous launcher created under the same name
     (exactly one per name), adding this launcher's pod to its owners."""
-    name = obj["metadata"]["name"]
     job, created = api.create_job(obj)
-    if created:
-        log.info("created TrainJob %s in %s: %d node(s)", name, api.namespace, obj["spec"]["trainer"]["numNodes"])
-        return job
-    owners = job["metadata"].get("ownerReferences") or []
+    if not created:  # another launcher of the same task got there first
+        return adopt(api, job, pod)
+    log.info("created TrainJob %s in %s: %d node(s)", obj["metadata"]["name"], api.namespace,
+             obj["spec"]["trainer"]["numNodes"])
+    return job
+
+
+def adopt(api: TrainerApi, job: dict[str, Any], pod: LauncherPod) -> dict[str, Any]:
+    """Attach to an earlier launcher's job, adding this launcher's pod to its owners: the
+    garbage collector deletes it only when every owning launcher pod is gone."""
+    name, owners = job["metadata"]["name"], job["metadata"].get("ownerReferences") or []
     if all(owner.get("uid") != pod.uid for owner in owners):
         job = api.patch_job(name, {"metadata": {"ownerReferences": [*owners, pod.owner_reference()]}})
-    log.info("adopted TrainJob %s (created %s by an earlier launcher)", name, job["metadata"].get("creationTimestamp"))
+    log.info("attached to TrainJob %s (created %s by an earlier launcher)", name, job["metadata"].get("creationTimestamp"))
     return job
 
 
@@ -285,9 +291,12 @@ def supervise(api: TrainerApi, name: str, *, deadline: float, write: Callable[[s
     follower.start()
     try:
         job = wait_for_end(api, name, deadline)
-    finally:
+    except BaseException:
         stop.set()
-        follower.join(timeout=10.0)
+        follower.join(timeout=0.5)  # its stream may never end: do not hold up the cleanup
+        raise
+    stop.set()
+    follower.join(timeout=10.0)  # the last lines of an ended node
     if job_state(job) == FAILED:
         events = "\n  ".join(api.events(name)) or "(none)"
         raise TrainJobFailed(
