@@ -79,7 +79,9 @@ class JobSettings:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown TrainJob settings {unknown}; valid keys: {sorted(names)}")
-        return cls(**values)
+        # A KFP dict parameter travels as a protobuf Struct, whose numbers are doubles.
+        whole = {key: int(value) for key, value in values.items() if isinstance(value, float) and value.is_integer()}
+        return cls(**{**values, **whole})
 
 
 @dataclass(frozen=True)
