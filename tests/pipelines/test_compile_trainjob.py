@@ -97,6 +97,15 @@ def test_no_credentials_in_trainjob_yaml(compiled, pipeline):
         assert not pattern.search(text), pattern.pattern
 
 
+def test_submit_flags_a_run_longer_than_the_trainjob_timeout(compiled, tmp_path):
+    from pipelines.submit import retry_window_warning
+
+    package = tmp_path / "full.yaml"
+    package.write_text(compiled["full"][0])
+    assert retry_window_warning(package, {"iterations": DEFAULT_ITERATIONS}) is None
+    assert "the TrainJob timeout" in retry_window_warning(package, {"iterations": 10 * DEFAULT_ITERATIONS})
+
+
 def test_pod_mode_has_no_launcher_and_refuses_several_nodes(tmp_path):
     paths = compile_pipelines(tmp_path, ClusterSettings(images=IMAGES, engine="pod"))
     text = paths["full"].read_text()
