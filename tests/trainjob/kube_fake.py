@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -31,7 +31,7 @@ SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 def _now(offset_s: float = 0.0) -> str:
-    return datetime.fromtimestamp(time.time() + offset_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(time.time() + offset_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeCluster:

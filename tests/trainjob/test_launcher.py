@@ -20,9 +20,10 @@ from kube_fake import FakeCluster
 from kubernetes import client
 
 from trashseg.checkpoints import CHECKPOINT_FORMAT
+from trashseg.errors import ConfigError
 from trashseg.steps import RunContext
 from trashseg.storage import open_store
-from trashseg.trainjob.kube import TrainerApi
+from trashseg.trainjob.kube import ApiUnavailable, TrainerApi
 from trashseg.trainjob.launcher import (
     LaunchCancelled,
     TrainerUnavailable,
@@ -241,6 +242,41 @@ def test_a_refused_call_names_the_verb_and_the_fix(cluster):
     cluster.denied = {("delete", "trainjobs")}
     with pytest.raises(Exception, match=r"refused `delete trainjobs` \(403.*with-trainer"):
         api_for(cluster).delete_job("anything")
+
+
+def test_a_tracking_uri_with_a_password_never_reaches_the_job(cluster, inputs):
+    with pytest.raises(ConfigError, match=r"tracking_uri hold credentials.*\*\*\*.*trashseg-mlflow-credentials") as error:
+        launch_train_step(
+            inputs["dataset"], inputs["model"], architecture=ARCH, iterations=20, image_size=64, dataset_version="v1",
+            settings=[], checkpoint_store=inputs["store"], run=RunContext("http://bob:s3cret@mlflow:5000", "e", "base"),
+            job=SETTINGS, task="train-base", api=api_for(cluster), pod=POD,
+        )
+    assert "s3cret" not in str(error.value)
+    assert not cluster.requested("POST", "/trainjobs")
+
+
+def test_a_control_plane_blip_is_waited_out_not_a_deleted_job(cluster, inputs, monkeypatch):
+    """A watch that breaks (API server restarting) is retried; the job is not deleted."""
+    api = api_for(cluster)
+    real, calls = api.watch_job, []
+
+    def flaky(name, timeout_s):
+        calls.append(name)
+        if len(calls) <= 2:
+            raise ApiUnavailable("Kubernetes API `watch trainjobs` failed: 503 Service Unavailable")
+        return real(name, timeout_s)
+
+    api.watch_job = flaky
+    monkeypatch.setattr("trashseg.trainjob.launcher.time.sleep", lambda s: None)
+    controller = play_controller(cluster, inputs["store"])
+    result = launch_train_step(
+        inputs["dataset"], inputs["model"], architecture=ARCH, iterations=20, image_size=64, dataset_version="v1",
+        settings=[], checkpoint_store=inputs["store"], run=RunContext("", "e", "base"), job=SETTINGS,
+        task="train-base", api=api, pod=POD,
+    )
+    controller.join(5)
+    assert result.val_miou == pytest.approx(0.42) and len(calls) >= 3
+    assert not cluster.requested("DELETE", "/trainjobs")
 
 
 def test_job_settings_round_trip_and_reject_unknown_keys():

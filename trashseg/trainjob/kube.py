@@ -34,6 +34,18 @@ class AccessDenied(ConfigError):
     """The pipeline runner's service account may not do what the launcher needs."""
 
 
+class ApiUnavailable(RuntimeError):
+    """The API server did not answer usefully for now (connection lost, 5xx, 429, 410 Gone):
+    worth another try, unlike a refusal."""
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """What a watcher retries: ApiUnavailable and the HTTP layer's own failures."""
+    import urllib3
+
+    return ApiUnavailable, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError
+
+
 @dataclass(frozen=True)
 class PodRef:
     name: str
@@ -205,4 +217,7 @@ def _translate(error, verb: str, resource: str) -> Exception:
             f"runner's service account needs it: {RBAC_FIX}"
         )
     detail = (error.body or "").strip()[:500] if isinstance(error.body, str) else ""
-    return RuntimeError(f"Kubernetes API `{verb} {resource}` failed: {error.status} {error.reason} {detail}".strip())
+    text = f"Kubernetes API `{verb} {resource}` failed: {error.status} {error.reason} {detail}".strip()
+    if error.status in (0, 410, 429) or (error.status or 0) >= 500:
+        return ApiUnavailable(text)
+    return RuntimeError(text)

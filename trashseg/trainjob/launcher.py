@@ -29,14 +29,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from trashseg.errors import ConfigError, UserError
 from trashseg.secrets import redact
 from trashseg.tracking import KFP_RUN_ID_ENV
-from trashseg.trainjob.kube import RBAC_FIX, TrainerApi
+from trashseg.trainjob.kube import RBAC_FIX, TrainerApi, transient_errors
 from trashseg.trainjob.objects import (
     API_GROUP,
     RUNTIMES,
@@ -74,6 +74,10 @@ class TrainerUnavailable(ConfigError):
 
 class TrainJobFailed(UserError):
     """The TrainJob ended Failed; the message holds its reason, message and recent events."""
+
+
+class JobTimeout(TimeoutError):
+    """The job did not end within the task's timeout."""
 
 
 class LaunchCancelled(BaseException):
@@ -253,7 +257,7 @@ def _created(job: dict[str, Any]) -> float:
     stamp = job["metadata"].get("creationTimestamp")
     if not stamp:
         return time.time()
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
 @contextlib.contextmanager
@@ -309,38 +313,58 @@ def supervise(api: TrainerApi, name: str, *, deadline: float, write: Callable[[s
 
 
 def wait_for_end(api: TrainerApi, name: str, deadline: float) -> dict[str, Any]:
-    """The job once Complete or Failed; TimeoutError at the deadline; an error if it disappears."""
-    last = None
+    """The job once Complete or Failed; TimeoutError at the deadline; an error if it disappears.
+    The API server being unreachable for a while is waited out (up to the deadline): a
+    multi-day training is not deleted for a blip of the control plane."""
+    report, failures = _Reporter(name), 0
     while True:
         remaining = deadline - time.time()
         if remaining <= 0:
-            raise TimeoutError(f"TrainJob {name} did not end within the task's timeout; it is deleted")
-        for kind, job in api.watch_job(name, timeout_s=min(remaining, WATCH_S)):
-            if kind == "DELETED":
-                raise RuntimeError(f"TrainJob {name} was deleted by someone else while the launcher watched it")
-            last = _report(name, job, last)
-            if job_state(job):
-                return job
-        job = api.get_job(name)  # the watch ended (server timeout): read once, in case an event was missed
-        if job is None:
-            raise RuntimeError(f"TrainJob {name} was deleted by someone else while the launcher watched it")
-        last = _report(name, job, last)
+            raise JobTimeout(f"TrainJob {name} did not end within the task's timeout; it is deleted")
+        try:
+            job = _watch_once(api, name, min(remaining, WATCH_S), report)
+            failures = 0
+        except transient_errors() as error:
+            failures += 1
+            log.warning("watching TrainJob %s: %s (try %d; retrying)", name, error, failures)
+            time.sleep(min(remaining, min(60.0, 2.0 ** failures)))
+            continue
+        report(job)
         if job_state(job):
             return job
 
 
-def _report(name: str, job: dict[str, Any], last: str | None) -> str:
-    """Log the job's status when it changes: conditions and its nodes' job counts."""
-    status = job.get("status") or {}
-    conditions = ", ".join(f"{c.get('type')}={c.get('status')}" for c in status.get("conditions") or [])
-    jobs = ", ".join(
-        f"{j.get('name')}: {j.get('active', 0)} active, {j.get('succeeded', 0)} succeeded, {j.get('failed', 0)} failed"
-        for j in status.get("jobsStatus") or []
-    )
-    text = f"TrainJob {name}: {conditions or 'no conditions yet'}{'; ' + jobs if jobs else ''}"
-    if text != last:
-        log.info("%s", text)
-    return text
+def _watch_once(api: TrainerApi, name: str, timeout_s: float, report: Callable[[dict], None]) -> dict[str, Any]:
+    """The job as it last changed within one watch, or as read after it (a missed event)."""
+    for kind, job in api.watch_job(name, timeout_s=timeout_s):
+        if kind == "DELETED":
+            raise RuntimeError(f"TrainJob {name} was deleted by someone else while the launcher watched it")
+        if job_state(job):
+            return job
+        report(job)
+    job = api.get_job(name)
+    if job is None:
+        raise RuntimeError(f"TrainJob {name} was deleted by someone else while the launcher watched it")
+    return job
+
+
+class _Reporter:
+    """Logs the job's status when it changes: its conditions and its nodes' job counts."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.last = name, ""
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        status = job.get("status") or {}
+        conditions = ", ".join(f"{c.get('type')}={c.get('status')}" for c in status.get("conditions") or [])
+        jobs = ", ".join(
+            f"{j.get('name')}: {j.get('active', 0)} active, {j.get('succeeded', 0)} succeeded, {j.get('failed', 0)} failed"
+            for j in status.get("jobsStatus") or []
+        )
+        text = f"TrainJob {self.name}: {conditions or 'no conditions yet'}{'; ' + jobs if jobs else ''}"
+        if text != self.last:
+            log.info("%s", text)
+            self.last = text
 
 
 def follow_node0(api: TrainerApi, name: str, stop: threading.Event, write: Callable[[str], None]) -> None:

@@ -149,6 +149,18 @@ def node_command(spec: NodeTrainSpec) -> tuple[list[str], list[str]]:
     return ["torchrun"], ["--module", NODE_MODULE, "--spec", spec.to_json()]
 
 
+def refuse_credentials(spec: NodeTrainSpec) -> None:
+    """The spec travels in the TrainJob's arguments, readable by whoever may read the job: a
+    URI with a password or token in it (e.g. the tracking URI) is refused, not copied there."""
+    leaked = sorted(name for name, value in dataclasses.asdict(spec).items() if secrets.has_credentials(str(value)))
+    if leaked:
+        raise ConfigError(
+            f"{', '.join(leaked)} hold credentials in a URI ({secrets.redact(str([getattr(spec, n) for n in leaked]))}); "
+            f"a TrainJob's arguments must not: give MLflow's through the Secret {secrets.MLFLOW_CREDENTIALS_SECRET} "
+            f"(MLFLOW_TRACKING_USERNAME/PASSWORD) and the object store's through {secrets.S3_CREDENTIALS_SECRET}"
+        )
+
+
 def node_resources(settings: JobSettings) -> dict[str, Any]:
     gpus = str(settings.gpus_per_node)
     requests = {"cpu": settings.cpu_per_node, "memory": settings.memory_per_node, GPU_RESOURCE: gpus}
@@ -175,6 +187,7 @@ def train_job(
     name: str, spec: NodeTrainSpec, settings: JobSettings, labels: dict[str, str], owner: LauncherPod
 ) -> dict[str, Any]:
     """The TrainJob running `spec` on `settings.num_nodes` nodes, validated against the API."""
+    refuse_credentials(spec)
     command, args = node_command(spec)
     trainer = {
         "image": settings.image, "command": command, "args": args, "env": node_env(spec.run_id),
