@@ -283,3 +283,45 @@ def test_job_settings_round_trip_and_reject_unknown_keys():
     assert JobSettings.from_dict(json.loads(json.dumps(SETTINGS.to_dict()))) == SETTINGS
     with pytest.raises(Exception, match=r"unknown TrainJob settings \['gpu'\]"):
         JobSettings.from_dict({**SETTINGS.to_dict(), "gpu": 1})
+
+
+def test_the_component_launches_with_the_pods_own_identity_and_kubeconfig(cluster, inputs, tmp_path, monkeypatch):
+    """components/launch_training.py as the task runs it: the API from its (kube)config, its pod
+    from the downward API, `job` as a KFP struct (numbers as doubles); train_model's outputs."""
+    import yaml
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from components.launch_training import launch_training
+
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+                  "clusters": [{"name": "fake", "cluster": {"server": cluster.url}}],
+                  "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "runner", "namespace": POD.namespace}}],
+                  "users": [{"name": "runner", "user": {"token": "not-a-real-token"}}]}
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod: the kubeconfig is used
+    for name, value in (("TRASHSEG_POD_NAME", POD.name), ("TRASHSEG_POD_UID", POD.uid),
+                        ("TRASHSEG_POD_NAMESPACE", POD.namespace)):
+        monkeypatch.setenv(name, value)
+    job = {**SETTINGS.to_dict(), "num_nodes": 2.0, "gpus_per_node": 4.0, "timeout_s": 600.0}
+    model, metrics = Model(name="model", uri=str(tmp_path / "model"), metadata={}), Metrics(name="m", uri=str(tmp_path / "m"), metadata={})
+    controller = play_controller(cluster, inputs["store"])
+    miou = launch_training.python_func(
+        dataset=Dataset(name="dataset", uri=str(inputs["dataset"]), metadata={}), architecture=ARCH, iterations=20,
+        image_size=64, dataset_version="v1", train_settings=["batch_size=2"], checkpoint_store=inputs["store"],
+        tracking_uri="", experiment="e", job=job, task="train-base", model=model, metrics=metrics,
+    )
+    controller.join(5)
+    assert miou == pytest.approx(0.42) and metrics.metadata["val_miou"] == pytest.approx(0.42)
+    assert model.metadata["architecture"] == ARCH and (tmp_path / "model" / "last.pt").is_file()
+    assert cluster.jobs[NAME]["metadata"]["ownerReferences"][0]["uid"] == POD.uid
+    assert cluster.jobs[NAME]["spec"]["trainer"]["numNodes"] == 2
+
+
+def test_launch_training_has_train_models_outputs():
+    from components.launch_training import launch_training
+    from components.train_model import train_model
+
+    launched, trained = launch_training.component_spec, train_model.component_spec
+    assert launched.outputs == trained.outputs
+    assert set(trained.inputs) <= set(launched.inputs) and set(launched.inputs) - set(trained.inputs) == {"job", "task"}

@@ -66,13 +66,16 @@ class TrainerApi:
 
     @classmethod
     def connect(cls, namespace: str) -> TrainerApi:
-        """In a pod: its service account; elsewhere: the kubeconfig's current context."""
+        """In a pod: its service account; elsewhere: the kubeconfig's current context
+        ($KUBECONFIG as it is now; the client reads it only once, at import)."""
+        import os
+
         from kubernetes import client, config
 
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config()
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         return cls(client.ApiClient(), namespace)
 
     # ------------------------------------------------------------------ discovery and access
