@@ -6,7 +6,8 @@
                               -> ensemble -> evaluate
                               -> select-round: the round with the better held-out val mIoU
             -> submission + register the kept round (challenger; champion only if better)
-    all under an ExitHandler that records how the run ended.
+    all under an ExitHandler that records how the run ended. With ENGINE=trainjob (the cluster
+    default) a check-trainer task comes first and each train task launches a TrainJob.
 
 `build_full_pipeline(settings)` builds it for given cluster settings (images, GPUs per
 task); `full_pipeline` is the default build, used by kfp.local and the tests.

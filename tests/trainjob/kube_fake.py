@@ -19,7 +19,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from trashseg.errors import ConfigError
-from trashseg.trainjob.objects import POD_INDEX_LABEL, POD_JOBSET_LABEL, validated
+from trashseg.trainjob.objects import (
+    NODE,
+    POD_INDEX_LABEL,
+    POD_JOBSET_LABEL,
+    POD_REPLICATED_JOB_LABEL,
+    validated,
+)
 
 GROUP = "/apis/trainer.kubeflow.org/v1alpha1"
 JOBS = re.compile(rf"^{GROUP}/namespaces/(?P<ns>[^/]+)/trainjobs(?:/(?P<name>[^/]+))?$")
@@ -90,7 +96,7 @@ class FakeCluster:
             self.pods[name] = {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": self.namespace, "uid": str(uuid.uuid4()), "creationTimestamp": _now(),
-                             "labels": {POD_JOBSET_LABEL: job, POD_INDEX_LABEL: "0"}},
+                             "labels": {POD_JOBSET_LABEL: job, POD_REPLICATED_JOB_LABEL: NODE, POD_INDEX_LABEL: "0"}},
                 "status": {"phase": phase},
             }
             self.logs[name] = []

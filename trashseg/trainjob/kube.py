@@ -20,6 +20,7 @@ from trashseg.trainjob.objects import (
     NODE,
     POD_INDEX_LABEL,
     POD_JOBSET_LABEL,
+    POD_REPLICATED_JOB_LABEL,
     RUNTIMES,
     TRAINJOBS,
 )
@@ -159,7 +160,7 @@ class TrainerApi:
 
     def node0_pod(self, job: str) -> PodRef | None:
         """The newest pod of node 0 (rank 0 writes the progress lines), or None before it exists."""
-        selector = f"{POD_JOBSET_LABEL}={job},{POD_INDEX_LABEL}=0"
+        selector = f"{POD_JOBSET_LABEL}={job},{POD_REPLICATED_JOB_LABEL}={NODE},{POD_INDEX_LABEL}=0"
         try:
             pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
         except _api_exception() as error:

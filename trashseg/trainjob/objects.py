@@ -37,6 +37,7 @@ LABEL_RUN, LABEL_TASK, LABEL_ARCH, LABEL_ROUND = (f"trashseg.io/{key}" for key i
 # JobSet labels every pod with its job set (= the TrainJob's name) and its Job's completion
 # index, which the torch plugin turns into PET_NODE_RANK: index 0 is node 0.
 POD_JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
+POD_REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"  # `node`, not an initializer's job
 POD_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 # The launcher's own pod, from the downward API: the TrainJob's owner.
 POD_NAME_ENV, POD_UID_ENV, POD_NAMESPACE_ENV = "TRASHSEG_POD_NAME", "TRASHSEG_POD_UID", "TRASHSEG_POD_NAMESPACE"
