@@ -253,6 +253,7 @@ def test_a_tracking_uri_with_a_password_never_reaches_the_job(cluster, inputs):
         )
     assert "s3cret" not in str(error.value)
     assert not cluster.requested("POST", "/trainjobs")
+    assert not (Path(inputs["store"]) / RUN_ID / "staged").exists()  # refused before anything is uploaded
 
 
 def test_a_control_plane_blip_is_waited_out_not_a_deleted_job(cluster, inputs, monkeypatch):

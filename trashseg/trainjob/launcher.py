@@ -147,7 +147,7 @@ def launch_train_step(
     existing = _reusable(api, name)
     if existing is None:
         inputs = {"dataset": dataset_dir, "pseudo_dataset": pseudo_dataset_dir, "init_bundle": init_bundle_dir}
-        uris = stage_inputs(store, name, inputs)
+        uris = {key: store.uri(f"{STAGED}/{name}/{key}") for key, folder in inputs.items() if folder is not None}
         spec = NodeTrainSpec(
             run_id=run_id, architecture=architecture, stage=run.stage, iterations=iterations, image_size=image_size,
             dataset_version=dataset_version, checkpoint_store=checkpoint_store, dataset_uri=uris["dataset"],
@@ -156,7 +156,9 @@ def launch_train_step(
             init_bundle_uri=uris.get("init_bundle", ""), weights_store=weights_store,
             tracking_uri=run.tracking_uri, experiment=run.experiment, extra={"kfp.task": task},
         )
-        existing = start_job(api, train_job(name, spec, job, job_labels(run_id, task, architecture, run.stage), pod), pod)
+        obj = train_job(name, spec, job, job_labels(run_id, task, architecture, run.stage), pod)  # checked first
+        stage_inputs(store, name, inputs)
+        existing = start_job(api, obj, pod)
     else:
         existing = adopt(api, existing, pod)
     if job_state(existing) != COMPLETE:
