@@ -103,6 +103,13 @@ class FakeCluster:
             self.changed.notify_all()
         return name
 
+    def end_node(self, pod: str, reason: str, exit_code: int) -> None:
+        with self.changed:
+            self.pods[pod]["status"] = {"phase": "Failed", "containerStatuses": [{
+                "name": NODE, "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+                "state": {"terminated": {"reason": reason, "exitCode": exit_code}}}]}
+            self.changed.notify_all()
+
     def log(self, pod: str, *lines: str, done: bool = False) -> None:
         with self.changed:
             self.logs[pod].extend(lines)

@@ -101,6 +101,7 @@ def play_controller(fake: FakeCluster, store: str, *, outcome: str = "Complete",
             mirror_checkpoint(store)
             fake.set_condition(NAME, "Complete", "JobSetCompleted", "jobset completed")
         else:
+            fake.end_node(pod, "OOMKilled", 137)
             fake.add_event(NAME, "BackoffLimitExceeded", "node-0 exited 137 (OOMKilled)", kind="JobSet")
             fake.set_condition(NAME, "Failed", "JobSetFailed", "jobset failed: maxRestarts (3) exceeded")
 
@@ -109,7 +110,8 @@ def play_controller(fake: FakeCluster, store: str, *, outcome: str = "Complete",
     return thread
 
 
-def test_create_stream_logs_and_complete(cluster, inputs, capsys):
+def test_create_stream_logs_and_complete(cluster, inputs, capsys, caplog):
+    caplog.set_level("INFO", logger="trashseg.trainjob.launcher")
     controller = play_controller(cluster, inputs["store"])
     result = launch(cluster, inputs)
     controller.join(5)
@@ -118,6 +120,8 @@ def test_create_stream_logs_and_complete(cluster, inputs, capsys):
     assert (inputs["model"] / "last.pt").is_file()  # the Model output holds the mirrored checkpoints
     out = capsys.readouterr().out
     assert "[node 0] iteration 10/20 loss 0.91" in out and "[node 0] iteration 20/20 loss 0.52" in out
+    assert f"TrainJob {NAME}: no conditions yet" in caplog.text  # progress: each change of the job's status
+    assert f"TrainJob {NAME}: Complete=True" in caplog.text
     job = cluster.jobs[NAME]
     assert [r[2] for r in cluster.requested("POST", "/trainjobs")] == [201]
     assert job["metadata"]["ownerReferences"] == [POD.owner_reference()]
@@ -168,6 +172,7 @@ def test_failed_job_raises_with_reason_and_events(cluster, inputs):
     message = str(error.value)
     assert "JobSetFailed: jobset failed: maxRestarts (3) exceeded" in message
     assert "BackoffLimitExceeded: node-0 exited 137 (OOMKilled)" in message
+    assert "node 0 (ts-base-segformer-b0-tiny-" in message and "OOMKilled, exit code 137" in message
     assert f"kubectl describe trainjob {NAME}" in message
     assert NAME in cluster.jobs  # kept for inspection: a failed job's pods have ended, no GPU is held
     # A retry replaces the failed job (the new one resumes from the mirror) instead of re-failing.

@@ -52,6 +52,7 @@ class PodRef:
     name: str
     uid: str
     phase: str
+    ended: str = ""  # how the node container last ended, e.g. "OOMKilled, exit code 137"
 
 
 class TrainerApi:
@@ -168,7 +169,8 @@ class TrainerApi:
         if not pods:
             return None
         newest = max(pods, key=lambda pod: (pod.metadata.creation_timestamp is not None, pod.metadata.creation_timestamp))
-        return PodRef(newest.metadata.name, newest.metadata.uid, (newest.status and newest.status.phase) or "Pending")
+        status = newest.status
+        return PodRef(newest.metadata.name, newest.metadata.uid, (status and status.phase) or "Pending", _ended(status))
 
     def follow_log(self, pod: str) -> Iterator[str]:
         """The node container's log lines as they are written, until the container ends."""
@@ -205,6 +207,17 @@ class TrainerApi:
             if error.status == 404:
                 return None
             raise _translate(error, "get", plural) from None
+
+
+def _ended(status) -> str:
+    """The node container's termination (current, else last) as `reason, exit code N`."""
+    for container in (status and status.container_statuses) or []:
+        if container.name != NODE:
+            continue
+        for state in (container.state, container.last_state):
+            if state is not None and state.terminated is not None:
+                return f"{state.terminated.reason or 'terminated'}, exit code {state.terminated.exit_code}"
+    return ""
 
 
 def _api_exception():

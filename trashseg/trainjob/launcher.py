@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 COMPLETE, FAILED = "Complete", "Failed"
 WATCH_S = 60  # one watch request; between two, the job is read again (a missed event costs this much)
 LOG_POLL_S = 5.0
+HEARTBEAT_S = 600.0  # the job's status is logged at least this often
 STAGED = "staged"  # `<checkpoint_store>/<run_id>/staged/<job>/...`: inputs, apart from the checkpoints
 # What the launcher does in the runs namespace; preflight asks for each before any GPU is requested.
 NEEDED_ACCESS = (
@@ -305,8 +306,10 @@ def supervise(api: TrainerApi, name: str, *, deadline: float, write: Callable[[s
     follower.join(timeout=10.0)  # the last lines of an ended node
     if job_state(job) == FAILED:
         events = "\n  ".join(api.events(name)) or "(none)"
+        node0 = api.node0_pod(name)
+        ended = f"\n node 0 ({node0.name}): {node0.ended}" if node0 is not None and node0.ended else ""
         raise TrainJobFailed(
-            f"TrainJob {name} failed: {_condition_text(job)}\n recent events:\n  {events}\n"
+            f"TrainJob {name} failed: {_condition_text(job)}{ended}\n recent events:\n  {events}\n"
             f"inspect it with `kubectl describe trainjob {name} -n {api.namespace}`; a retry of this task starts a new "
             "job that resumes from the mirrored checkpoints"
         )
@@ -351,10 +354,11 @@ def _watch_once(api: TrainerApi, name: str, timeout_s: float, report: Callable[[
 
 
 class _Reporter:
-    """Logs the job's status when it changes: its conditions and its nodes' job counts."""
+    """Logs the job's status when it changes, and every HEARTBEAT_S anyway (with how long it has
+    run): its conditions and its nodes' job counts."""
 
     def __init__(self, name: str) -> None:
-        self.name, self.last = name, ""
+        self.name, self.last, self.logged_at = name, "", 0.0
 
     def __call__(self, job: dict[str, Any]) -> None:
         status = job.get("status") or {}
@@ -364,9 +368,10 @@ class _Reporter:
             for j in status.get("jobsStatus") or []
         )
         text = f"TrainJob {self.name}: {conditions or 'no conditions yet'}{'; ' + jobs if jobs else ''}"
-        if text != self.last:
-            log.info("%s", text)
-            self.last = text
+        if text != self.last or time.monotonic() - self.logged_at > HEARTBEAT_S:
+            running = timedelta(seconds=int(time.time() - _created(job)))
+            log.info("%s (created %s ago)", text, running)
+            self.last, self.logged_at = text, time.monotonic()
 
 
 def follow_node0(api: TrainerApi, name: str, stop: threading.Event, write: Callable[[str], None]) -> None:
