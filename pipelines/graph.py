@@ -4,13 +4,37 @@
 from kfp import dsl
 
 from components.bundle_models import bundle_models
+from components.check_trainer import check_trainer
 from components.ensemble_crf import ensemble_crf
 from components.evaluate import evaluate
+from components.launch_training import launch_training
 from components.make_submission import make_submission
 from components.predict import predict
 from components.register_model import register_model
 from components.train_model import train_model
-from pipelines.cluster import cpu_task, gpu_task
+from pipelines.cluster import cpu_task, gpu_task, launcher_task
+
+
+def trainer_preflight(settings):
+    """ENGINE=trainjob: a first CPU task that fails at once, before any GPU is requested, when
+    the cluster cannot run TrainJobs (no CRD, no runtime, no RBAC). None with ENGINE=pod."""
+    if settings.engine != "trainjob":
+        return None
+    return launcher_task(check_trainer(runtime=settings.trainer_runtime), settings).set_display_name("check-trainer")
+
+
+def train_task(settings, *, stage, default_iterations, **inputs):
+    """One architecture's training: a TrainJob launcher (ENGINE=trainjob) or the GPU pod itself (pod)."""
+    if settings.engine == "trainjob":
+        job = settings.job_settings(default_iterations).to_dict()
+        return launcher_task(
+            launch_training(**inputs, stage=stage, job=job, task=f"train-{stage}"),
+            settings, cache=True, object_store=True,
+        ).set_display_name(f"train-{stage}")
+    return gpu_task(
+        train_model(**inputs, stage=stage),
+        settings, retry_iterations=default_iterations, cache=True, object_store=True, mlflow=True,
+    ).set_display_name(f"train-{stage}")
 
 
 def train_round(
@@ -20,7 +44,7 @@ def train_round(
 ):
     """ParallelFor over architectures: train, predict val and test (one task), evaluate on val; then
     bundle the round's models. `default_iterations` (the pipeline's default, known at compile
-    time) sizes the training retry window. `weights_store`: where the pretrained starts are
+    time) sizes the training retry window (pod) or the TrainJob's timeout (trainjob). `weights_store`: where the pretrained starts are
     mirrored (the data store); tasks read them from there with no network."""
     # The loop has no name=: a named ParallelFor followed by dsl.Collected makes the consumers
     # fail with "cannot find producer task" on KFP backends up to 2.15 (kubeflow/pipelines#13239).
@@ -28,14 +52,12 @@ def train_round(
         extra = {} if pseudo_dataset is None else {"pseudo_dataset": pseudo_dataset, "pseudo_ratio": pseudo_ratio}
         if init_bundle is not None:
             extra["init_bundle"] = init_bundle
-        trained = gpu_task(
-            train_model(
-                dataset=dataset, architecture=architecture, iterations=iterations, image_size=image_size,
-                dataset_version=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
-                tracking_uri=tracking_uri, experiment=experiment, stage=stage, weights_store=weights_store, **extra,
-            ),
-            settings, retry_iterations=default_iterations, cache=True, object_store=True, mlflow=True,
-        ).set_display_name(f"train-{stage}")
+        trained = train_task(
+            settings, stage=stage, default_iterations=default_iterations,
+            dataset=dataset, architecture=architecture, iterations=iterations, image_size=image_size,
+            dataset_version=dataset_version, train_settings=train_settings, checkpoint_store=checkpoint_store,
+            tracking_uri=tracking_uri, experiment=experiment, weights_store=weights_store, **extra,
+        )
         model = trained.outputs["model"]
         predicted = gpu_task(
             predict(model=model, dataset=dataset),

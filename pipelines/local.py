@@ -122,8 +122,9 @@ def folder_dataset_version(out: Path, folder: str | Path) -> str:
     return push_dataset(folder, LocalStore(out / "store")).version
 
 
-# Both architectures train at once (2 cores); a failed task is retried once, soon.
-LOCAL_SETTINGS = ClusterSettings(parallelism=2, training_retries=1, retry_backoff="5s")
+# Both architectures train at once (2 cores); a failed task is retried once, soon. The
+# training runs in the task itself (no Kubernetes here, so no TrainJob).
+LOCAL_SETTINGS = ClusterSettings(parallelism=2, training_retries=1, retry_backoff="5s", engine="pod")
 
 
 def init_local(out: Path, tracking_uri: str) -> str:

@@ -29,7 +29,7 @@ from pipelines.full import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
 )
-from pipelines.graph import ensemble_round, finish_round, train_round
+from pipelines.graph import ensemble_round, finish_round, train_round, trainer_preflight
 from trashseg import secrets
 
 DEFAULT_FINETUNE_ITERATIONS = 20_000
@@ -84,6 +84,9 @@ def build_retrain_pipeline(settings: ClusterSettings = DEFAULT_SETTINGS):
                     object_store=True,
                     cache=True,
                 ).set_display_name("prepare")
+                trainer = trainer_preflight(settings)  # ENGINE=trainjob: Trainer usable here, checked on a CPU
+                if trainer is not None:
+                    prepared.after(trainer)
                 dataset = prepared.outputs["dataset"]
                 finetuned = train_round(
                     settings, champion.outputs["Output"], dataset, merged.output, iterations, image_size,

@@ -148,15 +148,19 @@ def retry_window_warning(package: Path, arguments: dict[str, Any]) -> str | None
         return None
     spec = pipeline_spec(package)
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
-    windows = [
-        int(task["retryPolicy"]["backoffMaxDuration"].removesuffix("s"))
-        for dag in dags for task in dag["tasks"].values() if "retryPolicy" in task
+    every = [task for dag in dags for task in dag["tasks"].values()]
+    windows = [int(task["retryPolicy"]["backoffMaxDuration"].removesuffix("s")) for task in every if "retryPolicy" in task]
+    # ENGINE=trainjob: each launcher's TrainJob timeout plays that part
+    windows += [
+        int(job["runtimeValue"]["constant"]["timeout_s"]) for task in every
+        if "runtimeValue" in (job := task.get("inputs", {}).get("parameters", {}).get("job", {}))
     ]
     needed = DEFAULT_SETTINGS.retry_window_s(arguments["iterations"])
     if not windows or min(windows) >= needed:
         return None
     return (
-        f"iterations={arguments['iterations']} needs a training retry window of {needed} s, but "
+        f"iterations={arguments['iterations']} needs a training retry window of {needed} s (with ENGINE=trainjob: "
+        f"the TrainJob timeout), but "
         f"{package.name} was compiled with {min(windows)} s: a retry after that is never started. "
         f"Recompile with make compile MAX_ITERATIONS={arguments['iterations']}"
     )

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from trashseg import secrets
+from trashseg.trainjob import objects as trainjob
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -55,13 +56,16 @@ def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
 
 
 def test_expected_overlays_exist():
-    assert OVERLAYS == ["dev", "prod", "with-minio", "with-viewer"]
+    assert OVERLAYS == ["dev", "prod", "with-minio", "with-trainer", "with-viewer"]
 
 
 def test_every_object_validates_strictly(rendered):
     overlay, objects = rendered
     assert len(objects) > 10
     for obj in objects:
+        if obj["apiVersion"].startswith(f"{trainjob.API_GROUP}/"):  # no Kubernetes schema: Trainer v2.3's models
+            trainjob.validated(obj)
+            continue
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -193,3 +197,59 @@ def test_no_secret_carries_real_data(rendered):
         else:
             assert set(secret["stringData"]) == set(secrets.POSTGRES_SECRET_KEYS)
     assert names == {secrets.S3_CREDENTIALS_SECRET, secrets.POSTGRES_SECRET}
+
+
+def test_trainer_overlay_adds_the_runtime_and_the_launchers_rbac():
+    """with-trainer = dev + a namespaced TrainingRuntime for Trainer v2.3 and the launcher's Role."""
+    objects = render("with-trainer")
+    dev_names = {(o["kind"], o["metadata"]["name"]) for o in render("dev")}
+    added = [o for o in objects if (o["kind"], o["metadata"]["name"]) not in dev_names]
+    assert {(o["kind"], o["metadata"]["name"]) for o in added} == {
+        ("TrainingRuntime", trainjob.RUNTIME_NAME), ("Role", "trashseg-trainjob-launcher"),
+        ("RoleBinding", "trashseg-trainjob-launcher"),
+    }
+    assert all(o["metadata"]["namespace"] == RUNS_NAMESPACE for o in added)
+    runtime = trainjob.validated(by_kind(objects, "TrainingRuntime")[trainjob.RUNTIME_NAME])
+    assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
+    assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}
+    jobset = runtime["spec"]["template"]["spec"]
+    assert jobset["failurePolicy"]["maxRestarts"] >= 1
+    assert jobset["failurePolicy"]["rules"][0]["action"] == "RestartJobSetAndIgnoreMaxRestarts"  # preemption
+    (node,) = jobset["replicatedJobs"]
+    assert node["name"] == trainjob.NODE
+    assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    assert node["template"]["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    pod = node["template"]["spec"]["template"]
+    key, value = secrets.PIPELINE_POD_LABEL
+    assert pod["metadata"]["labels"][key] == value  # the nodes may reach MLflow
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    (container,) = spec["containers"]
+    assert container["name"] == trainjob.NODE
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert container["image"] == "ghcr.io/trashseg/trashseg-train:main"
+    assert {"name": trainjob.SHM_VOLUME, "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {"name": trainjob.SHM_VOLUME, "emptyDir": {"medium": "Memory"}} in spec["volumes"]
+
+
+def test_launcher_rbac_is_what_the_launcher_checks_and_nothing_more():
+    from trashseg.trainjob.launcher import NEEDED_ACCESS
+
+    objects = render("with-trainer")
+    role = by_kind(objects, "Role")["trashseg-trainjob-launcher"]
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    needed = {(group, resource + (f"/{sub}" if sub else ""), verb) for verb, resource, group, sub in NEEDED_ACCESS}
+    assert needed <= granted
+    reads = {"get", "list", "watch"}
+    assert {g for g in granted if g[2] not in reads} == {
+        (trainjob.API_GROUP, trainjob.TRAINJOBS, verb) for verb in ("create", "patch", "delete")
+    }
+    assert {r for _, r, _ in granted} == {"trainjobs", "trainingruntimes", "pods", "pods/log", "events"}
+    binding = by_kind(objects, "RoleBinding")["trashseg-trainjob-launcher"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": secrets.PIPELINE_SERVICE_ACCOUNT, "namespace": RUNS_NAMESPACE}
+    ]
+    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+    assert "trashseg-trainjob-launcher" not in by_kind(render("dev"), "Role")

@@ -41,7 +41,8 @@ def compiled(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for name, value in PLANTED.items():
             patch.setenv(name, value)
-        paths = compile_pipelines(out, ClusterSettings(images=IMAGES, gpus_per_task=GPUS))
+        # ENGINE=pod: the KFP pod trains (test_compile_trainjob.py covers the default, trainjob)
+        paths = compile_pipelines(out, ClusterSettings(images=IMAGES, gpus_per_task=GPUS, engine="pod"))
     return {name: (path.read_text(), *yaml.safe_load_all(path.read_text())) for name, path in paths.items()}
 
 

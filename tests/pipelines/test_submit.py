@@ -19,7 +19,7 @@ from pipelines.submit import (
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
-    return compile_pipelines(tmp_path_factory.mktemp("build"), ClusterSettings())
+    return compile_pipelines(tmp_path_factory.mktemp("build"), ClusterSettings(engine="pod"))
 
 
 def closed_port_url() -> str:
