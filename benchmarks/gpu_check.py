@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -259,16 +260,18 @@ def row_options(row: dict, plan: Plan, out: RowWriter) -> None:
 
 
 def _natten_errors(shape, kernel_size: int, dilation: int, dtype: torch.dtype, device, backward: bool) -> dict:
-    from trashseg.models.neighborhood_attention import (
-        neighborhood_attention,
-        neighborhood_attention_reference,
-    )
+    # na2d itself: what DiNAT's attention calls on CUDA (on CPU it runs the reference instead).
+    from natten.functional import na2d
+
+    from trashseg.models.neighborhood_attention import neighborhood_attention_reference
 
     generator = torch.Generator().manual_seed(kernel_size * 100 + dilation)
     q, k, v, upstream = (torch.randn(shape, generator=generator).to(device) for _ in range(4))
     inputs = [t.to(dtype).requires_grad_(backward) for t in (q, k, v)]
     exact = [t.detach().float().requires_grad_(backward) for t in inputs]  # the same values, fp32
-    fused = neighborhood_attention(*inputs, kernel_size, dilation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # natten's note that CPU flex attention runs uncompiled
+        fused = na2d(*inputs, kernel_size=kernel_size, dilation=dilation)
     reference = neighborhood_attention_reference(*exact, kernel_size, dilation)
 
     def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -385,12 +388,14 @@ def run_row(row: dict, plan: Plan, limit_s: float, scratch: Path) -> dict:
     process = multiprocessing.get_context("fork").Process(target=_child, args=(row["kind"], row, plan, str(path)))
     start = time.monotonic()
     process.start()
-    process.join(limit_s)
-    timed_out = process.is_alive()
-    if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.join()
+    try:
+        process.join(limit_s)
+        timed_out = process.is_alive()
+    finally:  # also on Ctrl-C: the row's process group is its own, so the terminal's signal misses it
+        if process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.join()
     measured = json.loads(path.read_text()) if path.exists() else {}
     record = {"kind": row["kind"], "name": row["name"], "seconds": round(time.monotonic() - start, 1)}
     error, skipped = measured.pop("error", None), measured.pop("skipped", None)
@@ -444,26 +449,37 @@ class Check:
         write_text(self.out_dir / "gpu_check.md", render_markdown(result))
 
 
+def _next_row(row: dict, plan: Plan, check: Check, start: float, scratch: Path) -> dict:
+    """The row's record: run within what is left of the budget, or skipped with the reason."""
+    left = plan.budget_s - (time.monotonic() - start)
+    reason = None
+    if check.device["status"] != "ok":
+        reason = f"not started: no usable device ({check.device['error']})"
+    elif left < 5:
+        reason = f"not started: the time budget of {plan.budget_s:.0f} s was spent"
+    if reason:
+        return {"kind": row["kind"], "name": row["name"], "status": "skipped", "seconds": 0.0, "error": reason}
+    return run_row(row, plan, min(plan.row_limit_s[row["kind"]], left), scratch)
+
+
 def run_check(plan: Plan, out_dir: Path, architectures: list[str], skip=(), peak_override=None) -> Check:
     """Every row within the plan's budget; gpu_check.json / .md rewritten after each."""
     check, start = Check(plan, Path(out_dir), peak_override), time.monotonic()
     rows = plan_rows(plan, architectures, tuple(skip))
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        device = run_row({"kind": "device", "name": "device"}, plan, plan.row_limit_s["device"], Path(scratch))
-        check.device = device
-        if device["status"] != "ok":
-            print(f"device: {device['error']}", file=sys.stderr)
-        for index, row in enumerate(rows if device["status"] == "ok" else [], 1):
-            left = plan.budget_s - (time.monotonic() - start)
-            if left < 5:
-                record = {"kind": row["kind"], "name": row["name"], "status": "skipped", "seconds": 0.0,
-                          "error": f"not started: the time budget of {plan.budget_s:.0f} s was spent"}
-            else:
-                record = run_row(row, plan, min(plan.row_limit_s[row["kind"]], left), Path(scratch))
-            check.add(record)
+        check.device = run_row({"kind": "device", "name": "device"}, plan, plan.row_limit_s["device"], Path(scratch))
+        print(f"[device] {summary(check.device)}", flush=True)
+        try:
+            for index, row in enumerate(rows, 1):
+                check.add(_next_row(row, plan, check, start, Path(scratch)))
+                check.elapsed_s = time.monotonic() - start
+                check.write()
+                print(f"[{index}/{len(rows)}] {summary(check.rows[-1])}", flush=True)
+        except KeyboardInterrupt:
             check.elapsed_s = time.monotonic() - start
             check.write()
-            print(f"[{index}/{len(rows)}] {summary(record)}", flush=True)
+            print("gpu-check: stopped by the user; the rows so far are written", file=sys.stderr)
+            raise
     check.elapsed_s, check.finished = time.monotonic() - start, True
     check.write()
     return check
@@ -499,7 +515,7 @@ def render_markdown(result: dict) -> str:
     device, plan = result["device"], result["plan"]
     peak = result["peak_bf16_tflops"]
     lines = [
-        f"# GPU check: {device.get('name', 'no device')}, {result['started']}", "",
+        f"# GPU check: {device['name'] if device.get('status') == 'ok' else 'no usable device'}, {result['started']}", "",
         f"Mode {result['mode']}; torch {device.get('torch', '?')}, CUDA {device.get('cuda', '-')}, transformers "
         f"{device.get('transformers', '?')}, natten {device.get('natten', '?')} (compiled kernels: "
         f"{'yes' if device.get('natten_libnatten') else 'no'}); {device.get('count', 0)} GPU(s). MFU against "
@@ -507,7 +523,7 @@ def render_markdown(result: dict) -> str:
         f"({result['peak_source']}). {result['elapsed_s']:.0f} s"
         f"{'' if result['finished'] else ' so far (the run did not finish)'}; budget {plan['budget_s']:.0f} s.", "",
         f"Training: random init, {'fp32' if plan['dry'] else 'bf16'}, {plan['image_size']}x{plan['image_size']}, "
-        f"{plan['train_steps']} timed steps after {plan['warmup_steps']} warm-up ones, the largest batch of "
+        f"{plan['train_steps']} timed steps after {plan['warmup_steps']} warm-up step(s), the largest batch of "
         f"{plan['batches']} that fits; MFU = GFLOPs/image x 3 x img/s / peak. Predict: batch "
         f"{plan['predict_batch']}, TTA = flip x 3 scales.", "",
         "| architecture | params | batch | train img/s | peak GiB | GFLOPs/img | MFU | predict img/s | +TTA img/s | status |",
