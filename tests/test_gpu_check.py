@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import (
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # benchmarks/ is not installed; pytest's own entry point does not add the root
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import gpu_check  # noqa: E402
+from benchmarks.gpu_check import (  # noqa: E402
     DRY_PLAN,
     EXTRA_ARCHITECTURES,
     SKIPPABLE,
@@ -19,7 +23,6 @@ from benchmarks.gpu_check import (
     run_row,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 MEASURED = ("params_m", "batch", "train_images_per_s", "peak_memory_gib", "gflops_per_image",
             "predict_images_per_s", "predict_tta_images_per_s")
 
@@ -37,6 +40,7 @@ def dry_run(tmp_path_factory):
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text(), done.stdout
 
 
+@pytest.mark.slow
 def test_dry_run_has_a_measured_row_per_architecture_and_mfu_na_on_cpu(dry_run):
     result, markdown, stdout = dry_run
     from pipelines.full import RECIPE_ARCHITECTURES
@@ -55,6 +59,7 @@ def test_dry_run_has_a_measured_row_per_architecture_and_mfu_na_on_cpu(dry_run):
     assert f"[{len(result['rows'])}/{len(result['rows'])}]" in stdout
 
 
+@pytest.mark.slow
 def test_dry_run_checks_natten_compile_and_ddp(dry_run):
     result, markdown, _ = dry_run
     rows = {row["kind"]: row for row in result["rows"]}
