@@ -3,17 +3,18 @@
     python -m benchmarks.gpu_check [--dry] [--out DIR] [--budget-s S] [--arch NAME ...]
                                    [--skip natten|options|ddp ...] [--peak-tflops T]
 
-Rows, in this order (a row that cannot finish in the time left is listed as skipped):
+Rows, in this order (a row still running at its time limit is stopped and reported as a
+timeout with what it measured so far; rows not started when the budget is spent are skipped):
 - natten: its fused kernels against `neighborhood_attention_reference` (pure PyTorch, fp32)
   at DiNAT-L's kernel 11 with dilations 1, 2 and 5, in fp32 and bf16, forward and backward,
   within the tolerances in `NATTEN_TOLERANCE`;
 - train, one per architecture: the recipe's default list (pipelines/full.py) plus
   segformer-b5, eomt-dinov2-l and maskdino-swin-l, random init: 30 bf16 training steps at
-  512x512 at the largest batch of `GPU_PLAN.batches` that fits, images/s, peak memory, GFLOPs
-  per image from our own counter and MFU (`trashseg.models.complexity`: x3 for forward and
-  backward, over the card's dense bf16 peak; a card missing from that table gives "n/a"),
-  then the predict rate (`trashseg.predict.predict_probabilities`, bf16) without and with
-  TTA (flip x 3 scales);
+  512x512 at the largest batch of `GPU_PLAN.batches` that fits (the loss must stay finite),
+  images/s, peak memory, GFLOPs per image from our own counter and MFU
+  (`trashseg.models.complexity`: x3 for forward and backward, over the card's dense bf16
+  peak; a card missing from that table gives "n/a"), then the predict rate
+  (`trashseg.predict.predict_probabilities`, bf16) without and with TTA (flip x 3 scales);
 - options: `channels_last` and `compile` off and on (four runs) for Mask2Former-Swin-L, each
   timed with its warm-up (compilation) and its steps;
 - ddp: with two or more GPUs, `train` in 2 NCCL processes against 1 process with
@@ -42,6 +43,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -217,19 +219,21 @@ def row_train(row: dict, plan: Plan, out: RowWriter) -> None:
         model = build_model(row["arch"], NUM_CLASSES).to(device)
     out.update(params_m=round(model.parameter_count() / 1e6, 2), image_size=plan.image_size)
 
-    def measure(batch: int) -> tuple[float, float]:
+    def measure(batch: int) -> tuple[float, float, float]:
         model.zero_grad(set_to_none=True)  # a larger batch that ran out of memory may have left some
         return train_throughput(model, device, plan.image_size, batch, plan.train_steps, amp, warmup=plan.warmup_steps)
 
-    batch, (rate, peak_mib), tried = fit_batch(measure, plan.batches)
+    batch, (rate, peak_mib, loss), tried = fit_batch(measure, plan.batches)
     out.update(batch=batch, batches_tried=tried, train_steps=plan.train_steps, train_images_per_s=rate,
-               peak_memory_gib=_gib(peak_mib))
+               peak_memory_gib=_gib(peak_mib), last_loss=loss)
     _free()
     out.update(gflops_per_image=model_gflops(model, plan.image_size))
     model.set_training_progress(1, 1)  # infer as a trained model does (EoMT: masks annealed away)
     for key, tta in (("predict_images_per_s", False), ("predict_tta_images_per_s", True)):
         out.update(**{key: inference_throughput(model, device, plan.image_size, plan.predict_batch,
                                                 plan.predict_steps, amp, tta)})
+    if not math.isfinite(loss):
+        raise CheckFailed(f"the training loss is {loss} after {plan.train_steps} steps (amp {amp})")
 
 
 def row_options(row: dict, plan: Plan, out: RowWriter) -> None:
@@ -244,7 +248,7 @@ def row_options(row: dict, plan: Plan, out: RowWriter) -> None:
             with device:
                 model = build_model(row["arch"], NUM_CLASSES).to(device)
             start = time.perf_counter()
-            rate, peak_mib = train_throughput(model, device, plan.image_size, plan.options_batch, plan.options_steps,
+            rate, peak_mib, _ = train_throughput(model, device, plan.image_size, plan.options_batch, plan.options_steps,
                                               amp, warmup=plan.warmup_steps, channels_last=channels_last, compile=compile)
             run.update(images_per_s=rate, peak_memory_gib=_gib(peak_mib),
                        total_s=round(time.perf_counter() - start, 1))  # compile time included

@@ -112,14 +112,15 @@ class LossModule(torch.nn.Module):
         return self.model.loss(images, masks)
 
 
-def train_throughput(model, device, size, batch_size, steps, amp_dtype, *, warmup=1, **options) -> tuple[float, float]:
-    """(images/s, peak MiB) of `steps` timed training steps after `warmup` untimed ones."""
+def train_throughput(model, device, size, batch_size, steps, amp_dtype, *, warmup=1, **options) -> tuple[float, float, float]:
+    """(images/s, peak MiB, last loss) of `steps` timed training steps after `warmup` untimed ones."""
     step = make_train_step(model, device, size, batch_size, amp_dtype, **options)
+    losses = []
     for _ in range(warmup):  # allocator, kernels, lazy init (and compilation)
         step()
     with PeakMemory(device) as memory:
-        seconds = _timed(step, steps, device)
-    return batch_size / seconds, memory.mib
+        seconds = _timed(lambda: losses.append(step()), steps, device)
+    return batch_size / seconds, memory.mib, float(losses[-1])
 
 
 def inference_throughput(model, device, size, batch_size, steps, amp_dtype, tta: bool) -> float:
@@ -169,7 +170,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(name, NUM_CLASSES).to(device)
         params = model.parameter_count() / 1e6
-        train_rate, peak = train_throughput(model, device, args.size, args.batch_size, args.steps, amp)
+        train_rate, peak, _ = train_throughput(model, device, args.size, args.batch_size, args.steps, amp)
         # Counted only where a peak is known: on CPU the count could take longer than the run.
         mfu = training_mfu(model_gflops(model, args.size), train_rate, peak_tflops) if peak_tflops else "n/a"
         model.set_training_progress(1, 1)  # infer as a trained model does (EoMT: masks annealed away)

@@ -24,7 +24,7 @@ from benchmarks.gpu_check import (  # noqa: E402
 )
 
 MEASURED = ("params_m", "batch", "train_images_per_s", "peak_memory_gib", "gflops_per_image",
-            "predict_images_per_s", "predict_tta_images_per_s")
+            "predict_images_per_s", "predict_tta_images_per_s", "last_loss")
 
 
 @pytest.fixture(scope="module")
