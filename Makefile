@@ -220,8 +220,8 @@ schedule: compile ## Recurring retrain.yaml run: make schedule CRON="0 0 3 * * *
 
 # make gpu-check on a lent GPU machine: every full-size architecture of the recipe (plus
 # segformer-b5, eomt-dinov2-l, maskdino-swin-l) in bf16 with images/s, peak memory and MFU,
-# predict +-TTA, natten against its reference, channels_last/compile, 2-process DDP; under
-# 8 minutes on one H200, nothing from the network. Writes gpu_check.json and gpu_check.md to
+# predict +-TTA, natten against its reference, channels_last/compile, 2-process DDP; sized
+# for under 8 minutes on one H200, nothing from the network. Writes gpu_check.json and gpu_check.md to
 # GPU_CHECK_OUT. DRY=1: the same script on CPU with the tiny twins (what the test runs).
 # No setup dependency: a lent machine has no network; its image's python3 holds CUDA torch.
 DRY ?= 0

@@ -26,8 +26,8 @@ Each row runs in a child process of its own (forked, so the imports are paid onc
 process never initialises CUDA) with its own time limit, so an out-of-memory, a CUDA error,
 a crash or a hang ends that row only; what the row measured before it stopped is kept.
 `gpu_check.json` and `gpu_check.md` in --out are rewritten after every row, so a run cut
-short still leaves every finished row. The default budget, 450 s, keeps a run on one H200
-under 8 minutes with the imports.
+short still leaves every finished row. The default budget for the rows, 450 s, is sized to
+keep a whole run on one H200 under 8 minutes with the imports.
 
 --dry (make gpu-check DRY=1) runs the same rows on CPU with the tiny twins at 64x64 and a
 few steps, in about a minute on two shared cores (tests/test_gpu_check.py runs it): on CPU natten

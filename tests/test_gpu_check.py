@@ -1,6 +1,7 @@
 """`make gpu-check DRY=1`: the GPU check's script on CPU with tiny twins, so it cannot rot."""
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def test_a_row_over_its_time_limit_is_stopped_with_its_helpers(tmp_path):
     record = run_row({"kind": "options", "name": "slow", "arch": "segformer-b0-tiny"}, DRY_PLAN, 1.0, tmp_path)
     assert record["status"] == "timeout" and record["error"] == "stopped at its time limit of 1 s"
     assert record["seconds"] < 10
+    assert multiprocessing.active_children() == []
 
 
 def test_the_budget_skips_rows_it_cannot_start(tmp_path):
