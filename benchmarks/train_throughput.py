@@ -87,7 +87,9 @@ def make_train_step(model, device, size, batch_size, amp_dtype, *, channels_last
         model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     loss_module = LossModule(model)
-    forward = torch.compile(loss_module, **({} if device.type == "cuda" else {"backend": "eager"})) if compile else loss_module
+    # On CPU (gpu_check's dry run) only dynamo's graph capture: inductor's C++ build would dominate.
+    backend = {} if device.type == "cuda" else {"backend": "eager"}
+    forward = torch.compile(loss_module, **backend) if compile else loss_module
 
     def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
