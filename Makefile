@@ -221,3 +221,33 @@ submit: compile ## Start full.yaml: make submit EXPERIMENT=… KFP_HOST=… [NAM
 .PHONY: schedule
 schedule: compile ## Recurring retrain.yaml run: make schedule CRON="0 0 3 * * *" (UTC, 6 fields)
 	$(PY) -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --namespace "$(NAMESPACE)" --package $(BUILD)/retrain.yaml --cron "$(CRON)" $(PARAMS)
+
+##@ GPU check
+
+# make gpu-check on a lent GPU machine: every full-size architecture of the recipe (plus
+# segformer-b5, eomt-dinov2-l, maskdino-swin-l) in bf16 with images/s, peak memory and MFU,
+# predict +-TTA, natten against its reference, channels_last/compile, 2-process DDP; sized
+# for under 8 minutes on one H200, nothing from the network. Writes gpu_check.json and gpu_check.md to
+# GPU_CHECK_OUT. DRY=1: the same script on CPU with the tiny twins (what the test runs).
+# No setup dependency: a lent machine has no network; its image's python3 holds CUDA torch.
+DRY ?= 0
+GPU_CHECK_OUT ?= $(BUILD)/gpu-check
+GPU_CHECK_ARGS ?=
+GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
+# The wheels a lent machine's image lacks (natten, lz4, zstandard, pycocotools, transformers at
+# our pin), for its Python, fetched here into .whl/ to be carried there (README, "GPU table");
+# natten's wheel, built here without CUDA, is pure Python (no compiled kernels).
+GPU_WHEEL_PYTHON ?= 3.12
+GPU_WHEELS := .whl
+
+.PHONY: gpu-check gpu-check-wheels
+gpu-check: ## On a lent GPU: throughput, MFU, natten, compile, DDP -> build/gpu-check/ (DRY=1: CPU, tiny twins)
+	$(GPU_PY) -m benchmarks.gpu_check $(if $(filter 1 true yes,$(DRY)),--dry) --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+gpu-check-wheels: setup ## Wheels a lent GPU machine lacks for gpu-check, into .whl/ (Python 3.12, x86-64)
+	@mkdir -p $(GPU_WHEELS)
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version $(GPU_WHEEL_PYTHON) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) \
+	  $(call PIN,lz4) $(call PIN,zstandard) $(call PIN,pycocotools) $(call PIN,transformers)
+	$(PIP) wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS) $(call PIN,natten)
+	@ls $(GPU_WHEELS)
