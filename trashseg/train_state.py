@@ -22,6 +22,7 @@ from trashseg.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     check_resumable,
+    is_trashseg_checkpoint,
     load_checkpoint_state,
     set_rng_state,
 )
@@ -132,8 +133,6 @@ def start_tags(config: TrainConfig) -> dict[str, str]:
     """How the run's weights started, as MLflow tags (a continuation adds its source in continue_schedule)."""
     if config.continue_from:
         return {"train.mode": "continue", "train.continued_from": config.continue_from}
-    from trashseg.models import is_trashseg_checkpoint
-
     if config.pretrained and is_trashseg_checkpoint(config.pretrained):
         return {"train.mode": "fine-tune", "train.init_checkpoint": config.pretrained}
     return {"train.mode": "new"}

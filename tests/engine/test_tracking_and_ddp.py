@@ -12,8 +12,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from trashseg.checkpoints import load_checkpoint
 from trashseg.config import from_mapping
+from trashseg.models import load_checkpoint
 from trashseg.tracking import TrackedRun, TrackingConfig
 from trashseg.training import TrainConfig, train
 
