@@ -201,16 +201,10 @@ def plan_training(
     tags: Mapping[str, str] | None = None,
 ) -> TrainJob:
     """The resolved TrainConfig, MLflow tags and mirror of a training step (a KFP pod or a TrainJob node)."""
-    from trashseg.config import load_config
     from trashseg.registry import ModelBundle
-    from trashseg.training import TrainConfig
 
-    overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
-    if pseudo_dataset_dir is not None:
-        overrides.append(f"pseudo_ratio={pseudo_ratio}")
-    config = load_config(TrainConfig, None, overrides)
-    # The run context says where runs are recorded; a `tracking.enabled=false` setting still holds.
-    config = dataclasses.replace(config, tracking=dataclasses.replace(run.tracking(), enabled=config.tracking.enabled))
+    config = train_config(architecture, iterations, image_size, settings, run,
+                          pseudo_ratio=pseudo_ratio if pseudo_dataset_dir is not None else None)
     all_tags = {**(tags or {}), **run.tags()}  # train() tags the run with dataset.version from the dataset itself
     if init_bundle_dir is not None:
         # The path is the same on a retry (and on every node), so the resolved config still matches on resume.
@@ -220,6 +214,20 @@ def plan_training(
         config, str(dataset_dir), str(model_dir), pseudo_dataset_dir and str(pseudo_dataset_dir), all_tags,
         checkpoint_mirror_uri(checkpoint_store, run_id), f"{run.stage}-{architecture}", weights_store or None,
     )
+
+
+def train_config(architecture: str, iterations: int, image_size: int, settings: Sequence[str], run: RunContext, *,
+                 pseudo_ratio: float | None = None) -> TrainConfig:
+    """The step's TrainConfig: `settings` (`key=value`) over the architecture's defaults; the run
+    context says where runs are recorded, while a `tracking.enabled=false` setting still holds."""
+    from trashseg.config import load_config
+    from trashseg.training import TrainConfig
+
+    overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
+    if pseudo_ratio is not None:
+        overrides.append(f"pseudo_ratio={pseudo_ratio}")
+    config = load_config(TrainConfig, None, overrides)
+    return dataclasses.replace(config, tracking=dataclasses.replace(run.tracking(), enabled=config.tracking.enabled))
 
 
 def checkpoint_mirror_uri(checkpoint_store: str, run_id: str) -> str:

@@ -6,6 +6,7 @@ node) and its own TMPDIR, as separate pods have separate disks. The nodes share 
 the object store: a local folder holding the staged dataset and the checkpoint mirror.
 """
 
+import dataclasses
 import fcntl
 import os
 import signal
@@ -68,7 +69,8 @@ class _Node:
         tmp.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PET_")}
         env.update(PET_NNODES=str(nnodes), PET_NPROC_PER_NODE=str(nproc), PET_NODE_RANK=str(rank),
-                   PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port), TMPDIR=str(tmp), OMP_NUM_THREADS="1")
+                   PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port), TMPDIR=str(tmp), OMP_NUM_THREADS="1",
+                   TRASHSEG_PROCESSES="2")  # as a GPU pod's env may say: a torchrun worker still spawns nothing
         command = [sys.executable, "-m", "torch.distributed.run", "--module", "trashseg.trainjob.node",
                    "--spec", spec.to_json()]
         with open(self.log, "wb") as out:
@@ -110,6 +112,7 @@ def _load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
+@pytest.mark.slow  # torchrun launches: over a minute on a busy 2-core machine
 def test_two_nodes_train_what_one_node_with_two_processes_trains(store, two_nodes, tmp_path):
     two_nodes, nodes = two_nodes
     one_node = _spec(store, "one-node")
@@ -130,6 +133,7 @@ def test_two_nodes_train_what_one_node_with_two_processes_trains(store, two_node
     assert "train segformer-b0-tiny" in nodes[0].output() and "train segformer-b0-tiny" not in nodes[1].output()
 
 
+@pytest.mark.slow
 def test_a_killed_node_and_a_restarted_job_end_bitwise_as_an_uninterrupted_run(store, two_nodes, tmp_path):
     reference = two_nodes[0]
     spec = _spec(store, "preempted")
@@ -169,3 +173,6 @@ def test_a_bad_spec_exits_2_with_one_line(tmp_path):
     done = subprocess.run([*command, spec.to_json()], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"no objects under {tmp_path}/r/staged/dataset" in done.stderr
+    bad_setting = dataclasses.replace(spec, settings=("no_such_setting=1",))
+    done = subprocess.run([*command, bad_setting.to_json()], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "no_such_setting" in done.stderr and "pulling" not in done.stderr, done.stderr

@@ -49,8 +49,11 @@ def node_folder(spec: NodeTrainSpec, tmp: str | Path | None = None) -> Path:
 def train_node(spec: NodeTrainSpec) -> Path:
     """Train this worker's share of `spec`; returns the node's training output folder."""
     from trashseg.device import init_distributed, local_device
+    from trashseg.steps import train_config
 
     folder = node_folder(spec)
+    train_config(spec.architecture, spec.iterations, spec.image_size, spec.settings, _run_context(spec),
+                 pseudo_ratio=spec.pseudo_ratio if spec.pseudo_dataset_uri else None)  # bad settings fail before any download
     dist = init_distributed(local_device().type)  # `train` joins this same group
     try:
         if dist.local_rank == 0:
@@ -117,20 +120,26 @@ def _wait_for_local_rank_0(dist) -> None:
 def _train(spec: NodeTrainSpec, folder: Path) -> Path:
     from trashseg.checkpoints import LAST_CHECKPOINT
     from trashseg.launch import processes_per_task
-    from trashseg.steps import RunContext, plan_training, train_mirrored
-    from trashseg.tracking import TrackingConfig
+    from trashseg.steps import plan_training, train_mirrored
 
-    staged = dict((name, folder / name) for _, name in _inputs(spec))
-    experiment = spec.experiment or TrackingConfig().experiment  # the spec leaves it empty for the default
+    staged = {name: folder / name for _, name in _inputs(spec)}
     job = plan_training(
         staged["dataset"], folder / "model", architecture=spec.architecture, iterations=spec.iterations,
         image_size=spec.image_size, settings=spec.settings, checkpoint_store=spec.checkpoint_store,
-        run_id=spec.run_id, run=RunContext(spec.tracking_uri, experiment, spec.stage),
+        run_id=spec.run_id, run=_run_context(spec),
         pseudo_dataset_dir=staged.get("pseudo-dataset"), pseudo_ratio=spec.pseudo_ratio,
         init_bundle_dir=staged.get("init-bundle"), weights_store=spec.weights_store, tags=spec.extra,
     )
     train_mirrored(job, resume=(folder / "model" / LAST_CHECKPOINT).is_file(), processes=processes_per_task())
     return folder / "model"
+
+
+def _run_context(spec: NodeTrainSpec):
+    from trashseg.steps import RunContext
+    from trashseg.tracking import TrackingConfig
+
+    # An empty experiment in the spec means the default one.
+    return RunContext(spec.tracking_uri, spec.experiment or TrackingConfig().experiment, spec.stage)
 
 
 def _leave_group() -> None:
