@@ -193,7 +193,6 @@ def _pseudo_samples(pseudo_dataset, classes: ClassTable) -> list[Sample]:
     return samples
 
 
-
 def build_loader(config: TrainConfig, data: DataStreams, start: int, end: int, device, dist: Distributed):
     sampler = KeySampler(data.streams, config.seed, start, end, config.grad_accum, dist.rank, dist.world)
     samples = TrainSamples(

@@ -42,10 +42,8 @@ def validate(model, samples: list[Sample], classes: ClassTable, *, image_size, m
     return matrix.compute()
 
 
-
 # Called with (checkpoint path, iteration) after each checkpoint write, on rank 0.
 CheckpointCallback = Callable[[Path, int], None]
-
 
 
 @contextlib.contextmanager
@@ -64,7 +62,6 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
 
 
 class StepLoop:

@@ -70,7 +70,6 @@ class OutputPaths:
         return self.root / BEST_CHECKPOINT
 
 
-
 @dataclass
 class TrainState:
     """Everything a checkpoint holds and resume restores."""
@@ -126,7 +125,6 @@ def build_model_and_optimizer(
     # Per-rank stream for model-side randomness (dropout, point sampling).
     torch.manual_seed(config.seed + dist.rank)
     return TrainState(model, optimizer, scheduler, scaler, amp_dtype, pretrained_load=pretrained_load)
-
 
 
 def start_tags(config: TrainConfig) -> dict[str, str]:
@@ -208,7 +206,6 @@ def resume_checkpoint(paths: OutputPaths, config: TrainConfig, dist: Distributed
         else:
             log.info("nothing to resume in %s (no %s): starting a new training", paths.root, LAST_CHECKPOINT)
     return None
-
 
 
 def restore_state(state: TrainState, saved: dict[str, Any], last_path: Path, dist: Distributed) -> None:

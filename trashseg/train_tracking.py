@@ -29,7 +29,6 @@ def pseudo_lineage_tags(pseudo_dataset: str | Path) -> dict[str, str]:
     return lineage_tags(pseudo_dataset)
 
 
-
 def start_tracking(config: TrainConfig, data: DataStreams, state: TrainState, output_dir: Path, tags):
     """Rank 0: write config.json and classes.json, and open (or reopen) the MLflow run."""
     output_dir.mkdir(parents=True, exist_ok=True)

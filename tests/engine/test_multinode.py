@@ -169,7 +169,8 @@ def test_a_bad_spec_exits_2_with_one_line(tmp_path):
     done = subprocess.run([*command, '{"run_id": "r", "architecture": "x"'], capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "not valid JSON" in done.stderr and "Traceback" not in done.stderr
     spec = NodeTrainSpec(run_id="r", architecture=ARCHITECTURE, stage="base", iterations=2, image_size=32,
-                         dataset_version="v", checkpoint_store=str(tmp_path), dataset_uri=str(tmp_path / "r/staged/dataset"))
+                         dataset_version="v", checkpoint_store=str(tmp_path), dataset_uri=str(tmp_path / "r/staged/dataset"),
+                         settings=("warmup_iters=1",))
     done = subprocess.run([*command, spec.to_json()], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"no objects under {tmp_path}/r/staged/dataset" in done.stderr
