@@ -57,14 +57,14 @@ def train_node(spec: NodeTrainSpec) -> Path:
     dist = init_distributed(local_device().type)  # `train` joins this same group
     try:
         if dist.local_rank == 0:
-            _stage(spec, folder)
+            stage_node(spec, folder)
         _wait_for_local_rank_0(dist)
         return _train(spec, folder)
     finally:
         _leave_group()
 
 
-def _stage(spec: NodeTrainSpec, folder: Path) -> None:
+def stage_node(spec: NodeTrainSpec, folder: Path) -> None:
     """Local rank 0: a fresh work folder with the inputs and the mirrored checkpoint, if any.
     What a previous attempt left on this disk is dropped: the mirror is the truth every node shares."""
     from trashseg.steps import checkpoint_mirror_uri, pull_mirrored_checkpoint
