@@ -133,6 +133,19 @@ def test_two_nodes_train_what_one_node_with_two_processes_trains(store, two_node
     assert "train segformer-b0-tiny" in nodes[0].output() and "train segformer-b0-tiny" not in nodes[1].output()
 
 
+def test_a_node_restarted_after_training_completed_exits_at_once(two_nodes, tmp_path, monkeypatch):
+    import tempfile
+
+    from trashseg.trainjob.node import train_node
+
+    spec, _ = two_nodes
+    mirrored = {p.name: p.stat().st_mtime_ns for p in _mirrored(spec).iterdir()}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this node's own disk
+    model_dir = train_node(spec)  # one process, no torchrun: a 1-node restart
+    assert _load(model_dir / "last.pt")["iteration"] == ITERATIONS
+    assert {p.name: p.stat().st_mtime_ns for p in _mirrored(spec).iterdir()} == mirrored, "nothing trained or re-mirrored"
+
+
 @pytest.mark.slow
 def test_a_killed_node_and_a_restarted_job_end_bitwise_as_an_uninterrupted_run(store, two_nodes, tmp_path):
     reference = two_nodes[0]
