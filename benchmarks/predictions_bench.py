@@ -169,9 +169,9 @@ def sample_models(root: Path, iterations: int) -> tuple[Path, list[Path]]:
 
 
 def model_probabilities(model_dir: Path, dataset: Path, split: str) -> dict[str, np.ndarray]:
-    from trashseg.checkpoints import load_checkpoint
     from trashseg.data.io import read_image
     from trashseg.data.layout import PreparedDataset
+    from trashseg.models import load_checkpoint
     from trashseg.predict import predict_probabilities
 
     model, meta = load_checkpoint(model_dir)

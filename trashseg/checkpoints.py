@@ -4,7 +4,8 @@
     best.pt  model weights + meta at the best validation mIoU
 
 Both carry the meta prediction needs (architecture, classes, image size, normalisation),
-so a checkpoint file alone rebuilds its model.
+so a checkpoint file alone rebuilds its model (`models.load_checkpoint`). This module knows
+the file format only; it imports no model code.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import pickle
 import random
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from trashseg.data.classes import ClassTable
 from trashseg.errors import ConfigError, DataError
 from trashseg.fileio import atomic_write
 
@@ -29,19 +28,6 @@ LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 # Fields that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = frozenset({"checkpoint_interval", "eval_interval", "log_interval", "num_workers", "tracking"})
-
-
-@dataclass(frozen=True)
-class CheckpointMeta:
-    architecture: str
-    classes: ClassTable
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    iteration: int
-    best_miou: float | None
-    config: dict[str, Any]
-    path: Path
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -63,6 +49,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
             "or a training output folder"
         )
     return path
+
+
+def is_trashseg_checkpoint(pretrained: str) -> bool:
+    """Whether a start names a trashseg checkpoint (a .pt file or a training output folder), not a transformers one."""
+    path = Path(pretrained)
+    if path.is_dir():
+        # A training output folder (its config.json is trashseg's TrainConfig, not a model config).
+        return any((path / n).is_file() for n in (BEST_CHECKPOINT, LAST_CHECKPOINT))
+    return path.suffix == ".pt"
 
 
 def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
@@ -87,30 +82,6 @@ def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a trashseg checkpoint (format {CHECKPOINT_FORMAT}); it was not written by `trashseg train`")
     return state
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on `device`, CheckpointMeta) from a `.pt` file or a training output folder."""
-    from trashseg.models import build_model
-
-    path = resolve_checkpoint(path)
-    state = load_checkpoint_state(path, map_location="cpu")
-    classes = ClassTable.from_json(state["classes"])
-    model = build_model(state["architecture"], classes.num_classes)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    meta = CheckpointMeta(
-        architecture=state["architecture"],
-        classes=classes,
-        image_size=int(state["image_size"]),
-        mean=tuple(state["normalisation"]["mean"]),
-        std=tuple(state["normalisation"]["std"]),
-        iteration=int(state["iteration"]),
-        best_miou=state.get("best_miou"),
-        config=state["config"],
-        path=Path(path),
-    )
-    return model, meta
 
 
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:

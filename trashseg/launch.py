@@ -7,7 +7,9 @@ on CUDA, gloo on CPU) and returns every worker's result. With one process the fu
 runs in the calling process, so the 1-GPU path stays exactly what it was.
 
 How many processes a step runs: `TRASHSEG_PROCESSES` when set (the pipelines set it to
-the GPUs a task requests), else every visible GPU, else 1.
+the GPUs a task requests), else every visible GPU, else 1. A step that already runs
+under torchrun (a TrainJob node: `trashseg.trainjob.node`) is one of its workers: it runs
+in its own process and joins torchrun's group, with no second spawn.
 """
 
 from __future__ import annotations
@@ -29,9 +31,18 @@ log = logging.getLogger(__name__)
 PROCESSES_ENV = "TRASHSEG_PROCESSES"
 
 
+def under_torchrun() -> bool:
+    """Whether this process is a worker torchrun (or `run_per_process`) started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
 def processes_per_task() -> int:
-    """Processes a training or prediction step runs: $TRASHSEG_PROCESSES, else the visible GPUs, else 1."""
+    """Processes a training or prediction step starts: 1 under torchrun (this worker is one),
+    else $TRASHSEG_PROCESSES, else the visible GPUs, else 1."""
     import torch
+
+    if under_torchrun():
+        return 1
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     text = os.environ.get(PROCESSES_ENV, "")
@@ -58,6 +69,11 @@ def run_per_process(function: Callable[..., Any], args: Sequence[Any], processes
     """
     if processes < 1:
         raise ConfigError(f"processes={processes}: expected >= 1")
+    if processes > 1 and under_torchrun():
+        raise ConfigError(
+            f"processes={processes} inside a torchrun worker (RANK {os.environ.get('RANK')}): torchrun already started "
+            "this node's processes; run the step with processes=1 (`processes_per_task()` says so under torchrun)"
+        )
     if processes == 1:
         return [function(*args)]
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -79,16 +95,24 @@ def _result_path(job: Path, rank: int) -> Path:
     return job.with_name(f"result-{rank}.pkl")
 
 
+def worker_logging(rank: int, level: int) -> None:
+    """A torchrun worker's log: rank 0 at `level`, the others warnings only; no URI password."""
+    from trashseg.secrets import install_log_redaction
+
+    install_log_redaction()
+    logging.basicConfig(
+        level=level if rank == 0 else max(level, logging.WARNING),
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+
+
 def _worker(job: Path) -> None:
     """One spawned process: rank 0 logs as the caller did, the others only warnings."""
     import torch
 
     function, args, log_level = pickle.loads(job.read_bytes())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    logging.basicConfig(
-        level=log_level if rank == 0 else max(log_level, logging.WARNING),
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
+    worker_logging(rank, log_level)
     if not torch.cuda.is_available():
         # CPU workers share the cores (torchrun sets OMP_NUM_THREADS=1 for the same reason).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from trashseg.augment import eval_transform
-from trashseg.checkpoints import load_checkpoint
 from trashseg.data.io import read_image, read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.device import AmpMode, autocast, default_device, local_device, resolve_amp_dtype
@@ -165,6 +164,8 @@ def _predict_part(
     rank = int(os.environ.get("RANK", "0")) if parts > 1 else 0
     torch_device = local_device() if parts > 1 else default_device(options.device)
     amp_dtype = resolve_amp_dtype(options.amp, torch_device.type)
+    from trashseg.models import load_checkpoint
+
     model, meta = load_checkpoint(checkpoint, torch_device)
     dataset = PreparedDataset(dataset_dir)
     if dataset.classes_file.is_file() and dataset.classes().names != meta.classes.names:

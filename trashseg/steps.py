@@ -22,14 +22,18 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trashseg.errors import ConfigError, DataError
 from trashseg.fileio import write_text
 from trashseg.secrets import redact
 from trashseg.tracking import KFP_RUN_ID_ENV, TrackingConfig
+
+if TYPE_CHECKING:
+    from trashseg.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -149,49 +153,129 @@ def train_step(
     initialises the model (fine-tuning). `processes`: default `launch.processes_per_task()`;
     with more than one, rank 0 writes the checkpoints, the MLflow run and the mirror.
     `weights_store`: where pretrained starts are mirrored (`trashseg weights mirror`); a hub id
-    in the config is read from there, with no network.
+    in the config is read from there, with no network. A TrainJob node runs the same code
+    (`trashseg.trainjob.node`).
     """
-    from trashseg.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
-    from trashseg.config import load_config
-    from trashseg.launch import processes_per_task, run_per_process
+    from trashseg.launch import processes_per_task
+
+    job = plan_training(
+        dataset_dir, model_dir, architecture=architecture, iterations=iterations, image_size=image_size,
+        settings=settings, checkpoint_store=checkpoint_store, run_id=os.environ.get(KFP_RUN_ID_ENV, ""), run=run,
+        pseudo_dataset_dir=pseudo_dataset_dir, pseudo_ratio=pseudo_ratio, init_bundle_dir=init_bundle_dir,
+        weights_store=weights_store,
+    )
+    resume = pull_mirrored_checkpoint(job.mirror_uri, job.prefix, model_dir)
+    train_mirrored(job, resume=resume, processes=processes or processes_per_task())
+    return _train_step_result(Path(model_dir), architecture, dataset_version)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One architecture's training as each of its processes runs it (picklable: it goes to the workers)."""
+
+    config: TrainConfig
+    dataset_dir: str
+    model_dir: str
+    pseudo_dataset_dir: str | None
+    tags: dict[str, str]
+    mirror_uri: str  # `<checkpoint_store>/<run id>`; "" = checkpoints not mirrored
+    prefix: str  # `<stage>-<architecture>`, the job's folder in the mirror
+    weights_store: str | None
+
+
+def plan_training(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    *,
+    architecture: str,
+    iterations: int,
+    image_size: int,
+    settings: Sequence[str],
+    checkpoint_store: str,
+    run_id: str,
+    run: RunContext,
+    pseudo_dataset_dir: str | Path | None = None,
+    pseudo_ratio: float = 0.0,
+    init_bundle_dir: str | Path | None = None,
+    weights_store: str = "",
+    tags: Mapping[str, str] | None = None,
+) -> TrainJob:
+    """The resolved TrainConfig, MLflow tags and mirror of a training step (a KFP pod or a TrainJob node)."""
     from trashseg.registry import ModelBundle
+
+    config = train_config(architecture, iterations, image_size, settings, run,
+                          pseudo_ratio=pseudo_ratio if pseudo_dataset_dir is not None else None)
+    all_tags = {**(tags or {}), **run.tags()}  # train() tags the run with dataset.version from the dataset itself
+    if init_bundle_dir is not None:
+        # The path is the same on a retry (and on every node), so the resolved config still matches on resume.
+        config = dataclasses.replace(config, pretrained=str(ModelBundle.open(init_bundle_dir).model_dir(architecture)))
+        all_tags["init.bundle"] = str(init_bundle_dir)
+    return TrainJob(
+        config, str(dataset_dir), str(model_dir), pseudo_dataset_dir and str(pseudo_dataset_dir), all_tags,
+        checkpoint_mirror_uri(checkpoint_store, run_id), f"{run.stage}-{architecture}", weights_store or None,
+    )
+
+
+def train_config(architecture: str, iterations: int, image_size: int, settings: Sequence[str], run: RunContext, *,
+                 pseudo_ratio: float | None = None) -> TrainConfig:
+    """The step's TrainConfig: `settings` (`key=value`) over the architecture's defaults; the run
+    context says where runs are recorded, while a `tracking.enabled=false` setting still holds."""
+    from trashseg.config import load_config
     from trashseg.training import TrainConfig
 
     overrides = [f"architecture={architecture}", f"iterations={iterations}", f"image_size={image_size}", *settings]
-    if pseudo_dataset_dir is not None:
+    if pseudo_ratio is not None:
         overrides.append(f"pseudo_ratio={pseudo_ratio}")
-    config = dataclasses.replace(load_config(TrainConfig, None, overrides), tracking=run.tracking())
-    tags = run.tags()  # train() tags the run with dataset.version from the dataset itself
-    model_dir = Path(model_dir)
-    if init_bundle_dir is not None:
-        # The artifact path is the same on a retry, so the resolved config still matches on resume.
-        config = dataclasses.replace(config, pretrained=str(ModelBundle.open(init_bundle_dir).model_dir(architecture)))
-        tags["init.bundle"] = str(init_bundle_dir)
-    mirror = _checkpoint_mirror(checkpoint_store)
-    prefix = f"{run.stage}-{architecture}"
-    resume = mirror is not None and mirror.exists(f"{prefix}/{LAST_CHECKPOINT}")
-    if resume:
-        log.info("resuming %s from the checkpoint mirrored at %s", architecture, mirror.uri(prefix))
-        mirror.get_folder(prefix, model_dir)
+    config = load_config(TrainConfig, None, overrides)
+    return dataclasses.replace(config, tracking=dataclasses.replace(run.tracking(), enabled=config.tracking.enabled))
+
+
+def checkpoint_mirror_uri(checkpoint_store: str, run_id: str) -> str:
+    """Where this run's checkpoints are mirrored, `<store>/<run id>`; "" without a store or run id."""
+    if not checkpoint_store or not run_id:
+        if checkpoint_store:
+            log.warning("%s is not set: checkpoints are not mirrored to %s", KFP_RUN_ID_ENV, checkpoint_store)
+        return ""
+    return f"{checkpoint_store.rstrip('/')}/{run_id}"
+
+
+def pull_mirrored_checkpoint(mirror_uri: str, prefix: str, model_dir: str | Path) -> bool:
+    """Download the job's mirrored folder into `model_dir` when it holds a last.pt; whether it did."""
+    from trashseg.checkpoints import LAST_CHECKPOINT
+    from trashseg.storage import open_store
+
+    mirror = open_store(mirror_uri) if mirror_uri else None
+    if mirror is None or not mirror.exists(f"{prefix}/{LAST_CHECKPOINT}"):
+        return False
+    log.info("resuming from the checkpoint mirrored at %s", mirror.uri(prefix))
+    mirror.get_folder(prefix, model_dir)
+    return True
+
+
+def train_mirrored(job: TrainJob, *, resume: bool, processes: int) -> None:
+    """Train `job` in `processes` processes (under torchrun: in this one), unless `resume` finds it
+    complete; then rank 0 mirrors the rest of the output folder (e.g. a local MLflow store)."""
+    from trashseg.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
+    from trashseg.launch import run_per_process
+
     # A retry may find training already complete in the mirror.
-    if not resume or _completed_iterations(model_dir) < config.iterations:
-        job = (config, str(dataset_dir), str(model_dir), pseudo_dataset_dir and str(pseudo_dataset_dir), resume, tags,
-               checkpoint_store, prefix, weights_store or None)
-        run_per_process(_train_process, job, processes or processes_per_task())
-        if mirror is not None:  # the rest of the folder, e.g. a local MLflow store
-            _mirror_files(mirror, model_dir, prefix, exclude=(LAST_CHECKPOINT, BEST_CHECKPOINT))
-    return _train_step_result(model_dir, architecture, dataset_version)
+    if resume and _completed_iterations(Path(job.model_dir)) >= job.config.iterations:
+        return
+    run_per_process(_train_process, (job, resume), processes)
+    if job.mirror_uri and int(os.environ.get("RANK", "0")) == 0:
+        from trashseg.storage import open_store
+
+        _mirror_files(open_store(job.mirror_uri), Path(job.model_dir), job.prefix, exclude=(LAST_CHECKPOINT, BEST_CHECKPOINT))
 
 
-def _train_process(config, dataset_dir, model_dir, pseudo_dataset_dir, resume, tags, checkpoint_store, prefix,
-                   weights_store):
-    """One process of train_step (every rank); `train` calls the mirror hook on rank 0 only."""
+def _train_process(job: TrainJob, resume: bool):
+    """One process of a training step (every rank); `train` calls the mirror hook on rank 0 only."""
+    from trashseg.storage import open_store
     from trashseg.training import train
 
-    mirror = _checkpoint_mirror(checkpoint_store)
-    hook = _CheckpointMirror(mirror, Path(model_dir), prefix) if mirror is not None else None
-    return train(config, dataset_dir, model_dir, pseudo_dataset=pseudo_dataset_dir, resume=resume, tags=tags,
-                 on_checkpoint=hook, weights_store=weights_store)
+    hook = _CheckpointMirror(open_store(job.mirror_uri), Path(job.model_dir), job.prefix) if job.mirror_uri else None
+    return train(job.config, job.dataset_dir, job.model_dir, pseudo_dataset=job.pseudo_dataset_dir, resume=resume,
+                 tags=job.tags, on_checkpoint=hook, weights_store=job.weights_store)
 
 
 class _CheckpointMirror:
@@ -254,18 +338,6 @@ def check_weights_step(architectures: Sequence[str], settings: Sequence[str], we
         require_mirrors(starts, open_store(weights_store))
     log.info("pretrained starts mirrored in %s: %s", weights_store, ", ".join(starts) or "none needed")
     return starts
-
-
-def _checkpoint_mirror(checkpoint_store: str):
-    """The store under which this run's checkpoints are mirrored, or None (no store or no run id)."""
-    from trashseg.storage import open_store
-
-    run_id = os.environ.get(KFP_RUN_ID_ENV, "")
-    if not checkpoint_store or not run_id:
-        if checkpoint_store:
-            log.warning("%s is not set: checkpoints are not mirrored to %s", KFP_RUN_ID_ENV, checkpoint_store)
-        return None
-    return open_store(f"{checkpoint_store.rstrip('/')}/{run_id}")
 
 
 def _completed_iterations(model_dir: Path) -> int:

@@ -6,7 +6,7 @@ import torch
 
 from trashseg.augment import AugmentConfig, TrainTransform, copy_paste, normalise_batch
 from trashseg.errors import ConfigError
-from trashseg.training import _KeySampler, _Stream, class_balanced_weights
+from trashseg.train_data import KeySampler, Stream, class_balanced_weights
 
 
 def _picture(size=40, seed=0):
@@ -72,9 +72,9 @@ def test_class_balanced_weights_favour_images_with_rare_classes():
 
 
 def test_ranks_draw_disjoint_samples_that_cover_each_epoch():
-    streams = [_Stream(samples=list(range(12)), per_batch=2, weights=None)]
+    streams = [Stream(samples=list(range(12)), per_batch=2, weights=None)]
     per_rank = [
-        [key for batch in _KeySampler(streams, seed=3, start=0, end=3, grad_accum=1, rank=r, world=2) for key in batch]
+        [key for batch in KeySampler(streams, seed=3, start=0, end=3, grad_accum=1, rank=r, world=2) for key in batch]
         for r in range(2)
     ]
     positions = sorted(p for keys in per_rank for _, _, p in keys)
@@ -82,8 +82,8 @@ def test_ranks_draw_disjoint_samples_that_cover_each_epoch():
     indices = sorted(i for keys in per_rank for _, i, _ in keys)
     assert indices == list(range(12)), "one epoch over both ranks sees every image exactly once"
     # resuming at iteration 2 yields exactly the keys the full run drew there
-    full = list(_KeySampler(streams, seed=3, start=0, end=3, grad_accum=1, rank=0, world=2))
-    resumed = list(_KeySampler(streams, seed=3, start=2, end=3, grad_accum=1, rank=0, world=2))
+    full = list(KeySampler(streams, seed=3, start=0, end=3, grad_accum=1, rank=0, world=2))
+    resumed = list(KeySampler(streams, seed=3, start=2, end=3, grad_accum=1, rank=0, world=2))
     assert resumed == full[2:]
 
 
@@ -142,13 +142,13 @@ def test_hue_jitter_keeps_grey_grey_and_rotates_colour():
 
 def test_training_samples_are_a_function_of_seed_and_key(sample_dataset):
     from trashseg.data.layout import PreparedDataset
-    from trashseg.training import _Stream, _TrainSamples
+    from trashseg.train_data import Stream, TrainSamples
 
     samples = PreparedDataset(sample_dataset).samples("train")
-    streams = [_Stream(samples, 2, None)]
+    streams = [Stream(samples, 2, None)]
 
     def load(key):
-        dataset = _TrainSamples(streams, 11, TrainTransform(AugmentConfig(), 64), 5, (), [], 0.0)
+        dataset = TrainSamples(streams, 11, TrainTransform(AugmentConfig(), 64), 5, (), [], 0.0)
         return dataset[key]
 
     first, again, other = load((0, 3, 17)), load((0, 3, 17)), load((0, 3, 18))

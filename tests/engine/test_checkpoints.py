@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from trashseg.checkpoints import load_checkpoint
 from trashseg.cli import main
 from trashseg.config import from_mapping
 from trashseg.errors import ConfigError
+from trashseg.models import load_checkpoint
 from trashseg.training import TrainConfig, train
 
 
@@ -100,3 +100,12 @@ def test_on_checkpoint_sees_each_written_checkpoint(sample_dataset, tmp_path):
     train(config, sample_dataset, tmp_path / "run", on_checkpoint=record)
     assert [(name, it) for name, it, _ in seen] == [("last.pt", 2), ("best.pt", 4), ("last.pt", 4)]
     assert all(it == saved for _, it, saved in seen)
+
+
+def test_the_checkpoint_format_imports_no_model_code():
+    """checkpoints is the file format; models builds from it (no import circle between them)."""
+    import subprocess
+    import sys
+
+    code = "import sys, trashseg.checkpoints; print('trashseg.models' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

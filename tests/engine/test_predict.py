@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from trashseg.checkpoints import load_checkpoint
 from trashseg.cli import main
 from trashseg.data.io import read_image, read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
 from trashseg.metrics import ConfusionMatrix
+from trashseg.models import load_checkpoint
 from trashseg.predict import evaluate, predict, predict_probabilities
 from trashseg.predictions import PredictionSet
 

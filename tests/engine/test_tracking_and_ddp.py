@@ -12,8 +12,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from trashseg.checkpoints import load_checkpoint
 from trashseg.config import from_mapping
+from trashseg.models import load_checkpoint
 from trashseg.tracking import TrackedRun, TrackingConfig
 from trashseg.training import TrainConfig, train
 
@@ -187,3 +187,32 @@ def test_processes_per_task_reads_the_pipelines_setting(monkeypatch):
         processes_per_task()
     monkeypatch.delenv("TRASHSEG_PROCESSES")
     assert processes_per_task() == max(torch.cuda.device_count(), 1)
+
+
+def test_under_torchrun_a_step_runs_in_its_worker(monkeypatch):
+    """A TrainJob node's worker is already one of torchrun's processes: no second spawn."""
+    from trashseg.errors import ConfigError
+    from trashseg.launch import processes_per_task, run_per_process
+
+    monkeypatch.setenv("TRASHSEG_PROCESSES", "4")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "1")
+    assert processes_per_task() == 1
+    assert run_per_process(os.getpid, (), 1) == [os.getpid()]  # in this process
+    with pytest.raises(ConfigError, match="inside a torchrun worker"):
+        run_per_process(os.getpid, (), 2)
+
+
+def test_plan_training_takes_where_to_record_from_the_run_and_keeps_a_disabled_tracking(sample_dataset, tmp_path):
+    from trashseg.steps import RunContext, plan_training
+
+    run = RunContext("http://mlflow:5000", "exp", "pseudo")
+    job = plan_training(sample_dataset, tmp_path, architecture="segformer-b0-tiny", iterations=3, image_size=32,
+                        settings=["warmup_iters=1", "tracking.enabled=false"], checkpoint_store="s3://b/ckpt",
+                        run_id="run-1", run=run, tags={"kfp.task": "t"})
+    assert (job.config.tracking.uri, job.config.tracking.experiment, job.config.tracking.enabled) == ("http://mlflow:5000", "exp", False)
+    assert job.mirror_uri == "s3://b/ckpt/run-1" and job.prefix == "pseudo-segformer-b0-tiny"
+    assert job.tags == {"kfp.task": "t", "kfp.stage": "pseudo"} and job.config.pseudo_ratio == 0.0
+    assert plan_training(sample_dataset, tmp_path, architecture="segformer-b0-tiny", iterations=3, image_size=32,
+                         settings=["warmup_iters=1"], checkpoint_store="s3://b/ckpt", run_id="", run=run).mirror_uri == ""

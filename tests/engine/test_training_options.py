@@ -12,7 +12,8 @@ from trashseg.cli import main
 from trashseg.config import from_mapping
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import DataError
-from trashseg.training import TrainConfig, _KeySampler, _Stream, train
+from trashseg.train_data import KeySampler, Stream
+from trashseg.training import TrainConfig, train
 
 
 def _tiny(**changes):
@@ -34,8 +35,8 @@ def _pseudo_copy(sample_dataset, root):
 
 
 def test_each_batch_mixes_labelled_and_pseudo_samples_in_ratio():
-    streams = [_Stream(list(range(10)), per_batch=3, weights=None), _Stream(list(range(4)), per_batch=1, weights=None)]
-    batches = list(_KeySampler(streams, seed=0, start=0, end=5, grad_accum=1, rank=0, world=1))
+    streams = [Stream(list(range(10)), per_batch=3, weights=None), Stream(list(range(4)), per_batch=1, weights=None)]
+    batches = list(KeySampler(streams, seed=0, start=0, end=5, grad_accum=1, rank=0, world=1))
     assert all([key[0] for key in batch] == [0, 0, 0, 1] for batch in batches)
     pseudo = [key[1] for batch in batches for key in batch if key[0] == 1]
     assert sorted(pseudo[:4]) == [0, 1, 2, 3], "the pseudo stream cycles through its own images"
@@ -85,10 +86,10 @@ def test_cuda_training_in_bf16_and_prediction(sample_dataset, tmp_path):
 
 
 def test_non_finite_loss_stops_before_any_checkpoint_is_written(sample_dataset, tmp_path, monkeypatch):
-    from trashseg import training
+    from trashseg import train_loop
 
-    real = training._LossModule.forward
-    monkeypatch.setattr(training._LossModule, "forward", lambda self, images, masks: real(self, images, masks) * float("nan"))
+    real = train_loop._LossModule.forward
+    monkeypatch.setattr(train_loop._LossModule, "forward", lambda self, images, masks: real(self, images, masks) * float("nan"))
     config = _tiny(iterations=4, log_interval=4, checkpoint_interval=2)
     with pytest.raises(FloatingPointError, match=r"iterations 1\.\.2"):
         train(config, sample_dataset, tmp_path / "run")
@@ -98,7 +99,7 @@ def test_non_finite_loss_stops_before_any_checkpoint_is_written(sample_dataset, 
 def test_gpu_only_speed_options_are_skipped_on_cpu(sample_dataset, tmp_path, caplog):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU behaviour")
-    with caplog.at_level("INFO", logger="trashseg.training"):
+    with caplog.at_level("INFO", logger="trashseg.train_loop"):
         result = train(_tiny(channels_last=True, compile=True), sample_dataset, tmp_path / "run")
     assert result.iterations == 2
     assert "CUDA only" in caplog.text

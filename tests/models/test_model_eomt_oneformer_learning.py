@@ -5,9 +5,10 @@ training with masked attention fully annealed (the loop drives `set_training_pro
 import pytest
 import torch
 
+from trashseg.checkpoints import load_checkpoint_state
 from trashseg.config import from_mapping
 from trashseg.predict import majority_class_scores
-from trashseg.training import TrainConfig, load_checkpoint_state, train
+from trashseg.training import TrainConfig, train
 
 # The majority floor is ~0.079 here (see tests/engine/test_learning.py); a model that learned
 # nothing beyond the class prior scores exactly that. Measured on CPU with these settings:

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig
 
-from trashseg.data.classes import DEFAULT_TAXONOMY
+from trashseg.checkpoints import is_trashseg_checkpoint, load_checkpoint_state, resolve_checkpoint
+from trashseg.data.classes import DEFAULT_TAXONOMY, ClassTable
 from trashseg.errors import ConfigError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
@@ -261,6 +263,43 @@ def load_pretrained_model(
     return model, report
 
 
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about its model: prediction reads it with the weights."""
+
+    architecture: str
+    classes: ClassTable
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    iteration: int
+    best_miou: float | None
+    config: dict[str, Any]
+    path: Path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, CheckpointMeta) from a `.pt` file or a training output folder."""
+    path = resolve_checkpoint(path)
+    state = load_checkpoint_state(path, map_location="cpu")
+    classes = ClassTable.from_json(state["classes"])
+    model = build_model(state["architecture"], classes.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    meta = CheckpointMeta(
+        architecture=state["architecture"],
+        classes=classes,
+        image_size=int(state["image_size"]),
+        mean=tuple(state["normalisation"]["mean"]),
+        std=tuple(state["normalisation"]["std"]),
+        iteration=int(state["iteration"]),
+        best_miou=state.get("best_miou"),
+        config=state["config"],
+        path=Path(path),
+    )
+    return model, meta
+
+
 def _checked_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(
@@ -270,18 +309,8 @@ def _checked_classes(num_classes: int) -> int:
     return num_classes
 
 
-def is_trashseg_checkpoint(pretrained: str) -> bool:
-    path = Path(pretrained)
-    if path.is_dir():
-        # A training output folder (its config.json is trashseg's TrainConfig, not a model config).
-        return any((path / n).is_file() for n in ("best.pt", "last.pt"))
-    return path.suffix == ".pt"
-
-
 def _load_trashseg_checkpoint(spec: ArchitectureSpec, network: torch.nn.Module, pretrained: str) -> set[str]:
     """Fill `network` from a trashseg checkpoint of the same architecture (a retrain's start)."""
-    from trashseg.checkpoints import load_checkpoint_state
-
     state = load_checkpoint_state(pretrained)
     if state.get("architecture") != spec.name:
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Augmentation: one image through the training augmentation, settings edited on the page.
 
-The sample goes through trashseg.training's own per-sample loader (`_TrainSamples`: copy-
+The sample goes through trashseg.train_data's own per-sample loader (`TrainSamples`: copy-
 paste, then `TrainTransform` from the `TrainConfig`), so what is shown is what trains.
 """
 
@@ -21,7 +21,7 @@ VARIANTS = 4
 def augmented(ctx: ViewerContext, file_name: str, split: str, config, seeds) -> list[tuple[np.ndarray, np.ndarray]]:
     """(uint8 image, mask) per seed, as the training loader produces them."""
     from trashseg.augment import TrainTransform
-    from trashseg.training import _TrainSamples, resolve_class_ids
+    from trashseg.train_data import TrainSamples, resolve_class_ids
 
     samples = ctx.dataset.samples(split)
     index = next(i for i, s in enumerate(samples) if s.file_name == file_name)
@@ -30,9 +30,9 @@ def augmented(ctx: ViewerContext, file_name: str, split: str, config, seeds) -> 
     # Donors as training picks them (images holding a pasted class), from the annotations.
     holding = {e.file_name for e in ctx.images(split) if e.classes & set(copy_paste_ids)}
     donors = [s for s in samples if s.file_name in holding]
-    loader = _TrainSamples([SimpleNamespace(samples=samples)], num_classes,
-                           TrainTransform(config.augment, config.image_size), config.seed,
-                           copy_paste_ids, donors, config.augment.copy_paste)
+    loader = TrainSamples([SimpleNamespace(samples=samples)], num_classes,
+                          TrainTransform(config.augment, config.image_size), config.seed,
+                          copy_paste_ids, donors, config.augment.copy_paste)
     out = []
     for seed in seeds:
         image, mask = loader[(0, index, seed)]  # uint8 CHW: training normalises on the device
