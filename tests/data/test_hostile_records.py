@@ -284,3 +284,12 @@ def test_classes_and_coco_do_not_import_each_other():
     tree = ast.parse(open(trashseg.data.classes.__file__).read())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "trashseg.data.coco" not in imported  # coco imports classes; JSON reading lives in jsonio
+
+
+def test_an_image_with_hundreds_of_annotations_gets_its_mask(write_dataset, tmp_path):
+    data = valid_coco()
+    data["annotations"] = [annotation(100 + k, 1, 1 + k % 3, k % 60, (k // 60) % 44, 4) for k in range(300)]
+    data["annotations"].append(annotation(99, 2, 2, 0, 0, 10))
+    write_dataset(data)
+    result = prepare_dataset(tmp_path / "src", tmp_path / "out", val_fraction=0.5)  # pycocotools overflowed at 256
+    assert result.annotations["train"] + result.annotations["val"] == 301

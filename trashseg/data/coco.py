@@ -607,7 +607,8 @@ def annotation_geometry(annotation: dict, image: dict) -> tuple[str | None, int]
         if not segmentation:
             return "empty segmentation (no polygons)", 0
         for index, polygon in enumerate(segmentation):
-            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+            # type() is, not isinstance: bools are not coordinates, and this runs per vertex.
+            if not isinstance(polygon, list) or not all(type(v) is float or type(v) is int for v in polygon):
                 return f"polygon {index} is not a flat list of numbers", 0
             if len(polygon) % 2:
                 return f"polygon {index} has an odd number of coordinates ({len(polygon)})", 0
@@ -675,25 +676,31 @@ def polygon_problem(polygons: list, height: int, width: int) -> tuple[str | None
     """(why these polygons must not be rasterised or None, their boundary length in pixels).
 
     Refused: too many points, non-finite or far-outside vertices, a boundary longer than
-    `MAX_POLYGON_BOUNDARY` (the rasteriser's memory grows with it, not with the image)."""
+    `MAX_POLYGON_BOUNDARY` (the rasteriser's memory grows with it, not with the image).
+    Vectorised: a file holds millions of vertices."""
     points = sum(len(polygon) for polygon in polygons) // 2
     if points > MAX_POLYGON_POINTS:
         return f"polygons have {points:,} points, more than the {MAX_POLYGON_POINTS:,} accepted per annotation", 0
     boundary = 0
     for index, polygon in enumerate(polygons):
-        xs, ys = polygon[0::2], polygon[1::2]
-        for axis, values, size in (("x", xs, width), ("y", ys, height)):
-            bad = next((v for v in values if not _is_finite_number(v)), None)
-            if bad is not None:
-                return f"polygon {index} has a non-finite {axis} coordinate ({bad})", 0
+        try:
+            vertices = np.array(polygon, dtype=np.float64).reshape(-1, 2)
+        except OverflowError:  # an integer beyond any float: far outside by definition
+            far = next(v for v in polygon if abs(v) > 1e300)
+            axis = "xy"[polygon.index(far) % 2]
+            return f"polygon {index} has {axis} coordinate {number_text(far)}, far outside the image", 0
+        for column, (axis, size) in enumerate((("x", width), ("y", height))):
+            values = vertices[:, column]
+            bad = ~np.isfinite(values)
+            if bad.any():
+                return f"polygon {index} has a non-finite {axis} coordinate ({values[bad][0]})", 0
             low, high = -POLYGON_MARGIN * size, (1 + POLYGON_MARGIN) * size
-            far = next((v for v in values if not low <= v <= high), None)
-            if far is not None:
+            outside = (values < low) | (values > high)
+            if outside.any():
                 return (
-                    f"polygon {index} has {axis} coordinate {number_text(far)}, far outside the image "
-                    f"(0..{size}; accepted {low:g}..{high:g})"
+                    f"polygon {index} has {axis} coordinate {number_text(float(values[outside][0]))}, far outside the "
+                    f"image (0..{size}; accepted {low:g}..{high:g})"
                 ), 0
-        vertices = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
         edges = np.abs(vertices - np.roll(vertices, 1, axis=0)).max(axis=1)
         boundary += int(np.ceil(edges).sum()) + len(edges)
     if boundary > MAX_POLYGON_BOUNDARY:

@@ -36,7 +36,9 @@ def semantic_mask(
     if not annotations:
         return mask
     rles = [segmentation_rle(a["segmentation"], height, width) for a in annotations]
-    areas = mask_utils.area(rles)
+    # One RLE at a time: pycocotools' area() of a list sizes a uint8 array by its length
+    # and overflows from 256 annotations on (an image with many objects).
+    areas = np.array([mask_utils.area(rle) for rle in rles], dtype=np.int64)
     # Stable sort: equal areas keep file order, so the result never depends on sort internals.
     order = np.argsort(-areas.astype(np.int64), kind="stable")
     for index in order:
