@@ -15,4 +15,7 @@ def test_prepare_peaks_near_validate_data(tmp_path):
     prepare = peak_extra_bytes("prepare", source, tmp_path / "out")
     assert (tmp_path / "out" / "dataset.json").is_file()
     assert validate > size  # the parsed file is the cost measured
-    assert prepare < 1.4 * validate, f"prepare {prepare / 2**20:.0f} MiB vs validate {validate / 2**20:.0f} MiB"
+    # A second parsed copy (the old re-read of the written splits) would double it; the
+    # constant is the statistics' plots and per-image buffers, whatever the file's size.
+    allowed = 1.4 * validate + 15 * 2**20
+    assert prepare < allowed, f"prepare {prepare / 2**20:.0f} MiB vs validate {validate / 2**20:.0f} MiB"

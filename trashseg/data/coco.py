@@ -38,6 +38,7 @@ import io
 import math
 import posixpath
 import warnings
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -281,7 +282,7 @@ def load_coco(
     (for work that needs only the JSON). `unlabelled=True` accepts a file without an
     `annotations` key (a test set); otherwise that key is required."""
     path = Path(path)
-    document = parse_json(path)
+    document = parse_json(path, compact=compact_polygons)
     data = document.value
     if not isinstance(data, dict):
         raise DataError(
@@ -328,6 +329,23 @@ def load_coco(
         coco=_coco_index(kept),
         file_names=frozenset(image["file_name"] for image in data["images"]),
     )
+
+
+def compact_polygons(obj: dict) -> None:
+    """Store each polygon of an annotation (`obj`, as it is parsed) as an array of numbers:
+    8 bytes a coordinate instead of a float object and a pointer (32), so a parsed file
+    takes about a third of the memory. Polygons that are not flat lists of numbers (or hold
+    integers beyond a float) stay lists, for validation to report."""
+    segmentation = obj.get("segmentation")
+    if not isinstance(segmentation, list) or "image_id" not in obj:
+        return
+    for index, polygon in enumerate(segmentation):
+        if not isinstance(polygon, list):
+            continue
+        types = {type(v) for v in polygon}
+        if types <= {float, int} and types:
+            with contextlib.suppress(OverflowError):
+                segmentation[index] = array("q" if types == {int} else "d", polygon)
 
 
 def _raise_fatal(path: Path, fatal: list[str]) -> None:
@@ -607,8 +625,11 @@ def annotation_geometry(annotation: dict, image: dict) -> tuple[str | None, int]
         if not segmentation:
             return "empty segmentation (no polygons)", 0
         for index, polygon in enumerate(segmentation):
-            # type() is, not isinstance: bools are not coordinates, and this runs per vertex.
-            if not isinstance(polygon, list) or not all(type(v) is float or type(v) is int for v in polygon):
+            # Parsed polygons of numbers are arrays already (compact_polygons); a list is checked
+            # value by value (type() is, not isinstance: bools are not coordinates).
+            if not (isinstance(polygon, array) or isinstance(polygon, list) and all(
+                type(v) is float or type(v) is int for v in polygon
+            )):
                 return f"polygon {index} is not a flat list of numbers", 0
             if len(polygon) % 2:
                 return f"polygon {index} has an odd number of coordinates ({len(polygon)})", 0

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def parse_json(path: str | Path, what: str = "annotation file") -> JsonDocument:
-    """Parse a JSON file; `DataError` naming `what` and the path for every way it can fail."""
+def parse_json(
+    path: str | Path, what: str = "annotation file", *, compact: Callable[[dict], None] | None = None
+) -> JsonDocument:
+    """Parse a JSON file; `DataError` naming `what` and the path for every way it can fail.
+
+    `compact(obj)` may shrink each object in place as soon as it is parsed (COCO polygons to
+    arrays), so the parse never holds the bulky form of the whole file."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -77,7 +84,16 @@ def parse_json(path: str | Path, what: str = "annotation file") -> JsonDocument:
         return float(name)
 
     try:
-        value = json.loads(_read_text(path), parse_constant=constant, object_pairs_hook=_unique_keys)
+        if compact is None:
+            hook = _unique_keys
+        else:
+
+            def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+                obj = _unique_keys(pairs)
+                compact(obj)
+                return obj
+
+        value = json.loads(_read_text(path), parse_constant=constant, object_pairs_hook=hook)
     except _DuplicateKey as error:
         raise DataError(
             f"{what} {path}: key {error.key!r} appears twice in one object (keys {error.keys}); JSON parsers keep "
@@ -117,10 +133,17 @@ def write_json(path: str | Path, value: Any, *, indent: int | None = None) -> No
     """Write `value` atomically as strict JSON (compact unless `indent`); a NaN is a bug upstream."""
     separators = (",", ":") if indent is None else None
     try:
-        text = json.dumps(value, indent=indent, separators=separators, allow_nan=False)
+        text = json.dumps(value, indent=indent, separators=separators, allow_nan=False, default=_plain)
     except ValueError as error:
         raise DataError(f"refusing to write {path}: {error} (JSON has no NaN or Infinity)") from None
     write_text(path, text + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the compact forms a loader may keep (arrays of numbers)."""
+    if isinstance(value, array):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def non_finite_or_deep(value: Any, name: str = "the value", max_depth: int = MAX_RECORD_DEPTH) -> str | None:
