@@ -5,8 +5,9 @@
 Writes DIR/src/train.json (N annotations of 30-point polygons over M small PNGs), then runs
 each command in a fresh process and prints its peak RSS above the imports, and the file size.
 prepare should stay near validate-data (one parsed copy of the file): the splits, masks,
-statistics and content hash work from the records already loaded. 3M annotations make a
-file of about 1.7 GB (the "1 GB" check of issue 20); 100k run in about a minute.
+statistics and content hash work from the records already loaded. 100k annotations (a
+52 MiB file) run in about two minutes: both peak at 171 MiB above imports, 3.3x the file.
+2M annotations make a file of about 1 GB (the "1 GB in well under 8 GB" check of issue 20).
 tests/data/test_prepare_memory.py runs a small one.
 """
 

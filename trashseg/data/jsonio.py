@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from trashseg.errors import DataError
-from trashseg.fileio import write_text
+from trashseg.fileio import atomic_write, write_text
 
-# Largest annotation file accepted. Parsed, a polygon-heavy COCO file takes about five
-# times its size in memory (measured in tests/data/test_prepare_memory.py).
+# Largest annotation file accepted. Parsed (polygons as arrays), a polygon-heavy COCO file
+# takes about 3.5 times its size in memory (benchmarks/prepare_memory_bench.py).
 MAX_JSON_BYTES = 2 << 30
 # Deepest nesting accepted below a record (COCO needs 3: segmentation -> polygon -> number).
 MAX_RECORD_DEPTH = 32
@@ -130,13 +130,42 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, value: Any, *, indent: int | None = None) -> None:
-    """Write `value` atomically as strict JSON (compact unless `indent`); a NaN is a bug upstream."""
-    separators = (",", ":") if indent is None else None
+    """Write `value` atomically as strict JSON (compact unless `indent`); a NaN is a bug upstream.
+
+    Compact objects are written record by record (the same bytes as one `json.dumps`), so a
+    split file is never held in memory as one string beside the records it came from."""
     try:
-        text = json.dumps(value, indent=indent, separators=separators, allow_nan=False, default=_plain)
+        if indent is not None:
+            write_text(path, _dumps(value, indent) + "\n")
+            return
+        with atomic_write(path, "w") as handle:
+            _write_compact(handle, value)
+            handle.write("\n")
     except ValueError as error:
         raise DataError(f"refusing to write {path}: {error} (JSON has no NaN or Infinity)") from None
-    write_text(path, text + "\n")
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    separators = (",", ":") if indent is None else None
+    return json.dumps(value, indent=indent, separators=separators, allow_nan=False, default=_plain)
+
+
+def _write_compact(handle: Any, value: Any) -> None:
+    """`value` as `_dumps(value)`, streamed one top-level entry / list item at a time."""
+    if not isinstance(value, dict):
+        handle.write(_dumps(value))
+        return
+    handle.write("{")
+    for position, (key, item) in enumerate(value.items()):
+        handle.write(("," if position else "") + _dumps(str(key)) + ":")
+        if isinstance(item, list):
+            handle.write("[")
+            for index, element in enumerate(item):
+                handle.write(("," if index else "") + _dumps(element))
+            handle.write("]")
+        else:
+            handle.write(_dumps(item))
+    handle.write("}")
 
 
 def _plain(value: Any) -> Any:
