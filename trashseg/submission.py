@@ -303,7 +303,7 @@ def validate_submission(path: str | Path, annotation_file: str | Path) -> Submis
 
 def _read_annotations(annotation_file: str | Path) -> dict:
     """The COCO file's top level, checked as far as a submission needs: images with file_names."""
-    from trashseg.data.coco import read_json
+    from trashseg.data.jsonio import read_json
 
     data = read_json(annotation_file)  # DataError for a missing, binary or non-JSON file
     images = data.get("images")

@@ -190,6 +190,7 @@ def test_binary_or_malformed_prepared_files_are_named(tmp_path):
     with pytest.raises(DataError, match="class table .* is malformed"):
         ClassTable.load(tmp_path / "classes.json")
     dataset = PreparedDataset(tmp_path)
+    dataset.dataset_file.write_text("{}")  # a finished folder, with one malformed split file
     dataset.split_file("test").parent.mkdir(parents=True)
     dataset.split_file("test").write_text('{"images": [{"id": 1}]}')
     with pytest.raises(DataError, match="split file .* is malformed"):

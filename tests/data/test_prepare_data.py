@@ -87,10 +87,17 @@ def test_skipped_records_are_excluded_and_reported(source, tmp_path):
     assert broken_image["id"] not in {im["id"] for im in train["images"]}
     assert broken_annotation["id"] not in {a["id"] for a in train["annotations"]}
     skipped = json.loads(root.report_file.read_text())["files"]["train"]["skipped"]
-    assert {"kind": "image", "id": broken_image["id"], "reason": f"image file {source / broken_image['file_name']} is missing"} in skipped
+    assert {
+        "kind": "image",
+        "id": broken_image["id"],
+        "reason": f"image file {source / broken_image['file_name']} is missing",
+        "file_name": broken_image["file_name"],
+    } in skipped
     assert any(s["id"] == broken_annotation["id"] and "at least 3" in s["reason"] for s in skipped)
     markdown = (root.root / "report.md").read_text()
-    assert f"train.json image {broken_image['id']}: image file" in markdown
+    # Named by id and file_name (Markdown-escaped: "_" would start emphasis).
+    name = broken_image["file_name"].replace("_", "\\_")
+    assert f"train.json image {broken_image['id']} ('{name}'): image file" in markdown
 
 
 def test_fatal_problems_in_several_files_are_all_listed_and_nothing_written(source, tmp_path):

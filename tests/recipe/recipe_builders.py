@@ -36,6 +36,8 @@ def write_dataset(root: Path, splits: dict[str, list[tuple[str, np.ndarray, np.n
             image_id += 1
         coco = {"images": records, "annotations": [], "categories": categories}
         dataset.split_file(split).write_text(json.dumps(coco))
+    # Written last, as `prepare` does: a folder without it is an unfinished dataset.
+    dataset.dataset_file.write_text(json.dumps({"splits": {s: len(i) for s, i in splits.items()}}))  # no version
     return dataset
 
 

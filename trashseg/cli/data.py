@@ -87,7 +87,11 @@ def _register_preparation(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument("source", type=Path, metavar="SOURCE", help="folder with the annotation files")
     prepare.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
-    prepare.add_argument("--val-fraction", type=float, default=0.2, help="val share when SOURCE has no val.json (default: %(default)s)")
+    prepare.add_argument(
+        "--val-fraction",
+        type=float,
+        help="val share, between 0 and 1, split off train.json; only for a SOURCE without val.json (default: 0.2)",
+    )
     prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: %(default)s)")
     prepare.add_argument("--image-root", type=Path, help="folder the file_names are relative to (default: SOURCE)")
     prepare.set_defaults(func=prepare_command)
@@ -179,8 +183,15 @@ def stats_command(args: argparse.Namespace) -> int:
 
 def prepare_command(args: argparse.Namespace) -> int:
     from trashseg.data.classes import ClassTable
-    from trashseg.data.prepare import prepare_dataset
+    from trashseg.data.prepare import check_val_fraction, prepare_dataset
+    from trashseg.errors import UserError
 
+    check_val_fraction(args.val_fraction)
+    if args.val_fraction is not None and (args.source / "val.json").is_file():
+        raise UserError(
+            f"--val-fraction {args.val_fraction} does not apply: {args.source} has its own val.json, which is "
+            "used as the val split; drop the option, or remove val.json to split val off train.json"
+        )
     result = prepare_dataset(
         args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, image_root=args.image_root
     )

@@ -19,10 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from trashseg.data.jsonio import read_json_value
 from trashseg.errors import DataError
 from trashseg.fileio import write_text
 
 BACKGROUND = "Background"
+# Masks are uint8 and 255 is the ignore index (layout.IGNORE_INDEX), so class ids are
+# 0..254: Background plus at most 254 categories.
+MAX_CLASSES = 255
+# Longest class name accepted (names go into reports, plots and terminal lines).
+MAX_NAME_CHARS = 200
 # Category names taken as the background itself (lower case; "backgroud" is a misspelling
 # seen in published trash datasets).
 BACKGROUND_NAMES = frozenset({"background", "backgroud"})
@@ -57,6 +63,17 @@ DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 
 
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be written to a UTF-8 file or terminal (a lone surrogate, a NUL), or None."""
+    if "\0" in text:
+        return "holds a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"is not valid Unicode (lone surrogate {text[error.start]!r} at position {error.start})"
+    return None
+
+
 @dataclass(frozen=True)
 class ClassTable:
     names: tuple[str, ...]  # index = class id
@@ -67,8 +84,21 @@ class ClassTable:
             raise DataError("class table: names and category_ids differ in length")
         if len(self.names) < 2:
             raise DataError("class table needs Background plus at least one category")
+        if len(self.names) > MAX_CLASSES:
+            raise DataError(
+                f"{len(self.names) - 1} categories (+ Background = {len(self.names)} classes) do not fit a mask: "
+                f"at most {MAX_CLASSES - 1} categories, as class ids 0..{MAX_CLASSES - 1} are uint8 and "
+                f"{MAX_CLASSES} is the ignore index; merge or drop categories"
+            )
+        for name in self.names:
+            if not text_problem(name) and len(name) <= MAX_NAME_CHARS:
+                continue
+            raise DataError(
+                f"class name {name[:MAX_NAME_CHARS]!r}: {text_problem(name) or f'longer than {MAX_NAME_CHARS} characters'}; "
+                "rename the category"
+            )
         if len(set(self.names)) != len(self.names):
-            raise DataError(f"class table: duplicate class names in {list(self.names)}")
+            raise DataError(f"class table: duplicate class names in {list(self.names)[:20]}")
 
     @property
     def num_classes(self) -> int:
@@ -145,8 +175,6 @@ class ClassTable:
                 f"class table {path} not found: is {path.parent} a prepared dataset? "
                 "Create one with `trashseg prepare SOURCE OUT`"
             )
-        from trashseg.data.coco import read_json_value
-
         records = read_json_value(path, "class table")
         try:
             return cls.from_json(records)

@@ -8,7 +8,9 @@ PIL refuses images whose header claims more than twice `Image.MAX_IMAGE_PIXELS` 
 
 from __future__ import annotations
 
+import errno
 import io
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +29,7 @@ def open_image(path: str | Path | io.BytesIO, name: str | Path | None = None) ->
 
     if not isinstance(path, io.BytesIO):
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"image file {path} is missing")
+        check_file(path)
     path_for_errors = name or path
     try:
         with warnings.catch_warnings():
@@ -62,9 +63,23 @@ def decode_rgb(data: bytes, source: str | Path = "<bytes>"):
             if decoded is not None and decoded.shape[1::-1] == image.size:
                 return decoded
         try:
+            if image.mode in _SIXTEEN_BIT_MODES:
+                return _sixteen_bit_to_rgb(np.asarray(image))
             return np.array(image.convert("RGB"))
-        except OSError as error:  # a truncated file fails only when its pixels are decoded
+        except (OSError, SyntaxError, ValueError, EOFError) as error:  # a cut file fails only when decoded
             raise DataError(f"image file {source} is unreadable ({error})") from None
+
+
+# 16-bit grey modes: PIL's convert("RGB") clips them to 0..255 (near white), not scales them.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _sixteen_bit_to_rgb(grey):
+    """(H, W) 16-bit grey (mode "I" taken as 16-bit, clipped) -> (H, W, 3) uint8, scaled by 255/65535."""
+    import numpy as np
+
+    scaled = (np.clip(grey.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
+    return np.repeat(scaled.astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def decode_gray(data: bytes, source: str | Path = "<bytes>"):
@@ -81,15 +96,37 @@ def decode_gray(data: bytes, source: str | Path = "<bytes>"):
                 return decoded
         try:
             return np.array(image)
-        except OSError as error:
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
             raise DataError(f"image file {source} is unreadable ({error})") from None
+
+
+def check_file(path: Path) -> None:
+    """`DataError` saying why `path` is not a readable regular file: missing, a folder, a
+    symlink loop, a name too long, ... (only a missing file is reported as missing)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"image file {path} is missing") from None
+    except NotADirectoryError:
+        raise DataError(f"image file {path} is missing (a part of its folder path is a file)") from None
+    except OSError as error:
+        what = "is a symbolic link loop" if error.errno == errno.ELOOP else f"cannot be opened ({error.strerror})"
+        raise DataError(f"image file {path} {what}") from None
+    except ValueError as error:  # a NUL or a lone surrogate in the name
+        raise DataError(f"image file {ascii(str(path))} cannot be a path ({error})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"image file {path} is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"image file {path} is not a regular file (a device, pipe or socket)")
 
 
 def read_bytes(path: str | Path) -> bytes:
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file {path} is missing")
-    return path.read_bytes()
+    check_file(path)
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DataError(f"image file {path} cannot be read ({error.strerror or error})") from None
 
 
 def read_rgb(path: str | Path):

@@ -8,6 +8,12 @@
     ROOT/report.json             validation report (skipped records with reasons)
     ROOT/stats/                  dataset statistics (JSON + PNG plots)
     ROOT/lineage.json            optional: where the data came from (e.g. pseudo-labels)
+    ROOT/.unfinished             present while `prepare` writes (a killed run leaves it behind)
+
+A folder is complete when it has no `.unfinished` marker and has its `dataset.json`
+(written last by `prepare`) or, for a pseudo-label dataset, its `lineage.json` (written
+last by `pseudo_labels`). Every consumer opens it through `classes()` or `samples()`,
+which refuse an incomplete folder.
 
 Every path of a prepared dataset is named here, and every pixel read goes through
 `trashseg.data.io`, so pseudo-label datasets (same layout) are read exactly like labelled ones.
@@ -59,6 +65,23 @@ class PreparedDataset:
     def lineage_file(self) -> Path:
         return self.root / "lineage.json"
 
+    @property
+    def unfinished_file(self) -> Path:
+        return self.root / ".unfinished"
+
+    def check_complete(self) -> None:
+        """`DataError` when the folder is not a finished dataset (see the module docstring)."""
+        if self.unfinished_file.exists():
+            raise DataError(
+                f"{self.root} is an unfinished dataset: the `prepare` that wrote it failed or was killed; "
+                "run `trashseg prepare` again into it (it clears the leftovers) or into a new folder"
+            )
+        if self.classes_file.is_file() and not (self.dataset_file.is_file() or self.lineage_file.is_file()):
+            raise DataError(
+                f"{self.root} has no dataset.json, so `prepare` never finished it (dataset.json is written last); "
+                "re-run `trashseg prepare` into a new folder"
+            )
+
     def split_file(self, split: str) -> Path:
         return self.root / "splits" / f"{split}.json"
 
@@ -69,6 +92,7 @@ class PreparedDataset:
         return self.root / "masks" / Path(file_name).with_suffix(".png")
 
     def classes(self) -> ClassTable:
+        self.check_complete()
         return ClassTable.load(self.classes_file)
 
     def metadata(self) -> dict:
@@ -93,12 +117,13 @@ class PreparedDataset:
 
     def samples(self, split: str) -> list[Sample]:
         """The split's images in annotation-file order."""
+        self.check_complete()
         path = self.split_file(split)
         if not path.is_file():
             raise DataError(
                 f"split {split!r} not found in {self.root} (no {path}); available: {', '.join(self.splits()) or 'none'}"
             )
-        from trashseg.data.coco import read_json
+        from trashseg.data.jsonio import read_json
 
         try:
             images = read_json(path).get("images", [])

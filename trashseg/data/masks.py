@@ -36,7 +36,9 @@ def semantic_mask(
     if not annotations:
         return mask
     rles = [segmentation_rle(a["segmentation"], height, width) for a in annotations]
-    areas = mask_utils.area(rles)
+    # One RLE at a time: pycocotools' area() of a list sizes a uint8 array by its length
+    # and overflows from 256 annotations on (an image with many objects).
+    areas = np.array([mask_utils.area(rle) for rle in rles], dtype=np.int64)
     # Stable sort: equal areas keep file order, so the result never depends on sort internals.
     order = np.argsort(-areas.astype(np.int64), kind="stable")
     for index in order:
@@ -64,15 +66,19 @@ def save_mask(mask: np.ndarray, path: str | Path) -> None:
         Image.fromarray(mask).save(handle, format="PNG")
 
 
-def write_masks(dataset: CocoDataset, out: PreparedDataset | str | Path) -> int:
-    """Write every kept image's mask to `out.mask_path(file_name)`; return the count."""
+def write_masks(
+    dataset: CocoDataset, out: PreparedDataset | str | Path, images: Sequence[Mapping] | None = None
+) -> int:
+    """Write the mask of each of `images` (default: every kept image of `dataset`, whose
+    annotations they are) to `out.mask_path(file_name)`; return the count."""
     out = out if isinstance(out, PreparedDataset) else PreparedDataset(out)
+    images = dataset.images if images is None else images
     category_to_class = dataset.class_table.category_to_class
-    progress = Progress(len(dataset.images), "masks", unit="img", logger=log)
-    for image in dataset.images:
+    progress = Progress(len(images), "masks", unit="img", logger=log)
+    for image in images:
         mask = semantic_mask(
             dataset.annotations_of(image["id"]), image["height"], image["width"], category_to_class
         )
         save_mask(mask, out.mask_path(image["file_name"]))
         progress.update(1)
-    return len(dataset.images)
+    return len(images)
