@@ -3,19 +3,26 @@
 Real HTTP, spoken to by the real `kubernetes` client: API discovery of trainer.kubeflow.org,
 SelfSubjectAccessReview, TrainingRuntime get, TrainJob create / get / merge-patch / delete /
 list + watch (JSON lines, chunked), pods list by label, pod log follow (chunked), events.
-The test plays the Trainer controller through `add_node0`, `log`, `set_condition`.
+The test plays the Trainer controller through `add_node0`, `log`, `set_condition`, or lets
+`LocalTrainer` run each created TrainJob for real: one local torchrun per node.
 Bodies POSTed as TrainJobs are checked through the Trainer v2.3 models, as admission would.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from trashseg.errors import ConfigError
@@ -55,6 +62,7 @@ class FakeCluster:
         self.created_offset_s = 0.0  # creationTimestamp of new jobs, relative to now
         self.version = 0
         self.changed = threading.Condition()
+        self.trainer: LocalTrainer | None = None  # runs created jobs for real when set
 
     # ---------------------------------------------------------------- the test's controller
 
@@ -103,9 +111,9 @@ class FakeCluster:
             self.changed.notify_all()
         return name
 
-    def end_node(self, pod: str, reason: str, exit_code: int) -> None:
+    def end_node(self, pod: str, reason: str, exit_code: int, phase: str = "Failed") -> None:
         with self.changed:
-            self.pods[pod]["status"] = {"phase": "Failed", "containerStatuses": [{
+            self.pods[pod]["status"] = {"phase": phase, "containerStatuses": [{
                 "name": NODE, "ready": False, "restartCount": 0, "image": "x", "imageID": "",
                 "state": {"terminated": {"reason": reason, "exitCode": exit_code}}}]}
             self.changed.notify_all()
@@ -133,6 +141,103 @@ class FakeCluster:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+class LocalTrainer:
+    """Trainer's controller and the kubelet, for real on 127.0.0.1: each created TrainJob runs
+    `trainer.command` + `trainer.args` once per node (`torchrun` is `python -m torch.distributed.run`)
+    with the job's env (references resolved from `config_maps` / `secrets`, as the kubelet does),
+    the PET_* variables Trainer's torch plugin sets, and a TMPDIR of its own (a node's disk).
+    Node 0's output is its pod's log; the job ends Complete, or Failed with how a node exited."""
+
+    def __init__(self, cluster: FakeCluster, work: Path, *, config_maps: dict[str, dict[str, str]],
+                 secrets: dict[str, dict[str, str]], base_env: dict[str, str]) -> None:
+        self.cluster, self.work, self.base_env = cluster, Path(work), base_env
+        self.sources = {"configMapKeyRef": config_maps, "secretKeyRef": secrets}
+        self.processes: dict[str, list[subprocess.Popen]] = {}
+        cluster.trainer = self
+
+    def start(self, job: dict) -> None:
+        threading.Thread(target=self._run, args=(job,), daemon=True).start()
+
+    def stop(self, name: str) -> None:
+        """The job deleted: its pods go (SIGKILL, as after the grace period)."""
+        for process in self.processes.get(name, []):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    def node_log(self, name: str, rank: int) -> str:
+        return (self.work / name / f"node-{rank}.log").read_text(errors="replace")
+
+    def env(self, entries: list[dict]) -> dict[str, str]:
+        """The container's env; KeyError naming an unresolvable, non-optional reference."""
+        env = {}
+        for entry in entries:
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+                continue
+            (kind, ref), = entry["valueFrom"].items()
+            value = self.sources[kind].get(ref["name"], {}).get(ref["key"])
+            if value is not None:
+                env[entry["name"]] = value
+            elif not ref.get("optional"):
+                raise KeyError(f"{kind} {ref['name']}/{ref['key']} not found (env {entry['name']})")
+        return env
+
+    def _run(self, job: dict) -> None:
+        name, trainer = job["metadata"]["name"], job["spec"]["trainer"]
+        try:
+            env = self.env(trainer.get("env") or [])
+        except KeyError as error:
+            return self.cluster.set_condition(name, "Failed", "CreateContainerConfigError", error.args[0])
+        assert trainer["command"] == ["torchrun"], trainer["command"]
+        nodes, port = trainer["numNodes"], _free_port()
+        pod = self.cluster.add_node0(name)
+        processes = self.processes.setdefault(name, [])
+        for rank in range(nodes):
+            disk = self.work / name / f"node-{rank}"
+            disk.mkdir(parents=True, exist_ok=True)
+            node_env = {**self.base_env, **env, "TMPDIR": str(disk), "PET_NNODES": str(nodes),
+                        "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]), "PET_NODE_RANK": str(rank),
+                        "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+            with open(self.work / name / f"node-{rank}.log", "wb") as log:
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "torch.distributed.run", *trainer.get("args", [])], env=node_env,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        self._follow(pod, self.work / name / "node-0.log", processes[0])
+        codes = [process.wait() for process in processes]
+        failed = [(rank, code) for rank, code in enumerate(codes) if code != 0]
+        self.cluster.end_node(pod, "Error" if codes[0] else "Completed", codes[0], "Failed" if codes[0] else "Succeeded")
+        if failed:
+            rank, code = failed[0]
+            self.cluster.set_condition(name, "Failed", "JobSetFailed", f"node {rank} exited with code {code}")
+        else:
+            self.cluster.set_condition(name, "Complete", "JobSetCompleted", "jobset completed")
+
+    def _follow(self, pod: str, path: Path, process: subprocess.Popen) -> None:
+        """Node 0's log file, line by line into its pod's log, until the process has ended."""
+        with open(path, "rb") as log:
+            pending = b""
+            while True:
+                ended = process.poll() is not None
+                pending += log.read()
+                *lines, pending = pending.split(b"\n")
+                if lines:
+                    self.cluster.log(pod, *(line.decode("utf-8", "replace") for line in lines))
+                if ended:
+                    break
+                time.sleep(0.2)
+        self.cluster.log(pod, *([pending.decode("utf-8", "replace")] if pending else []), done=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -172,6 +277,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return handler(method, url.path, **match.groupdict())
         self._status(404, "NotFound", f"no route {method} {url.path}", c)
 
+    def _flag(self, name: str) -> bool:
+        """A boolean query parameter as the API server parses it (Go's ParseBool): the Python
+        client sends `follow=True`, `watch=True`."""
+        return self.query.get(name, "false") in ("1", "t", "T", "true", "True", "TRUE")
+
     def _denied(self, verb: str, resource: str, path: str) -> bool:
         if (verb, resource) in self.cluster.denied:
             self._status(403, "Forbidden", f'cannot {verb} resource "{resource}"', self.cluster, path=path, method=verb)
@@ -201,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _jobs(self, method: str, path: str, ns: str, name: str | None) -> None:
         c = self.cluster
-        verb = {"GET": "watch" if self.query.get("watch") == "true" else ("get" if name else "list"),
+        verb = {"GET": "watch" if self._flag("watch") else ("get" if name else "list"),
                 "POST": "create", "PATCH": "patch", "DELETE": "delete"}[method]
         if self._denied(verb, "trainjobs", path):
             return None
@@ -216,6 +326,8 @@ class _Handler(BaseHTTPRequestHandler):
             with c.changed:
                 del c.jobs[name]
                 c.changed.notify_all()
+            if c.trainer:
+                c.trainer.stop(name)
         if method == "PATCH":
             with c.changed:
                 c.version += 1
@@ -233,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._status(409, "AlreadyExists", f'trainjobs "{obj["metadata"]["name"]}" already exists', c,
                                 path=path, method="POST")
         c.put_job(obj)
+        if c.trainer:
+            c.trainer.start(obj)
         self._json(201, obj, path, "POST")
 
     def _selected(self) -> list[dict]:
@@ -286,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if lines:
                     self._raw(("\n".join(lines) + "\n").encode())
                     sent += len(lines)
-                if name in c.log_done or self.query.get("follow") != "true":
+                if name in c.log_done or not self._flag("follow"):
                     break
                 c.changed.wait(timeout=0.5)
         self._end_stream()

@@ -44,6 +44,21 @@ def test_job_names_are_deterministic_valid_and_distinct():
     assert job_name(RUN, "base", "segformer-b0-tiny") == job_name(RUN, "base", "segformer-b0-tiny")
 
 
+def test_a_node_spec_with_missing_or_mistyped_fields_is_a_config_error():
+    import json
+
+    values = json.loads(SPEC.to_json())
+    assert NodeTrainSpec.from_json(json.dumps({**values, "pseudo_ratio": 1})).pseudo_ratio == 1  # an int is a float
+    del values["stage"]
+    with pytest.raises(ConfigError, match=r"lacks \['stage'\]; the launcher writes every one"):
+        NodeTrainSpec.from_json(json.dumps(values))
+    values["stage"] = "base"
+    for key, bad, expected in (("iterations", "80000", "int"), ("settings", "lr=1", "tuple"), ("extra", {"k": 1}, "dict"),
+                               ("pseudo_ratio", True, "float"), ("settings", [1], "tuple")):
+        with pytest.raises(ConfigError, match=rf"wrong type: {key}=.*\(expected {expected}"):
+            NodeTrainSpec.from_json(json.dumps({**values, key: bad}))
+
+
 def test_labels_are_valid_label_values():
     assert label_value("a/b:c" + "x" * 80).startswith("a-b-c") and len(label_value("y" * 80)) == 63
     assert job_labels(RUN, "train-base", "segformer-b0", "base")["trashseg.io/kfp-run-id"] == RUN

@@ -150,16 +150,6 @@ def _leave_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def read_spec(text: str) -> NodeTrainSpec:
-    """The spec from its JSON; a missing or mistyped field is a ConfigError too (not a TypeError)."""
-    from trashseg.errors import ConfigError
-
-    try:
-        return NodeTrainSpec.from_json(text)
-    except TypeError as error:
-        raise ConfigError(f"the node spec is incomplete or mistyped ({error}); the launcher writes it, rerun the task") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     from trashseg.launch import worker_logging
     from trashseg.tracking import KFP_RUN_ID_ENV
@@ -169,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     worker_logging(int(os.environ.get("RANK", "0")), logging.INFO)
     try:
-        spec = read_spec(args.spec)
+        spec = NodeTrainSpec.from_json(args.spec)
         os.environ.setdefault(KFP_RUN_ID_ENV, spec.run_id)  # the MLflow run's kfp.run_id tag
         train_node(spec)
     except UserError as error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 
 from trashseg.errors import ConfigError
@@ -68,4 +69,32 @@ class NodeTrainSpec:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown node spec keys {unknown}; valid keys: {sorted(names)}")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in values]
+        if missing:
+            raise ConfigError(f"the node spec lacks {missing}; the launcher writes every one of {required}, rerun the task")
+        hints = typing.get_type_hints(cls)
+        mistyped = [f"{name}={value!r} (expected {_type_name(hints[name])})" for name, value in values.items()
+                    if not _json_matches(value, hints[name])]
+        if mistyped:
+            raise ConfigError(f"node spec fields of the wrong type: {', '.join(mistyped)}; the launcher writes them, rerun the task")
         return cls(**values)
+
+
+def _json_matches(value: object, hint: object) -> bool:
+    """Whether a JSON value fits a field's type: a tuple comes as a list; an int is a float too, a bool neither."""
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if isinstance(value, bool):
+        return origin is bool
+    if origin is float:
+        return isinstance(value, (int, float))
+    if origin is tuple:
+        return isinstance(value, list) and all(_json_matches(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_json_matches(k, args[0]) and _json_matches(v, args[1]) for k, v in value.items())
+    return isinstance(value, origin)
+
+
+def _type_name(hint: object) -> str:
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint)
