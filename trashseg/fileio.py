@@ -40,14 +40,43 @@ def free_space(folder: Path) -> str:
     return "unknown"
 
 
+# What to do about each OS refusal a user can cause (a path, a permission, a full disk).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "no space left on device: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EFBIG: "the file would exceed the file size limit (`ulimit -f`) or the filesystem's: raise the limit "
+    "or write elsewhere",
+    errno.EACCES: "permission denied: fix its permissions or choose a location this user may use",
+    errno.EPERM: "operation not permitted: fix its permissions or choose another location",
+    errno.EROFS: "the filesystem is read-only: choose a writable location",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose a path whose parents are folders",
+    errno.EISDIR: "it is a folder where a file is expected: give a file's path",
+    errno.ENAMETOOLONG: "a name in it is too long (most filesystems allow 255 bytes per name, 4096 per path): "
+    "use a shorter name",
+    errno.ENOENT: "it or a folder above it does not exist: check the path",
+    errno.EEXIST: "it already exists: remove it or choose another path",
+    errno.ENOTEMPTY: "the folder is not empty: empty it or choose another path",
+    errno.ELOOP: "it is a symbolic link loop: fix or remove the link",
+    errno.EIO: "input/output error: it cannot be read as a regular file (a special file, or a failing disk); "
+    "give a regular file",
+    errno.EINVAL: "the operating system refused the path or the operation as invalid: give a regular path",
+}
+
+
+def os_error_fix(error: OSError) -> str:
+    """What went wrong and what to do, in words, for an OS error (its errno)."""
+    return _OS_ERROR_FIXES.get(error.errno, f"{error.strerror or error}: check the path and try again")
+
+
 def output_error(dest: Path, error: OSError) -> OutputError:
     """The user-facing error for a failed write of `dest`."""
     if isinstance(error, OutputError):
         return error
     reason = error.strerror or str(error)
-    hint = "free some space or write elsewhere" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
     return OutputError(
-        error.errno, f"cannot write {dest}: {reason} ({free_space(dest.parent)} free in {dest.parent}); {hint}"
+        error.errno,
+        f"cannot write {dest}: {reason} ({free_space(dest.parent)} free in {dest.parent}); {os_error_fix(error)}",
     )
 
 

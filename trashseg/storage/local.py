@@ -29,6 +29,7 @@ from trashseg.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    StorageError,
     check_key,
     reporting_write_errors,
     temp_beside,
@@ -41,6 +42,10 @@ class LocalStore(ObjectStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.location = str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(
+                f"store location {root} is a file, not a folder: give a folder (created if absent) or s3://bucket/prefix"
+            )
 
     def _path(self, key: str) -> Path:
         return self.root / key
