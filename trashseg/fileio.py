@@ -69,6 +69,17 @@ def os_error_fix(error: OSError) -> str:
     return _OS_ERROR_FIXES.get(error.errno, f"{error.strerror or error}: check the path and try again")
 
 
+def os_error_in_chain(error: BaseException) -> OSError | None:
+    """The first OSError with an errno among `error`'s causes and contexts, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def output_error(dest: Path, error: OSError) -> OutputError:
     """The user-facing error for a failed write of `dest`."""
     if isinstance(error, OutputError):
@@ -89,8 +100,15 @@ def temp_path(dest: str | Path) -> Iterator[Path]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-    except OSError as error:
-        raise output_error(dest, error) from error
+    except Exception as error:
+        # Writers such as torch.save turn a failed write into their own error ("unexpected
+        # pos"); the OSError they swallowed, with its errno (disk full), is in the chain.
+        cause = os_error_in_chain(error)
+        if cause is None:
+            raise
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # first, so the free space reported counts it freed
+        raise output_error(dest, cause) from error
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -134,7 +134,8 @@ def test_push_repair_restores_a_damaged_version(store, tmp_path, caplog):
 
     with pytest.raises(IntegrityError, match=r"trashseg data push --repair FOLDER"):
         storage.pull_dataset(store, version, tmp_path / "broken")
-    assert storage.push_dataset(folder, store).version == version  # a plain push still uploads nothing
+    with pytest.raises(IntegrityError, match=r"is damaged \(3 problem.*nothing was uploaded.*push --repair"):
+        storage.push_dataset(folder, store)  # a plain push uploads nothing, and says so
     with pytest.raises(IntegrityError):
         storage.pull_dataset(store, version, tmp_path / "broken")
 
