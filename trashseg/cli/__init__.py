@@ -35,8 +35,11 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            shown = text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
-            raise argparse.ArgumentTypeError(f"{shown!r} is not a whole number in [{low}, {high}]") from None
+            if text.strip().lstrip("+-").isdigit():  # longer than Python converts: far out of range
+                value = high + 1
+            else:
+                shown = text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
+                raise argparse.ArgumentTypeError(f"{shown!r} is not a whole number in [{low}, {high}]") from None
         if not low <= value <= high:
             shown = text if len(text) <= 40 else f"a number of {len(text)} digits"
             raise argparse.ArgumentTypeError(f"{shown} is out of range: expected [{low}, {high}]")
