@@ -4,6 +4,7 @@ odd characters each end in one clear line and exit 2, never a traceback."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,31 @@ def test_an_unreadable_annotation_file_names_what_was_given(caplog, capsys):
     code, shown = _run(["validate-data", "/proc/self/mem"], caplog, capsys)
     assert code == 2 and "Traceback" not in shown
     assert "cannot read" in shown and "/proc/self/mem" in shown and "give a regular file" in shown
+
+
+def _unreadable_file(tmp_path):
+    """A file this process may not read: chmod 000 (not enough for root), else a /proc file
+    root may not read either where this kernel says so; None when neither is refused."""
+    candidate = tmp_path / "train.json"
+    candidate.write_text("{}")
+    candidate.chmod(0)
+    for path in (candidate, Path("/proc/1/environ")):
+        try:
+            path.open("rb").close()
+        except PermissionError:
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def test_a_permission_denied_annotation_file_is_one_line(tmp_path, caplog, capsys):
+    path = _unreadable_file(tmp_path)
+    if path is None:
+        pytest.skip("every file is readable here (root without a protected /proc)")
+    code, shown = _run(["validate-data", path], caplog, capsys)
+    assert code == 2 and "Traceback" not in shown
+    assert f"cannot open {path}: permission denied" in shown and "fix its permissions" in shown
 
 
 def test_an_unreadable_config_file_is_a_config_error(tmp_path, caplog, capsys):
@@ -131,11 +157,19 @@ def test_predict_refuses_unbounded_options_before_loading_anything(tmp_path):
         (["predict", "--checkpoint", "c", "--data", "d", "--out", "o", "--batch-size", str(10**8)],
          "argument --batch-size: 100000000 is out of range: expected [1, 1024]"),
         (["train", "--data", "d", "--out", "o", "--stop-after", "9" * 5000], "a number of 5000 digits is out of range"),
+        (["split", "a.json", "o", "--folds", "1000000000"], "argument --folds: 1000000000 is out of range: expected [2, 100]"),
+        (["split", "a.json", "o", "--seed", "-1"], "argument --seed: -1 is out of range: expected [0, 4294967295]"),
     ],
 )
 def test_numeric_options_are_bounded_usage_errors(args, fragment, caplog, capsys):
     code, shown = _run(args, caplog, capsys)
     assert code == 2 and fragment in shown and "Traceback" not in shown
+
+
+def test_split_refuses_more_folds_than_images(tmp_path, caplog, capsys):
+    assert main(["sample-data", str(tmp_path / "s"), "--images", "10", "--size", "32"]) == 0
+    code, shown = _run(["split", tmp_path / "s" / "train.json", tmp_path / "folds", "--folds", "50"], caplog, capsys)
+    assert code == 2 and "--folds 50: expected 2 to 6 (the number of images)" in shown
 
 
 def test_sample_data_help_states_its_limits(capsys):

@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_preparation(subparsers: argparse._SubParsersAction) -> None:
     """The subcommands that split a COCO file, count its statistics, or prepare a dataset."""
+    from trashseg.cli import int_in
+
     split = subparsers.add_parser(
         "split",
         help="stratified train/val split or group k-fold of a COCO file",
@@ -67,9 +69,9 @@ def _register_preparation(subparsers: argparse._SubParsersAction) -> None:
     )
     split.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
     split.add_argument("out", type=Path, metavar="OUT", help="output folder")
-    split.add_argument("--folds", type=int, help="number of folds for k-fold (>= 2)")
+    split.add_argument("--folds", type=int_in(2, 100), help="number of folds for k-fold, 2 to 100")
     split.add_argument("--val-fraction", type=float, default=0.2, help="share of images for val, without --folds (default: %(default)s)")
-    split.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    split.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="random seed (default: %(default)s)")
     _image_root_option(split)
     split.set_defaults(func=split_command)
 
