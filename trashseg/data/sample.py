@@ -148,9 +148,9 @@ def generate_sample_dataset(
 ) -> dict[str, Path]:
     """Write the synthetic dataset; returns the annotation file of each split."""
     if not 3 <= images <= MAX_IMAGES:
-        raise DataError(f"--images {images}: expected 3 (one per split) to {MAX_IMAGES} images")
+        raise DataError(f"--images {images}: expected at least 3 (one per split) and at most {MAX_IMAGES} images")
     if not 32 <= size <= MAX_SIZE:
-        raise DataError(f"--size {size}: expected 32 to {MAX_SIZE} pixels")
+        raise DataError(f"--size {size}: expected at least 32 and at most {MAX_SIZE} pixels")
     if images * size * size > MAX_TOTAL_PIXELS:
         raise DataError(
             f"--images {images} at --size {size} is {images * size * size:.3g} pixels, over the {MAX_TOTAL_PIXELS:.0e} "
