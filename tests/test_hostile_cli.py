@@ -225,3 +225,13 @@ def test_a_database_uri_keeps_its_password_for_the_driver_and_out_of_logs(caplog
     with caplog.at_level(logging.WARNING):
         assert client_uri(uri) == uri  # SQLAlchemy reads the password from the URI only
     assert "p@ss" not in caplog.text and "postgresql://bob:***@db:5432/mlflow" in caplog.text
+
+
+def test_a_network_error_is_not_reported_as_a_path_problem():
+    import argparse
+
+    from trashseg.cli import os_error_line
+
+    line = os_error_line(ConnectionRefusedError(111, "Connection refused"),
+                         argparse.Namespace(command="data", data_command="push", uri="http://u:p@ss@h"))
+    assert line.startswith("trashseg data push: network error") and "check the path" not in line

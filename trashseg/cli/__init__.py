@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +101,11 @@ def os_error_line(error: OSError, args: argparse.Namespace) -> str:
     from trashseg.fileio import NO_SPACE_ERRNOS, free_space, os_error_fix
     from trashseg.secrets import redact
 
+    command = " ".join(str(getattr(args, name)) for name in ("command", "data_command", "inbox_command")
+                       if getattr(args, name, None))
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror):  # a network fault, not a path
+        return redact(f"trashseg {command}: network error ({error}): check the address and that the server "
+                      "is running, then try again")
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
@@ -112,8 +118,6 @@ def os_error_line(error: OSError, args: argparse.Namespace) -> str:
         what = f"cannot {operation} a file" + (f" (paths given: {', '.join(given)})" if given else "")
     if error.errno in NO_SPACE_ERRNOS and paths:
         what += f" ({free_space(Path(paths[0]).parent)} free there)"
-    command = " ".join(str(getattr(args, name)) for name in ("command", "data_command", "inbox_command")
-                       if getattr(args, name, None))
     return redact(f"trashseg {command}: {what}: {os_error_fix(error)}")
 
 
