@@ -6,9 +6,12 @@ SQLite file `sqlite:///<dir>/mlflow.db` (the embedded default). Runs are driven 
 `MlflowClient` with an explicit run id (no fluent global state), metrics are buffered and
 sent with `log_batch`, and every run is tagged with the KFP run id when `KFP_RUN_ID` is set.
 
-Credentials: a URI's `user:password@` is moved into MLFLOW_TRACKING_USERNAME/PASSWORD (the
-variables the pipelines set from a Secret) before MLflow sees it, with a warning, so no log
-line, error or "View run at" line shows it; saved configs hold it redacted.
+Credentials: an http(s) URI's `user:password@` is moved into MLFLOW_TRACKING_USERNAME/PASSWORD
+(the variables the pipelines set from a Secret) before MLflow sees it, with a warning, so no log
+line, error or "View run at" line shows it; saved configs hold it redacted. A database URI
+(postgresql://) keeps its password, which only its driver reads; logs and errors redact it.
+Store failures a user can fix (a full disk, an unreachable server, a missing driver) become one
+clear error through `tracking_errors`.
 A local SQLite store is created atomically and a half-made one (from a kill during schema
 set-up by older versions) is set aside and recreated, so a kill never breaks the folder.
 """

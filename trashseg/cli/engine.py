@@ -9,12 +9,13 @@ from pathlib import Path
 from trashseg.cli import int_in
 from trashseg.device import AMP_CHOICES
 from trashseg.errors import ConfigError
+from trashseg.launch import MAX_PROCESSES
 
-# Ceilings of the numeric options; the same as TrainConfig's and predict's (checked there too).
+# Ceilings of the numeric options, as TrainConfig and predict check them (their modules import
+# torch, which `--help` must not wait for).
 MAX_STEPS = 10**7
 MAX_IMAGE_SIZE = 4096
 MAX_BATCH_SIZE = 1024
-MAX_PROCESSES = 64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
