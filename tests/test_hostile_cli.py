@@ -38,6 +38,16 @@ def test_output_path_under_a_file_names_the_path_and_the_fix(tmp_path, caplog, c
     assert "a part of the path is a file, not a folder" in shown
 
 
+def test_a_destination_under_a_file_is_not_called_existing(tmp_path, caplog, capsys):
+    assert main(["sample-data", str(tmp_path / "s"), "--images", "3", "--size", "32"]) == 0
+    assert main(["data", "push", str(tmp_path / "s"), "--store", str(tmp_path / "store")]) == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, shown = _run(["data", "pull", "latest", blocker / "x", "--store", tmp_path / "store"], caplog, capsys)
+    assert code == 2 and "Traceback" not in shown
+    assert f"{blocker}: it is a file where a folder is needed" in shown
+
+
 def test_a_name_too_long_for_the_filesystem_is_one_line(tmp_path, caplog, capsys):
     code, shown = _run(["sample-data", tmp_path / ("n" * 300), "--images", "3", "--size", "32"], caplog, capsys)
     assert code == 2 and "Traceback" not in shown

@@ -7,6 +7,7 @@ imports (torch, mlflow) happen inside each command's function, so `--help` stays
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -118,7 +119,10 @@ def os_error_line(error: OSError, args: argparse.Namespace) -> str:
         what = f"cannot {operation} a file" + (f" (paths given: {', '.join(given)})" if given else "")
     if error.errno in NO_SPACE_ERRNOS and paths:
         what += f" ({free_space(Path(paths[0]).parent)} free there)"
-    return redact(f"trashseg {command}: {what}: {os_error_fix(error)}")
+    fix = os_error_fix(error)
+    if error.errno == errno.EEXIST and paths and os.path.isfile(paths[0]):  # mkdir(parents=True) met a file
+        fix = "it is a file where a folder is needed: choose a path whose parents are folders"
+    return redact(f"trashseg {command}: {what}: {fix}")
 
 
 def main(argv: list[str] | None = None) -> int:
