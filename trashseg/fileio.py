@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from trashseg.errors import OutputError
+from trashseg.errors import OutputError, UserError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -76,7 +76,7 @@ def os_error_in_chain(error: BaseException) -> OSError | None:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno is not None:
             return error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None
 
 
@@ -103,7 +103,7 @@ def temp_path(dest: str | Path) -> Iterator[Path]:
     except Exception as error:
         # Writers such as torch.save turn a failed write into their own error ("unexpected
         # pos"); the OSError they swallowed, with its errno (disk full), is in the chain.
-        cause = os_error_in_chain(error)
+        cause = None if isinstance(error, UserError) else os_error_in_chain(error)  # UserErrors say it already
         if cause is None:
             raise
         with contextlib.suppress(OSError):
