@@ -44,7 +44,8 @@ COPY --from=wheels /wheels /tmp/wheels
 # Dependencies before the source, so code changes rebuild only the last layers. Every pin
 # comes from pyproject (pins.py): torch first, the CPU build from PyTorch's CPU index (TORCH_INDEX);
 # natten then builds against it without build isolation (pure Python without CUDA).
-# boto3 and psycopg2-binary are for the MLflow server only (S3 artifacts, PostgreSQL).
+# boto3 and psycopg2-binary are for the MLflow server only (S3 artifacts, PostgreSQL); psycopg, the
+# driver SQLAlchemy 2 picks for postgresql:// (server and clients), comes from pyproject.
 RUN pip install --no-cache-dir setuptools==84.2.1 wheel==0.48.0 \
     && python pins.py pyproject.toml --only torch > /tmp/torch.txt \
     && pip install --no-cache-dir --index-url "${TORCH_INDEX}" -r /tmp/torch.txt \

@@ -104,3 +104,29 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     with _running_mlflow_server(root, str(root / "artifacts")) as uri:
         yield uri
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """Factory: small_filesystem(size="1m", readonly=False) -> a folder on a fresh tmpfs of
+    that size (a real full or read-only disk); skips where mounting is not permitted."""
+    import shutil
+    import subprocess
+
+    mounts = []
+
+    def mount(size: str = "1m", *, readonly: bool = False):
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here")
+        folder = tmp_path / f"fs{len(mounts)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

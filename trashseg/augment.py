@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trashseg.config import shown_number
 from trashseg.errors import ConfigError
 from trashseg.metrics import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SCALE = 8.0  # a scaled image beyond 8x image_size only wastes memory before the crop
+MAX_CROP_SIZE = 4096  # as TrainConfig.image_size
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,16 @@ class AugmentConfig:
     std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1] <= MAX_SCALE:
             raise ConfigError(
-                f"augment.scale_range={list(self.scale_range)}: expected [low, high] with 0 < low <= high "
-                "(factors of image_size, e.g. [0.5, 2.0] for 256-1024 at 512)"
+                f"augment.scale_range={list(self.scale_range)}: expected [low, high] with 0 < low <= high <= "
+                f"{MAX_SCALE:g} (factors of image_size, e.g. [0.5, 2.0] for 256-1024 at 512)"
             )
-        if self.crop_size is not None and self.crop_size < 8:
-            raise ConfigError(f"augment.crop_size={self.crop_size}: expected >= 8 pixels or null (= image_size)")
+        if self.crop_size is not None and not 8 <= self.crop_size <= MAX_CROP_SIZE:
+            raise ConfigError(
+                f"augment.crop_size={shown_number(self.crop_size)}: expected an integer in [8, {MAX_CROP_SIZE}] "
+                "pixels, or null (= image_size)"
+            )
         for name in ("hflip", "color_jitter", "copy_paste"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

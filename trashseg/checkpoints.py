@@ -27,6 +27,14 @@ CHECKPOINT_FORMAT = "trashseg-checkpoint/1"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 # Fields that may change between a run and its resumption without changing the result.
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
+WHAT_A_CHECKPOINT_IS = (
+    "a checkpoint is the PyTorch zip archive `trashseg train` writes (best.pt, last.pt) holding the weights "
+    "and the meta that rebuilds the model"
+)
+# The fields prediction reads, with their types.
+REQUIRED_FIELDS = {"architecture": str, "classes": list, "model": dict, "image_size": int, "normalisation": dict,
+                   "iteration": int, "config": dict}
 RESUMABLE_CHANGES = frozenset({"checkpoint_interval", "eval_interval", "log_interval", "num_workers", "tracking"})
 
 
@@ -63,6 +71,13 @@ def is_trashseg_checkpoint(pretrained: str) -> bool:
 def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
     """The raw state dict of a checkpoint file or training output folder, format-checked."""
     path = resolve_checkpoint(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not ZIP_MAGIC.startswith(magic):  # torch.save writes a zip archive (a cut one is reported below)
+        raise DataError(
+            f"{path} is not a trashseg checkpoint: {WHAT_A_CHECKPOINT_IS}, and this file does not start like "
+            f"one (first bytes {magic!r}). Pass a best.pt or last.pt, or a training output folder"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -72,7 +87,7 @@ def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any
             "data, and trashseg will not load it (loading such a file can run code in it). Pass a best.pt "
             "or last.pt written by `trashseg train`"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, IndexError, TypeError) as error:
         detail = (str(error).splitlines() or [type(error).__name__])[0]
         raise DataError(
             f"{path} cannot be read as a checkpoint ({path.stat().st_size} bytes; {detail}): "
@@ -81,6 +96,12 @@ def load_checkpoint_state(path: str | Path, map_location="cpu") -> dict[str, Any
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a trashseg checkpoint (format {CHECKPOINT_FORMAT}); it was not written by `trashseg train`")
+    missing = [name for name, kind in REQUIRED_FIELDS.items() if not isinstance(state.get(name), kind)]
+    if missing:
+        raise DataError(
+            f"{path} is an incomplete trashseg checkpoint: {', '.join(missing)} missing or of the wrong type "
+            f"({WHAT_A_CHECKPOINT_IS}); pass the training output folder's best.pt or last.pt"
+        )
     return state
 
 

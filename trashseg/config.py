@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from trashseg.errors import ConfigError
-from trashseg.fileio import write_text
+from trashseg.fileio import os_error_fix, write_text
 from trashseg.secrets import redact_values
 
 T = TypeVar("T")
@@ -63,7 +63,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML or JSON file")
+            state = "is not a regular file" if path.exists() else "does not exist"
+            raise ConfigError(f"config file {path} {state}; pass an existing YAML or JSON file")
         loaded = _parse_yaml(_read_text(path), f"config file {path}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
@@ -79,13 +80,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
                     f"override {key}={raw}: {section} is the value {target!r}, not a section with keys; "
                     f"set either {section}=VALUE or {section}.KEY=VALUE"
                 )
-        target[leaf] = _parse_yaml(raw, f"override {key}={raw}") if raw else ""
+        shown = raw if len(raw) <= 80 else f"{raw[:60]}... ({len(raw)} characters)"
+        target[leaf] = _parse_yaml(raw, f"override {key}={shown}") if raw else ""
     return from_mapping(cls, data)
+
+
+MAX_CONFIG_BYTES = 16 * 2**20  # a config is a few KiB; a bigger file is a wrong path
 
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {os_error_fix(error)}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 2**20} MiB; pass a YAML or JSON config file")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"config file {path} is not UTF-8 text ({error}); pass a YAML or JSON file") from None
 
@@ -93,6 +105,8 @@ def _read_text(path: Path) -> str:
 def _parse_yaml(text: str, what: str) -> Any:
     try:
         return yaml.safe_load(text)
+    except ValueError as error:  # e.g. an integer longer than Python converts (4300 digits)
+        raise ConfigError(f"{what} holds a value that cannot be read: {error}") from None
     except yaml.YAMLError as error:
         # The parser's message names line and column; one line of it is enough.
         detail = " ".join(str(error).split())
@@ -108,6 +122,25 @@ def parse_assignments(items: Iterable[str], *, what: str = "override", example: 
             raise ConfigError(f"{what} {item!r} must look like key=value (e.g. {example})")
         pairs[key] = value
     return pairs
+
+
+def shown_number(value: Any) -> str:
+    """`value` for a message; an integer too long to print (over 4300 digits) is described."""
+    try:
+        return str(value)
+    except ValueError:
+        return f"<an integer of about {int(value.bit_length() * math.log10(2))} digits>"
+
+
+def check_range(name: str, value: Any, low: float, high: float, *, unit: str = "", fix: str = "") -> None:
+    """Raise ConfigError unless low <= value <= high (NaN fails too), naming the valid range.
+
+    Every value a config or an option takes has an upper bound: an unbounded one turns a typo
+    into a run of 10^18 hours, a terabyte allocation or a full disk."""
+    if not low <= value <= high:
+        kind = "an integer" if isinstance(value, int) else "a value"
+        suffix = f" {unit}" if unit else ""
+        raise ConfigError(f"{name}={shown_number(value)}: expected {kind} in [{low}, {high}]{suffix}{fix}")
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from trashseg.config import check_range
 from trashseg.data.io import read_image
 from trashseg.data.layout import PreparedDataset
 from trashseg.errors import ConfigError, DataError
@@ -64,6 +65,13 @@ class CrfConfig:
             )
         if self.chunk_size < 1:
             raise ConfigError(f"crf.chunk_size must be >= 1, got {self.chunk_size}")
+        # Ceilings: mean-field inference converges in ~10 iterations; kernel widths beyond
+        # 10^4 pixels or colour units are the whole image anyway.
+        limits = {"iterations": (1, 1000), "workers": (0, 1024), "chunk_size": (1, 1024), "gaussian_sxy": (0, 1e4),
+                  "bilateral_sxy": (0, 1e4), "bilateral_srgb": (0, 1e4), "gaussian_compat": (0, 1e4),
+                  "bilateral_compat": (0, 1e4)}
+        for name, (low, high) in limits.items():
+            check_range(f"crf.{name}", getattr(self, name), low, high)
 
     def resolved_workers(self) -> int:
         return self.workers or os.cpu_count() or 1

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from trashseg.errors import OutputError
+from trashseg.errors import OutputError, UserError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -40,14 +40,54 @@ def free_space(folder: Path) -> str:
     return "unknown"
 
 
+# What to do about each OS refusal a user can cause (a path, a permission, a full disk).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "no space left on device: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EFBIG: "the file would exceed the file size limit (`ulimit -f`) or the filesystem's: raise the limit "
+    "or write elsewhere",
+    errno.EACCES: "permission denied: fix its permissions or choose a location this user may use",
+    errno.EPERM: "operation not permitted: fix its permissions or choose another location",
+    errno.EROFS: "the filesystem is read-only: choose a writable location",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose a path whose parents are folders",
+    errno.EISDIR: "it is a folder where a file is expected: give a file's path",
+    errno.ENAMETOOLONG: "a name in it is too long (most filesystems allow 255 bytes per name, 4096 per path): "
+    "use a shorter name",
+    errno.ENOENT: "it or a folder above it does not exist: check the path",
+    errno.EEXIST: "it already exists: remove it or choose another path",
+    errno.ENOTEMPTY: "the folder is not empty: empty it or choose another path",
+    errno.ELOOP: "it is a symbolic link loop: fix or remove the link",
+    errno.EIO: "input/output error: it cannot be read as a regular file (a special file, or a failing disk); "
+    "give a regular file",
+    errno.EINVAL: "the operating system refused the path or the operation as invalid: give a regular path",
+}
+
+
+def os_error_fix(error: OSError) -> str:
+    """What went wrong and what to do, in words, for an OS error (its errno)."""
+    return _OS_ERROR_FIXES.get(error.errno, f"{error.strerror or error}: check the path and try again")
+
+
+def os_error_in_chain(error: BaseException) -> OSError | None:
+    """The first OSError with an errno among `error`'s causes and contexts, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
 def output_error(dest: Path, error: OSError) -> OutputError:
     """The user-facing error for a failed write of `dest`."""
     if isinstance(error, OutputError):
         return error
     reason = error.strerror or str(error)
-    hint = "free some space or write elsewhere" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "check the folder"
     return OutputError(
-        error.errno, f"cannot write {dest}: {reason} ({free_space(dest.parent)} free in {dest.parent}); {hint}"
+        error.errno,
+        f"cannot write {dest}: {reason} ({free_space(dest.parent)} free in {dest.parent}); {os_error_fix(error)}",
     )
 
 
@@ -60,8 +100,15 @@ def temp_path(dest: str | Path) -> Iterator[Path]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-    except OSError as error:
-        raise output_error(dest, error) from error
+    except Exception as error:
+        # Writers such as torch.save turn a failed write into their own error ("unexpected
+        # pos"); the OSError they swallowed, with its errno (disk full), is in the chain.
+        cause = None if isinstance(error, UserError) else os_error_in_chain(error)  # UserErrors say it already
+        if cause is None:
+            raise
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # first, so the free space reported counts it freed
+        raise output_error(dest, cause) from error
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -24,9 +24,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trashseg.config import check_range
 from trashseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
+MAX_PROCESSES = 64  # one per GPU: more than any one machine holds
 
 PROCESSES_ENV = "TRASHSEG_PROCESSES"
 
@@ -67,8 +69,7 @@ def run_per_process(function: Callable[..., Any], args: Sequence[Any], processes
     starts them): it shares nothing with the caller but the environment, and works whatever
     the caller's main module is (a KFP executor, pytest, a script without a main guard).
     """
-    if processes < 1:
-        raise ConfigError(f"processes={processes}: expected >= 1")
+    check_range("processes", processes, 1, MAX_PROCESSES, unit="(one per GPU)")
     if processes > 1 and under_torchrun():
         raise ConfigError(
             f"processes={processes} inside a torchrun worker (RANK {os.environ.get('RANK')}): torchrun already started "

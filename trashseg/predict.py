@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from trashseg.augment import eval_transform
+from trashseg.config import check_range
 from trashseg.data.io import read_image, read_mask
 from trashseg.data.layout import PreparedDataset
 from trashseg.device import AmpMode, autocast, default_device, local_device, resolve_amp_dtype
@@ -32,6 +33,7 @@ from trashseg.predictions import PredictionSet, check_made_from, score_predictio
 from trashseg.progress import Progress
 
 MAX_TTA_SCALE = 4.0  # of the training image size
+MAX_BATCH_SIZE = 1024  # as TrainConfig.batch_size
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,10 @@ def predict_splits(
     `processes`-th image on its own device; this process then lists them, in split order,
     in each folder's meta, so the folders are the same as a single process writes.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size}: expected >= 1")
+    from trashseg.launch import MAX_PROCESSES
+
+    check_range("batch_size", batch_size, 1, MAX_BATCH_SIZE, unit="images")
+    check_range("processes", processes, 1, MAX_PROCESSES, unit="(one per GPU)")
     # `not 0 < s <= max` also refuses NaN; a huge factor would resize an image past any memory.
     if not tta_scales or any(not 0 < s <= MAX_TTA_SCALE for s in tta_scales):
         raise ConfigError(

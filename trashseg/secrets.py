@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.parse
 from typing import Any
 
 # Object store credentials (a Secret: the only place credentials live).
@@ -60,15 +61,32 @@ PIPELINE_SERVICE_ACCOUNT = "trashseg-pipeline-runner"
 PIPELINE_POD_LABEL = ("pipelines.kubeflow.org/v2_component", "true")
 
 # ------------------------------------------------------------------ redaction
-# `scheme://user:password@host`: the password is replaced wherever such a URI is shown or saved.
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?P<password>[^/\s@]+)@")
-# `https://TOKEN@host`: an HTTP(S) user with no password is usually an access token.
-_HTTP_TOKEN = re.compile(r"(?P<head>https?://)(?P<token>[^/\s:@]+)@", re.IGNORECASE)
+# A URI's scheme and network location: `netloc` ends where urllib's does (the first /, ? or #),
+# and its user part ends at the LAST @ (urllib's rpartition), so a password holding @ is
+# found whole. The credentials are then read by urllib itself, the parser clients use.
+_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<netloc>[^/?#\s]*)")
 REDACTED = "***"
 
 
+def _redacted_uri(match: re.Match) -> str:
+    scheme, netloc = match["scheme"], match["netloc"]
+    userinfo, at, host = netloc.rpartition("@")
+    if not at:
+        return match[0]
+    try:
+        parts = urllib.parse.urlsplit(f"{scheme}://{netloc}")
+        password = parts.password
+    except ValueError:  # e.g. a malformed port: still never show what precedes the @
+        password = ""
+    if password is not None:  # `user:password@`: the user stays, the password goes
+        return f"{scheme}://{userinfo.partition(':')[0]}:{REDACTED}@{host}"
+    if scheme.lower() in ("http", "https"):  # `https://TOKEN@host`: a user alone is usually a token
+        return f"{scheme}://{REDACTED}@{host}"
+    return match[0]
+
+
 def has_credentials(uri: str | None) -> bool:
-    return bool(uri) and (_URI_PASSWORD.search(uri) is not None or _HTTP_TOKEN.search(uri) is not None)
+    return bool(uri) and redact(uri) != uri
 
 
 def redact(text: str) -> str:
@@ -76,7 +94,7 @@ def redact(text: str) -> str:
     every `http(s)://token@` URI, replaced by ***."""
     if "@" not in text:
         return text
-    return _HTTP_TOKEN.sub(rf"\g<head>{REDACTED}@", _URI_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text))
+    return _URI.sub(_redacted_uri, text)
 
 
 def redact_values(data: Any) -> Any:

@@ -594,7 +594,8 @@ def record_status_step(pipeline: str, state: str, error: str, summary_path: str 
     if choice is not None:
         details = f"{details}\n\n{choice.to_markdown()}" if details else choice.to_markdown()
     summary = f"{heading}\n\n" + (f"{details}\n\n" if details else "") + (f"Error: `{error}`\n" if error else "")
-    write_text(summary_path, summary)
+    # The failed task's error text may quote a URI with its password (a tracking or store URI).
+    write_text(summary_path, redact(summary))
     tags = {
         **run.tags(), "trashseg.step": "status", "pipeline": pipeline, "pipeline.state": state,
         "pipeline.state_final": str(final).lower(), **(choice.tags() if choice else {}),

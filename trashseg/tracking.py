@@ -6,9 +6,12 @@ SQLite file `sqlite:///<dir>/mlflow.db` (the embedded default). Runs are driven 
 `MlflowClient` with an explicit run id (no fluent global state), metrics are buffered and
 sent with `log_batch`, and every run is tagged with the KFP run id when `KFP_RUN_ID` is set.
 
-Credentials: a URI's `user:password@` is moved into MLFLOW_TRACKING_USERNAME/PASSWORD (the
-variables the pipelines set from a Secret) before MLflow sees it, with a warning, so no log
-line, error or "View run at" line shows it; saved configs hold it redacted.
+Credentials: an http(s) URI's `user:password@` is moved into MLFLOW_TRACKING_USERNAME/PASSWORD
+(the variables the pipelines set from a Secret) before MLflow sees it, with a warning, so no log
+line, error or "View run at" line shows it; saved configs hold it redacted. A database URI
+(postgresql://) keeps its password, which only its driver reads; logs and errors redact it.
+Store failures a user can fix (a full disk, an unreachable server, a missing driver) become one
+clear error through `tracking_errors`.
 A local SQLite store is created atomically and a half-made one (from a kill during schema
 set-up by older versions) is set aside and recreated, so a kill never breaks the folder.
 """
@@ -17,20 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import functools
 import logging
 import os
 import sqlite3
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trashseg.config import to_dict
-from trashseg.errors import ConfigError, DataError
-from trashseg.fileio import remove_partials, temp_path
+from trashseg.errors import ConfigError, DataError, OutputError, UserError
+from trashseg.fileio import partial_name, temp_path
 from trashseg.secrets import (
     MLFLOW_CREDENTIALS_SECRET,
     MLFLOW_CREDENTIALS_SECRET_TO_ENV,
@@ -85,6 +90,12 @@ def client_uri(uri: str) -> str:
     if not has_credentials(uri):
         return uri
     parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https"):
+        # A database URI (postgresql://user:pw@db/mlflow): its driver reads the password from
+        # the URI only, so it stays there; log redaction keeps it out of every log line.
+        log.warning("the MLflow tracking URI %s carries a password; it is passed to the database driver and "
+                    "redacted from logs and saved configs", redact(uri))
+        return uri
     variables = ENV_TOKEN if parts.password is None else f"{ENV_USERNAME} and {ENV_PASSWORD}"
     log.warning(
         "the MLflow tracking URI %s carries credentials; set %s instead (the pipelines set the user and "
@@ -100,6 +111,48 @@ def client_uri(uri: str) -> str:
     netloc = f"[{host}]" if ":" in host else host
     netloc += f":{parts.port}" if parts.port else ""
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+# Database drivers SQLAlchemy imports for a tracking URI's scheme, and the pip package of each.
+_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
+_UNREACHABLE = ("Max retries exceeded", "Failed to establish a new connection", "Connection refused",
+                "Name or service not known", "Temporary failure in name resolution", "timed out", "Connection aborted")
+
+
+@contextlib.contextmanager
+def tracking_errors(uri: str) -> Iterator[None]:
+    """The tracking store's failures a user can fix, as one clear error naming the (redacted)
+    URI: a full disk under a local store, an unreachable server, a missing database driver."""
+    from trashseg.fileio import NO_SPACE_ERRNOS, free_space, os_error_in_chain
+
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if error.name not in _DRIVERS:
+            raise
+        raise ConfigError(
+            f"tracking URI {redact(uri)} needs the database driver {error.name}, which is not installed: "
+            f"`pip install '{_DRIVERS[error.name]}'` (trashseg's images include psycopg for postgresql://), "
+            "or track through an MLflow server (http://...)"
+        ) from None
+    except UserError:
+        raise
+    except Exception as error:
+        text = " ".join(str(error).split())
+        cause = os_error_in_chain(error)
+        if "database or disk is full" in text or (cause is not None and cause.errno in NO_SPACE_ERRNOS):
+            where = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+            place = f"{where} ({free_space(where.parent)} free in {where.parent})" if where else redact(uri)
+            raise OutputError(
+                errno.ENOSPC, f"no space left on device: the MLflow store {place} cannot grow; free some space, "
+                "or set tracking.uri to a store elsewhere",
+            ) from None
+        if any(marker in text for marker in _UNREACHABLE):
+            raise UserError(
+                f"the MLflow tracking server {redact(uri)} cannot be reached ({redact(text)[:200]}); start it or fix "
+                "tracking.uri / MLFLOW_TRACKING_URI, or set tracking.enabled=false to run without tracking"
+            ) from None
+        raise
 
 
 def ensure_sqlite_store(uri: str) -> None:
@@ -119,12 +172,41 @@ def ensure_sqlite_store(uri: str) -> None:
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    remove_partials(path)  # what a process killed during an earlier creation left
+    _remove_dead_creations(path)
     with temp_path(path) as tmp:
-        store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").resolve().as_uri())
-        store.engine.dispose()
-        with contextlib.suppress(FileExistsError):  # a concurrent creator won: use its store
-            os.link(tmp, path)  # unlike a rename, never replaces an existing store
+        try:
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").resolve().as_uri())
+            store.engine.dispose()
+            with contextlib.suppress(FileExistsError):  # a concurrent creator won: use its store
+                os.link(tmp, path)  # unlike a rename, never replaces an existing store
+        finally:  # a failed creation (a full disk) leaves its journal: temp_path removes only tmp
+            for side in _SQLITE_SIDE_FILES:
+                Path(f"{tmp}{side}").unlink(missing_ok=True)
+
+
+_SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")  # what SQLite keeps beside a database mid-transaction
+
+
+def _remove_dead_creations(path: Path) -> None:
+    """Remove what processes killed while creating `path` left: their temporary stores and
+    those stores' SQLite journals. A creation still running (its process, named in the
+    temporary name, is alive on this machine) is left alone."""
+    for leftover in path.parent.glob(f"{partial_name(path)}*"):
+        pid = leftover.name[len(path.name) + 2 :].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        leftover.unlink(missing_ok=True)
+        log.info("removed %s, left by a process killed while creating %s", leftover, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _half_made(path: Path) -> bool:
@@ -177,6 +259,17 @@ def git_sha(repo_dir: str | Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _store_call(method):
+    """A TrackedRun method whose store failures become `tracking_errors`' clear errors."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with tracking_errors(self.uri):
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class TrackedRun:
     """One MLflow run. Use as a context manager: the run ends FINISHED, or FAILED on error."""
 
@@ -190,14 +283,19 @@ class TrackedRun:
         resume_run_id: str | None = None,
     ) -> None:
         """Create a run, or continue `resume_run_id` (a resumed training) when this store has it."""
+        self.uri = client_uri(resolve_tracking_uri(config.uri, default_dir))
+        self._pending: list = []
+        self._default_dir = Path(default_dir).resolve()
+        with tracking_errors(self.uri):
+            self._open(config, run_name, tags, resume_run_id)
+
+    def _open(self, config: TrackingConfig, run_name: str | None, tags: Mapping[str, str] | None,
+              resume_run_id: str | None) -> None:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        self.uri = client_uri(resolve_tracking_uri(config.uri, default_dir))
         ensure_sqlite_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
-        self._pending: list = []
-        self._default_dir = Path(default_dir).resolve()
         if resume_run_id is not None:
             try:
                 run = self.client.get_run(resume_run_id)
@@ -220,7 +318,7 @@ class TrackedRun:
             experiment_id = self.client.create_experiment(config.experiment, artifact_location=artifact_location)
         else:
             experiment_id = experiment.experiment_id
-        all_tags = {key: str(value) for key, value in (tags or {}).items() if value is not None}
+        all_tags = {key: redact(str(value)) for key, value in (tags or {}).items() if value is not None}
         kfp_run_id = os.environ.get(KFP_RUN_ID_ENV)
         if kfp_run_id:
             all_tags["kfp.run_id"] = kfp_run_id
@@ -243,10 +341,11 @@ class TrackedRun:
             self.client.set_terminated(run.info.run_id, status="KILLED")
             log.warning("MLflow run %s was left RUNNING by a killed process; marked it KILLED", run.info.run_id)
 
+    @_store_call
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(key, str(value)[:_MAX_PARAM_LENGTH]) for key, value in params.items()]
+        items = [Param(key, redact(str(value))[:_MAX_PARAM_LENGTH]) for key, value in params.items()]
         for start in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + _MAX_PARAMS_PER_BATCH])
 
@@ -262,20 +361,24 @@ class TrackedRun:
         if len(self._pending) >= _MAX_METRICS_PER_BATCH:
             self.flush()
 
+    @_store_call
     def flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:_MAX_METRICS_PER_BATCH], self._pending[_MAX_METRICS_PER_BATCH:]
             self.client.log_batch(self.run_id, metrics=batch)
 
+    @_store_call
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(key, redact(str(value))) for key, value in tags.items()])
 
+    @_store_call
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.flush()
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_store_call
     def end(self, status: str = "FINISHED") -> None:
         try:
             self.flush()

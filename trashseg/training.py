@@ -89,13 +89,18 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
-        positive = ("image_size", "batch_size", "iterations", "grad_accum", "checkpoint_interval", "log_interval")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected an integer >= 1")
-        for name in ("warmup_iters", "eval_interval", "num_workers", "seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected an integer >= 0")
+        from trashseg.config import check_range
+
+        # Every count has a ceiling: 10^7 iterations is 50x the recipe's longest schedule;
+        # image_size 4096 and batch_size 1024 are far beyond what one GPU holds at once.
+        max_steps = 10**7
+        limits = {
+            "image_size": (32, 4096), "batch_size": (1, 1024), "iterations": (1, max_steps), "grad_accum": (1, 1024),
+            "checkpoint_interval": (1, max_steps), "log_interval": (1, max_steps), "warmup_iters": (0, max_steps),
+            "eval_interval": (0, max_steps), "num_workers": (0, 256), "seed": (0, 2**32 - 1),
+        }
+        for name, (low, high) in limits.items():
+            check_range(name, getattr(self, name), low, high)
         from trashseg.models import ARCHITECTURES
 
         if self.architecture not in ARCHITECTURES:
@@ -104,8 +109,6 @@ class TrainConfig:
                 "(`trashseg architectures` lists them with parameter counts)"
             )
         self._fill_architecture_defaults(ARCHITECTURES[self.architecture])
-        if self.image_size < 32:
-            raise ConfigError(f"image_size={self.image_size}: expected >= 32 pixels")
         # Written as `not (in range)` so NaN, which fails every comparison, is refused too.
         if not 0 < self.lr <= MAX_LR:
             raise ConfigError(f"lr={self.lr}: expected a learning rate in (0, {MAX_LR:g}], e.g. 1e-4")

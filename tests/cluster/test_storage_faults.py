@@ -134,7 +134,8 @@ def test_push_repair_restores_a_damaged_version(store, tmp_path, caplog):
 
     with pytest.raises(IntegrityError, match=r"trashseg data push --repair FOLDER"):
         storage.pull_dataset(store, version, tmp_path / "broken")
-    assert storage.push_dataset(folder, store).version == version  # a plain push still uploads nothing
+    with pytest.raises(IntegrityError, match=r"is damaged \(3 problem.*nothing was uploaded.*push --repair"):
+        storage.push_dataset(folder, store)  # a plain push uploads nothing, and says so
     with pytest.raises(IntegrityError):
         storage.pull_dataset(store, version, tmp_path / "broken")
 
@@ -149,6 +150,51 @@ def test_push_repair_restores_a_damaged_version(store, tmp_path, caplog):
 
 
 # --- inbox batches are immutable; writers never mix ----------------------------------------
+
+
+def test_plain_push_of_a_damaged_version_exits_non_zero_naming_repair(tmp_path, caplog):
+    store = LocalStore(tmp_path / "store")
+    folder = make_dataset(tmp_path / "ds")
+    version = storage.push_dataset(folder, store).version
+    assert main(["data", "push", str(folder), "--store", str(store.root)]) == 0  # intact: a no-op
+    (store.root / f"datasets/{version}/files/batch_01/0001.jpg").write_bytes(b"cut")  # behind the store's back
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["data", "push", str(folder), "--store", str(store.root)]) == 2
+    assert "is damaged" in caplog.text and "batch_01/0001.jpg" in caplog.text and "data push --repair" in caplog.text
+    assert main(["data", "push", "--repair", str(folder), "--store", str(store.root)]) == 0
+    assert main(["data", "push", str(folder), "--store", str(store.root)]) == 0
+
+
+def test_repair_deletes_stray_dot_dot_keys_by_name_without_following_them(moto_endpoint, tmp_path, caplog):
+    import boto3  # minio refuses `..` names, so another tool writes them, as in the field
+
+    store = S3Store(new_bucket(moto_endpoint), "root", settings=s3_settings(moto_endpoint), retry=FAST_RETRY)
+    folder = make_dataset(tmp_path / "ds")
+    version = storage.push_dataset(folder, store).version
+    client = boto3.client("s3", endpoint_url=f"http://{moto_endpoint}", aws_access_key_id=FAKE_KEY,
+                          aws_secret_access_key=FAKE_SECRET, region_name="us-east-1")
+    files = f"root/datasets/{version}/files"
+    evil = [f"{files}/../manifest.json", f"{files}/batch_01/../../../../x", f"{files}/..", f"{files}/./y"]
+    for name in evil:
+        client.put_object(Bucket=store.bucket, Key=name, Body=b"evil")
+    with pytest.raises(IntegrityError, match=r"stray object .*\.\..*--repair"):
+        storage.push_dataset(folder, store)
+    with caplog.at_level(logging.WARNING):
+        storage.push_dataset(folder, store, repair=True)
+    names = {o["Key"] for o in client.list_objects_v2(Bucket=store.bucket)["Contents"]}
+    assert not names & set(evil)
+    assert f"root/datasets/{version}/manifest.json" in names  # `files/../manifest.json` was not followed
+    storage.pull_dataset(store, version, tmp_path / "pulled")
+    assert files_under(tmp_path / "pulled") == files_under(folder)
+
+
+def test_a_batch_name_too_long_for_the_filesystem_is_one_line(tmp_path, caplog):
+    batch = make_batch(tmp_path / "batch", 2, seed=1)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        code = main(["data", "inbox", "push", str(batch), "b" * 300, "--store", str(tmp_path / "store")])
+    assert code == 2 and "too long" in caplog.text and "Traceback" not in caplog.text
 
 
 def test_inbox_batch_name_cannot_be_overwritten(store, tmp_path, caplog):

@@ -35,7 +35,7 @@ def test_unknown_key_lists_the_valid_keys():
         ({"architecture": "segformer-b9"}, "architecture='segformer-b9' is unknown; valid names: .*segformer-b0-tiny"),
         ({"amp": "fp8"}, "'fp8' is not one of"),
         ({"iterations": 10, "warmup_iters": 10}, "warmup_iters=10 must be below iterations=10"),
-        ({"batch_size": 0}, "batch_size=0: expected an integer >= 1"),
+        ({"batch_size": 0}, r"batch_size=0: expected an integer in \[1, 1024\]"),
         ({"pseudo_ratio": 1.0}, r"pseudo_ratio=1.0: expected a fraction in \[0, 1\)"),
         ({"batch_size": 2, "pseudo_ratio": 0.2}, "puts no pseudo-labelled image"),
         ({"grad_clip": 0.0}, "grad_clip=0.0"),

@@ -52,3 +52,16 @@ def test_final_states_are_recorded_plainly(tmp_path, tracking_uri):
     assert summary == "## full: SUCCEEDED\n\n"
     _, summary, tags = record(tmp_path, tracking_uri, "FAILED", error="train-model: out of memory")
     assert tags["pipeline.state_final"] == "true" and "out of memory" in summary and "not a final" not in summary
+
+
+def test_a_failed_tasks_error_is_redacted_in_the_summary_and_its_mlflow_artifact(tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own store: the one FAILED run in it
+    secret = "p@ss-w0rd"  # a password holding @: redacted whole, not up to its first @
+    error = f"train-model: cannot reach http://alice:{secret}@mlflow:5000/api (postgresql://bob:{secret}@db/x)"
+    _, summary, _ = record(tmp_path, tracking_uri, "FAILED", error=error)
+    assert "ss-w0rd" not in summary and "http://alice:***@mlflow:5000/api" in summary
+    assert "postgresql://bob:***@db/x" in summary
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("status").experiment_id])
+    artifact = Path(client.download_artifacts(run.info.run_id, "summary.md", str(tmp_path / "dl")))
+    assert "ss-w0rd" not in artifact.read_text() and "alice:***@" in artifact.read_text()

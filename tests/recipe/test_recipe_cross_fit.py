@@ -30,7 +30,7 @@ def test_folds_are_balanced_stable_and_refuse_too_few_images():
     assert cross_fit_folds(names[::-1], 3) == [f[::-1] for f in folds]  # by name, not by position
     with pytest.raises(ConfigError, match="holdout_folds=3 but val has 2 image"):
         cross_fit_folds(names[:2], 3)
-    with pytest.raises(ConfigError, match="holdout_folds must be >= 1"):
+    with pytest.raises(ConfigError, match=r"holdout_folds=0: expected an integer in \[1, 100\]"):
         EnsembleConfig(holdout_folds=0)
 
 

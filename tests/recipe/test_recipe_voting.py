@@ -220,7 +220,7 @@ def test_recipe_on_constructed_predictions(tmp_path):
 def test_ensemble_config_is_validated():
     from trashseg.config import load_config
 
-    with pytest.raises(ConfigError, match="consensus_k must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"consensus_k=0: expected an integer in \[1, 1000\]"):
         EnsembleConfig(consensus_k=0)
     with pytest.raises(ConfigError, match=r"weights must be >= 0 and not all 0, got \[0.0, 0.0\]"):
         EnsembleConfig(weights=(0.0, 0.0))

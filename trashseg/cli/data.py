@@ -8,6 +8,9 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands (each sets `func` to a function taking the parsed args)."""
+    from trashseg.cli import int_in
+    from trashseg.data.sample import MAX_IMAGES, MAX_SIZE, MAX_TOTAL_PIXELS
+
     sample = subparsers.add_parser(
         "sample-data",
         help="write a deterministic synthetic COCO trash dataset",
@@ -15,9 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(70/15/15 split; test has no annotations). Same arguments give byte-identical files.",
     )
     sample.add_argument("out", type=Path, metavar="OUT", help="output folder (new or empty)")
-    sample.add_argument("--images", type=int, default=60, help="number of images over all splits, >= 3 (default: %(default)s)")
-    sample.add_argument("--size", type=int, default=256, help="image width and height in pixels (default: %(default)s)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    sample.add_argument("--images", type=int_in(3, MAX_IMAGES), default=60,
+                        help=f"number of images over all splits, 3 to {MAX_IMAGES}; images x size^2 at most "
+                        f"{MAX_TOTAL_PIXELS:.0e} pixels (default: %(default)s)")
+    sample.add_argument("--size", type=int_in(32, MAX_SIZE), default=256,
+                        help=f"image width and height in pixels, 32 to {MAX_SIZE} (default: %(default)s)")
+    sample.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="random seed (default: %(default)s)")
     sample.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT (replaces the sample files)")
     sample.set_defaults(func=sample_data)
 
@@ -51,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_preparation(subparsers: argparse._SubParsersAction) -> None:
     """The subcommands that split a COCO file, count its statistics, or prepare a dataset."""
+    from trashseg.cli import int_in
+
     split = subparsers.add_parser(
         "split",
         help="stratified train/val split or group k-fold of a COCO file",
@@ -61,9 +69,9 @@ def _register_preparation(subparsers: argparse._SubParsersAction) -> None:
     )
     split.add_argument("annotations", type=Path, metavar="ANNOTATIONS", help="COCO .json file")
     split.add_argument("out", type=Path, metavar="OUT", help="output folder")
-    split.add_argument("--folds", type=int, help="number of folds for k-fold (>= 2)")
+    split.add_argument("--folds", type=int_in(2, 100), help="number of folds for k-fold, 2 to 100")
     split.add_argument("--val-fraction", type=float, default=0.2, help="share of images for val, without --folds (default: %(default)s)")
-    split.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    split.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="random seed (default: %(default)s)")
     _image_root_option(split)
     split.set_defaults(func=split_command)
 

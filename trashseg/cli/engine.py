@@ -6,8 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
+from trashseg.cli import int_in
 from trashseg.device import AMP_CHOICES
 from trashseg.errors import ConfigError
+from trashseg.launch import MAX_PROCESSES
+
+# Ceilings of the numeric options, as TrainConfig and predict check them (their modules import
+# torch, which `--help` must not wait for).
+MAX_STEPS = 10**7
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH_SIZE = 1024
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--pseudo", help="pseudo-label dataset folder mixed in at config pseudo_ratio")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     train.add_argument(
-        "--stop-after", type=int, metavar="N",
+        "--stop-after", type=int_in(1, MAX_STEPS), metavar="N",
         help="end after N iterations keeping the full schedule (a time-boxed run; continue with --resume)",
     )
     train.add_argument(
@@ -35,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(with --continue-to; the config defaults to RUN_DIR/config.json). Not a resume: --resume continues "
         "an interrupted run in its own folder",
     )
-    train.add_argument("--continue-to", type=int, metavar="ITERATIONS", help="the longer schedule's total iterations")
+    train.add_argument("--continue-to", type=int_in(1, MAX_STEPS), metavar="ITERATIONS",
+                       help=f"the longer schedule's total iterations (at most {MAX_STEPS})")
     train.add_argument(
         "--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)"
     )
@@ -46,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--data", required=True, help="prepared dataset folder")
     predict.add_argument("--split", default="test", help="split to predict (default: test)")
     predict.add_argument("--out", required=True, help="prediction folder to write")
-    predict.add_argument("--batch-size", type=int, default=4)
+    predict.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=4,
+                         help=f"images per forward pass, 1 to {MAX_BATCH_SIZE} (default: %(default)s)")
     predict.add_argument("--tta-flip", action="store_true", help="also predict the horizontal mirror")
     predict.add_argument(
         "--tta-scales", default="1.0", help="comma-separated scale factors of the training size, e.g. 0.75,1,1.25"
@@ -54,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--amp", choices=AMP_CHOICES, default="auto")
     predict.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored probability type")
     predict.add_argument(
-        "--processes", type=int, default=1, metavar="N", help="one process per GPU, each predicting every N-th image"
+        "--processes", type=int_in(1, MAX_PROCESSES), default=1, metavar="N",
+        help=f"one process per GPU, each predicting every N-th image (1 to {MAX_PROCESSES})"
     )
     predict.set_defaults(func=run_predict)
 
@@ -74,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gflops", action="store_true",
         help="also count inference GFLOPs (FLOPs, 2 per multiply-add) per image; a few seconds per full-size model",
     )
-    architectures.add_argument("--image-size", type=int, default=512, help="square image side for --gflops")
+    architectures.add_argument("--image-size", type=int_in(32, MAX_IMAGE_SIZE), default=512,
+                               help=f"square image side for --gflops, 32 to {MAX_IMAGE_SIZE} (default: %(default)s)")
     architectures.add_argument("--only", nargs="+", metavar="NAME", help="these architectures only")
     architectures.set_defaults(func=run_architectures)
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trashseg.cli import int_in
 from trashseg.errors import UserError
 
 DEFAULT_PORT = 8501
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     view.add_argument("--submission", metavar="CSV", help="a submission CSV")
     view.add_argument("--tracking-uri", help="MLflow tracking URI for the Runs page")
     view.add_argument("--demo", metavar="OUT", help="use the newest `make demo` run under OUT instead of DATA ...")
-    view.add_argument("--port", type=int, default=DEFAULT_PORT)
+    view.add_argument("--port", type=int_in(1, 65535), default=DEFAULT_PORT, help="TCP port, 1 to 65535")
     view.add_argument("--address", default="127.0.0.1", help="interface to listen on (0.0.0.0 in a container)")
     view.set_defaults(func=view_command)
 
@@ -68,6 +69,7 @@ def view_command(args: argparse.Namespace) -> int:
     from trashseg.viewer.sources import SOURCES_ENV
 
     sources = sources_from_args(args)
+    sources.check_local()
     env = dict(os.environ, **{SOURCES_ENV: sources.to_json()})
     print(f"trashseg viewer on http://{args.address}:{args.port} (data: {sources.data}); Ctrl-C stops it", flush=True)
     try:

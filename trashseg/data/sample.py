@@ -33,6 +33,11 @@ from trashseg.progress import Progress
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# A sample is for tests and demos: bounded so a typo cannot fill the disk (1e10 pixels is
+# about 3 GB of JPEGs) or allocate one image beyond memory.
+MAX_IMAGES = 100_000
+MAX_SIZE = 4096
+MAX_TOTAL_PIXELS = 10**10
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}  # train gets the rest
 JPEG_QUALITY = 92
 MIN_OBJECT_AREA_SHARE = 0.0015  # smaller objects are re-drawn: they would vanish in a 1/4-scale mask
@@ -142,10 +147,15 @@ def generate_sample_dataset(
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write the synthetic dataset; returns the annotation file of each split."""
-    if images < 3:
-        raise DataError(f"--images must be at least 3 (one per split), got {images}")
-    if size < 32:
-        raise DataError(f"--size must be at least 32 pixels, got {size}")
+    if not 3 <= images <= MAX_IMAGES:
+        raise DataError(f"--images {images}: expected at least 3 (one per split) and at most {MAX_IMAGES} images")
+    if not 32 <= size <= MAX_SIZE:
+        raise DataError(f"--size {size}: expected at least 32 and at most {MAX_SIZE} pixels")
+    if images * size * size > MAX_TOTAL_PIXELS:
+        raise DataError(
+            f"--images {images} at --size {size} is {images * size * size:.3g} pixels, over the {MAX_TOTAL_PIXELS:.0e} "
+            "a sample dataset may hold (it would fill the disk): fewer or smaller images"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise DataError(

@@ -158,8 +158,8 @@ def train_val_split(dataset: CocoDataset, val_fraction: float, seed: int) -> Spl
 
 def kfold_splits(dataset: CocoDataset, n_folds: int, seed: int) -> list[Split]:
     """Stratified group k-fold: fold k validates on its images and trains on the rest."""
-    if n_folds < 2:
-        raise DataError(f"--folds must be at least 2, got {n_folds}")
+    if not 2 <= n_folds <= len(dataset.images):  # more folds than images leaves a fold with no image
+        raise DataError(f"--folds {n_folds}: expected 2 to {len(dataset.images)} (the number of images)")
     folds = stratify(image_class_sets(dataset), [1.0] * n_folds, seed)
     ids = [image["id"] for image in dataset.images]
     return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trashseg.config import check_range
 from trashseg.crf import CrfConfig
 from trashseg.errors import ConfigError
 
@@ -42,30 +43,25 @@ class EnsembleConfig:
     workers: int = 0  # processes for the per-image stages, CRF included; 0 = one per CPU core
 
     def __post_init__(self) -> None:
+        # Upper bounds keep a typo from running for days: each fit round scores every grid
+        # value for every model, and each fold repeats the fits.
+        limits = {"fit_rounds": (1, 100), "fit_stride": (1, 1024), "holdout_folds": (1, 100), "consensus_k": (1, 1000),
+                  "consensus_max_area": (0, 2**31 - 1), "workers": (0, 1024), "background_class": (0, 254)}
+        for name, (low, high) in limits.items():
+            check_range(name, getattr(self, name), low, high)
+        if len(self.weight_grid) > 100 or any(not 0 <= w <= 1000 for w in (*self.weight_grid, *self.weights)):
+            raise ConfigError(
+                f"weight_grid={list(self.weight_grid)[:10]}, weights={list(self.weights)[:10]}: expected at most 100 "
+                "grid values, each weight in [0, 1000]"
+            )
         if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) == 0):
             raise ConfigError(f"weights must be >= 0 and not all 0, got {list(self.weights)}")
         if not self.weight_grid or any(w < 0 for w in self.weight_grid):
             raise ConfigError(
                 f"weight_grid must be non-empty values >= 0, got {list(self.weight_grid)}"
             )
-        if self.fit_rounds < 1 or self.fit_stride < 1:
-            raise ConfigError(
-                f"fit_rounds and fit_stride must be >= 1, got {self.fit_rounds} and {self.fit_stride}"
-            )
-        if self.holdout_folds < 1:
-            raise ConfigError(
-                f"holdout_folds must be >= 1 (1 = no cross-fit), got {self.holdout_folds}"
-            )
-        if self.consensus_k < 1:
-            raise ConfigError(f"consensus_k must be >= 1, got {self.consensus_k}")
-        if self.consensus_max_area < 0:
-            raise ConfigError(
-                f"consensus_max_area must be >= 0 (0 = no limit), got {self.consensus_max_area}"
-            )
         if len(set(self.model_names)) != len(self.model_names):
             raise ConfigError(f"model_names must be unique, got {list(self.model_names)}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0 (0 = one per CPU core), got {self.workers}")
         if self.val_split == self.test_split:
             raise ConfigError(f"val_split and test_split must differ, both are {self.val_split!r}")
 

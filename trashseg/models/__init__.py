@@ -19,7 +19,7 @@ from transformers import PretrainedConfig
 
 from trashseg.checkpoints import is_trashseg_checkpoint, load_checkpoint_state, resolve_checkpoint
 from trashseg.data.classes import DEFAULT_TAXONOMY, ClassTable
-from trashseg.errors import ConfigError
+from trashseg.errors import ConfigError, DataError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
 from trashseg.models.eomt import (
@@ -282,21 +282,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode on `device`, CheckpointMeta) from a `.pt` file or a training output folder."""
     path = resolve_checkpoint(path)
     state = load_checkpoint_state(path, map_location="cpu")
-    classes = ClassTable.from_json(state["classes"])
-    model = build_model(state["architecture"], classes.num_classes)
-    model.load_state_dict(state["model"])
+    try:
+        classes = ClassTable.from_json(state["classes"])
+        meta = CheckpointMeta(
+            architecture=state["architecture"],
+            classes=classes,
+            image_size=int(state["image_size"]),
+            mean=tuple(state["normalisation"]["mean"]),
+            std=tuple(state["normalisation"]["std"]),
+            iteration=int(state["iteration"]),
+            best_miou=state.get("best_miou"),
+            config=state["config"],
+            path=Path(path),
+        )
+        model = build_model(meta.architecture, classes.num_classes)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:  # UserErrors pass as they are
+        detail = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise DataError(
+            f"{path} is a damaged trashseg checkpoint: its meta or weights do not fit together ({type(error).__name__}: "
+            f"{detail}); pass the training output folder's other checkpoint"
+        ) from None
     model.to(device).eval()
-    meta = CheckpointMeta(
-        architecture=state["architecture"],
-        classes=classes,
-        image_size=int(state["image_size"]),
-        mean=tuple(state["normalisation"]["mean"]),
-        std=tuple(state["normalisation"]["std"]),
-        iteration=int(state["iteration"]),
-        best_miou=state.get("best_miou"),
-        config=state["config"],
-        path=Path(path),
-    )
     return model, meta
 
 

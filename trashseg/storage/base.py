@@ -237,6 +237,12 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove the object; absent objects are fine."""
 
+    def remove_listed(self, key: str) -> None:
+        """Delete an object by the exact name a listing gave, even one `check_key` refuses (a
+        stray `..` key another tool wrote): the name is never resolved as a path. Backends
+        whose listings cannot hold such names (a local folder) need nothing more than delete."""
+        self.delete(key)
+
     # --- shared behaviour ------------------------------------------------------------
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Every object under the folder `prefix` with its recorded size and sha256."""

@@ -150,8 +150,9 @@ def push_dataset(
     if store.exists(manifest_key):
         if repair:
             return _repair_version(folder, store, version, local, kind)
-        log.info("%s version %s already in %s; nothing to upload (verify and fix it with --repair)",
-                 kind.noun, version, store.uri(kind.prefix))
+        _refuse_damaged(store, version, local, kind)
+        log.info("%s version %s already in %s; nothing to upload (its files' records match; `--repair` "
+                 "verifies every byte)", kind.noun, version, store.uri(kind.prefix))
         return read_manifest(store, version, kind=kind)
     files_prefix = join_key(_version_prefix(version, kind), "files")
     progress = Progress(len(local), f"upload {folder} -> {store.uri(files_prefix)}", unit="files")
@@ -192,6 +193,37 @@ def _version_files(folder: Path, kind: VersionKind) -> tuple[ObjectInfo, ...]:
     return tuple(ObjectInfo(rel, (folder / rel).stat().st_size, sha256_file(folder / rel)) for rel in covered)
 
 
+def _refuse_damaged(store: ObjectStore, version: str, local: tuple[ObjectInfo, ...], kind: VersionKind) -> None:
+    """Raise IntegrityError naming --repair when the stored version visibly differs from
+    `local`: a file missing, or recorded with another size or checksum, a stray key, an
+    unreadable manifest. Records only (one stat per file), so a re-push stays cheap; a
+    repair downloads and verifies every byte."""
+    files_prefix = join_key(_version_prefix(version, kind), "files")
+    problems = []
+    try:
+        manifest = read_manifest(store, version, kind=kind)
+        if set(manifest.files) != set(local):
+            problems.append("its manifest lists other files")
+    except (IntegrityError, ValueError, KeyError, TypeError) as error:
+        problems.append(f"its manifest is unreadable ({error})")
+    for info in local:
+        key = join_key(files_prefix, info.key)
+        try:
+            stored = store.stat(key)
+        except (IntegrityError, ObjectNotFound) as error:
+            problems.append(str(error))
+            continue
+        if (stored.size, stored.sha256) != (info.size, info.sha256):
+            problems.append(f"{info.key} is stored with {stored.size} bytes / another checksum")
+    wanted = {join_key(files_prefix, info.key) for info in local}
+    problems += [f"stray object {key!r}" for key in store.keys(files_prefix) if key not in wanted]
+    if problems:
+        raise IntegrityError(
+            f"{kind.noun} version {version} in {store.uri(kind.prefix)} is damaged ({len(problems)} problem(s), "
+            f"e.g. {'; '.join(problems[:3])}); nothing was uploaded: {REPAIR_HINT}"
+        )
+
+
 def _repair_version(
     folder: Path, store: ObjectStore, version: str, local: tuple[ObjectInfo, ...], kind: VersionKind
 ) -> DatasetManifest:
@@ -221,9 +253,9 @@ def _repair_version(
             progress.update(1)
     wanted = {join_key(files_prefix, info.key) for info in local}
     for key in store.keys(files_prefix):
-        if key not in wanted:
-            log.warning("removing %s: not part of dataset version %s", store.uri(key), version)
-            store.delete(key)
+        if key not in wanted:  # never read: a stray name may hold `..`, so it is deleted by name only
+            log.warning("removing %r: not part of dataset version %s", store.uri(key), version)
+            store.remove_listed(key)
             repaired += 1
     manifest = DatasetManifest(
         version=version,

@@ -29,6 +29,7 @@ from trashseg.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    StorageError,
     check_key,
     reporting_write_errors,
     temp_beside,
@@ -41,6 +42,10 @@ class LocalStore(ObjectStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.location = str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(
+                f"store location {root} is a file, not a folder: give a folder (created if absent) or s3://bucket/prefix"
+            )
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -112,7 +117,10 @@ class LocalStore(ObjectStore):
         if not self._path(key).is_file():  # no lock file is made for a mere look-up
             raise ObjectNotFound(f"no object {self.uri(key)}")
         with self._locked(key, exclusive=False):
-            return self._recorded(key)
+            recorded = self._recorded(key)
+            # The size of the bytes as they are, as S3's HEAD reports it: bytes changed behind
+            # the store's back show up as a size that differs from the file pushed.
+            return ObjectInfo(key, self._path(key).stat().st_size, recorded.sha256)
 
     def keys(self, prefix: str = "") -> list[str]:
         base = self._path(check_key(prefix)) if prefix else self.root

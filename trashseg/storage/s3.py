@@ -342,6 +342,21 @@ class S3Store(ObjectStore):
         key = check_key(key)
         self._run(f"delete {self.uri(key)}", lambda: self.client.remove_object(self.bucket, self._name(key)))
 
+    def remove_listed(self, key: str) -> None:
+        # DeleteObjects carries the name in its XML body, not the URL path, so no client or
+        # proxy can normalise `a/../b` into another object's name (minio refuses `..` names
+        # in paths for that reason).
+        from minio.deleteobjects import DeleteObject
+
+        name = f"{self.prefix}/{key}" if self.prefix else key
+
+        def attempt() -> None:
+            errors = list(self.client.remove_objects(self.bucket, [DeleteObject(name)]))
+            if errors:
+                raise StorageError(f"cannot delete {self.uri(key)!r}: {errors[0].code} {errors[0].message}")
+
+        self._run(f"delete {self.uri(key)!r}", attempt)
+
 
 def is_s3(location: str | Path) -> bool:
     return str(location).startswith("s3://")

@@ -40,6 +40,22 @@ class ViewerSources:
         data["predictions"] = tuple(data.get("predictions") or ())
         return cls(**data)
 
+    def check_local(self) -> None:
+        """Refuse a local location that is missing or of the wrong kind, before any server
+        starts (s3:// locations are fetched, and checked, when a page opens them)."""
+        from trashseg.storage import is_s3
+
+        folders = [("DATA", self.data), *(("--predictions", p) for p in self.predictions), ("--ensemble", self.ensemble)]
+        for option, location in [*folders, ("--submission", self.submission)]:
+            if location is None or is_s3(location):
+                continue
+            path = Path(location)
+            want_folder = option != "--submission"
+            if not (path.is_dir() if want_folder else path.is_file()):
+                state = "does not exist" if not path.exists() else f"is not a {'folder' if want_folder else 'file'}"
+                kind = "a prepared dataset folder" if option == "DATA" else "an existing " + ("folder" if want_folder else "CSV file")
+                raise DataError(f"trashseg view {option} {location}: {state}; expected {kind}")
+
     @classmethod
     def from_env(cls) -> ViewerSources:
         text = os.environ.get(SOURCES_ENV)
