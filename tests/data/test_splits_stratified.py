@@ -15,7 +15,7 @@ from trashseg.data.splits import (
     write_kfold,
     write_split,
 )
-from trashseg.errors import DataError
+from trashseg.errors import ConfigError, DataError
 
 
 def random_label_sets(n_images=120, seed=3):
@@ -99,6 +99,9 @@ def test_bad_split_arguments_name_the_value(write_dataset):
         train_val_split(dataset, 1.5, seed=0)
     with pytest.raises(DataError, match="cannot split 3 image"):
         kfold_splits(dataset, 5, seed=0)
+    # numpy refuses negative seeds with its own ValueError; the range is named instead
+    with pytest.raises(ConfigError, match=r"seed=-1: expected an integer in \[0, 4294967295\]"):
+        train_val_split(dataset, 0.5, seed=-1)
 
 
 def test_repair_swaps_an_image_into_a_fold_missing_a_class():

@@ -100,7 +100,7 @@ def _register_preparation(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="val share, between 0 and 1, split off train.json; only for a SOURCE without val.json (default: 0.2)",
     )
-    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: %(default)s)")
+    prepare.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="seed of the train/val split (default: %(default)s)")
     prepare.add_argument("--image-root", type=Path, help="folder the file_names are relative to (default: SOURCE)")
     prepare.set_defaults(func=prepare_command)
 

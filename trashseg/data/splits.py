@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trashseg.config import check_range
 from trashseg.data.coco import CocoDataset, write_coco
 from trashseg.errors import DataError
 from trashseg.fileio import write_text
@@ -31,6 +32,9 @@ def image_class_sets(dataset: CocoDataset) -> list[frozenset[int]]:
     ]
 
 
+MAX_SEED = 2**32 - 1  # numpy's seed sequence takes non-negative integers
+
+
 def stratify(labels: Sequence[frozenset[int]], proportions: Sequence[float], seed: int) -> list[int]:
     """Assign each sample (a set of labels) to a fold with the given size proportions."""
     if len(proportions) < 2:
@@ -40,6 +44,7 @@ def stratify(labels: Sequence[frozenset[int]], proportions: Sequence[float], see
     n_samples, n_folds = len(labels), len(proportions)
     if n_samples < n_folds:
         raise DataError(f"cannot split {n_samples} image(s) into {n_folds} parts; need at least {n_folds} images")
+    check_range("seed", seed, 0, MAX_SEED)
     rng = np.random.default_rng(seed)
     ratio = np.asarray(proportions, dtype=float) / float(sum(proportions))
     all_labels = sorted(set().union(*labels)) if labels else []
