@@ -179,7 +179,7 @@ def test_numeric_options_are_bounded_usage_errors(args, fragment, caplog, capsys
 def test_split_refuses_more_folds_than_images(tmp_path, caplog, capsys):
     assert main(["sample-data", str(tmp_path / "s"), "--images", "10", "--size", "32"]) == 0
     code, shown = _run(["split", tmp_path / "s" / "train.json", tmp_path / "folds", "--folds", "50"], caplog, capsys)
-    assert code == 2 and "--folds 50: expected 2 to 6 (the number of images)" in shown
+    assert code == 2 and "folds=50: expected 2 to 6 (the number of images" in shown
 
 
 def test_sample_data_help_states_its_limits(capsys):

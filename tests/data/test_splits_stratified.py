@@ -93,11 +93,11 @@ def test_kfold_files_partition_the_images(write_dataset, tmp_path):
 
 def test_bad_split_arguments_name_the_value(write_dataset):
     dataset = _dataset(write_dataset, n_images=3)
-    with pytest.raises(DataError, match="at least 2, got 1"):
+    with pytest.raises(DataError, match=r"folds=1: expected 2 to 3"):
         kfold_splits(dataset, 1, seed=0)
     with pytest.raises(DataError, match="between 0 and 1.*got 1.5"):
         train_val_split(dataset, 1.5, seed=0)
-    with pytest.raises(DataError, match="cannot split 3 image"):
+    with pytest.raises(DataError, match=r"folds=5: expected 2 to 3 \(the number of images"):
         kfold_splits(dataset, 5, seed=0)
     # numpy refuses negative seeds with its own ValueError; the range is named instead
     with pytest.raises(ConfigError, match=r"seed=-1: expected an integer in \[0, 4294967295\]"):

@@ -164,7 +164,7 @@ def train_val_split(dataset: CocoDataset, val_fraction: float, seed: int) -> Spl
 def kfold_splits(dataset: CocoDataset, n_folds: int, seed: int) -> list[Split]:
     """Stratified group k-fold: fold k validates on its images and trains on the rest."""
     if not 2 <= n_folds <= len(dataset.images):  # more folds than images leaves a fold with no image
-        raise DataError(f"--folds {n_folds}: expected 2 to {len(dataset.images)} (the number of images)")
+        raise DataError(f"folds={n_folds}: expected 2 to {len(dataset.images)} (the number of images; one fold needs one image)")
     folds = stratify(image_class_sets(dataset), [1.0] * n_folds, seed)
     ids = [image["id"] for image in dataset.images]
     return [
