@@ -30,9 +30,11 @@ short still leaves every finished row. The default budget for the rows, 450 s, i
 keep a whole run on one H200 under 8 minutes with the imports.
 
 --dry (make gpu-check DRY=1) runs the same rows on CPU with the tiny twins at 64x64 and a
-few steps, in about a minute on two shared cores (tests/test_gpu_check.py runs it): on CPU natten
-has no backward (forward only is compared), `compile` uses the "eager" backend (graph
-capture without code generation) on SegFormer-B0-tiny, DDP runs on gloo, and MFU is "n/a".
+few steps (tests/test_gpu_check.py runs it): on CPU natten has no backward (forward only is
+compared), `compile` uses the "eager" backend (Dynamo's graph capture without code
+generation) on SegFormer-B0-tiny and only with channels_last, DDP runs on gloo, and MFU is
+"n/a". About 30 s of CPU time, nearly all fixed costs: importing transformers (~5 s per process:
+this one and the two DDP workers), Dynamo's tracing (~5 s) and the rows' model builds.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ EXTRA_ARCHITECTURES = ["segformer-b5", "eomt-dinov2-l", "maskdino-swin-l"]
 # micro-batch, so the runs would differ by more than float order); Swin also takes DDP's
 # find_unused_parameters path.
 DDP_ARCHITECTURE = "mask2former-swin-t"
-OPTION_RUNS = [(False, False), (True, False), (False, True), (True, True)]  # (channels_last, compile)
+OPTION_RUNS = ((False, False), (True, False), (False, True), (True, True))  # (channels_last, compile)
 # Largest |fused - reference| over the reference's largest |value|, forward and gradients.
 # fp32 as tests/models/test_neighborhood_attention.py's GPU test; bf16 (8-bit mantissa: one
 # rounding of a unit value is 4e-3, and the kernels accumulate in another order) looser.
@@ -101,6 +103,7 @@ class Plan:
     natten_cases: tuple[tuple[int, int], ...]
     ddp_size: int
     options_architecture: str
+    option_runs: tuple[tuple[bool, bool], ...]  # (channels_last, compile) pairs of the options row
     row_limit_s: dict[str, float] = field(default_factory=dict)  # per row kind
     budget_s: float = 450.0
 
@@ -112,14 +115,17 @@ GPU_PLAN = Plan(
     dry=False, image_size=512, batches=(16, 8, 4, 2, 1), train_steps=30, warmup_steps=3, predict_batch=8,
     predict_steps=3, options_batch=8, options_steps=10, natten_shape=(2, 64, 64, 12, 32),
     natten_cases=tuple(NATTEN_CASES), ddp_size=256, options_architecture="mask2former-swin-l",
+    option_runs=OPTION_RUNS,
     row_limit_s={"device": 60, "natten": 60, "train": 75, "options": 240, "ddp": 180}, budget_s=450.0,
 )
 # Dynamo traces Mask2Former-tiny's loss in about a minute per run on two cores, SegFormer-tiny's
-# in seconds: enough to keep the compile path from rotting.
+# in 3-5 s of CPU (6 graphs, the "eager" backend: no code generation): enough to keep the compile
+# path from rotting. One compiled run, with channels_last: on CPU the compile-only run would trace
+# the same code again (~3 s) and exercise nothing the other three do not.
 DRY_PLAN = Plan(
     dry=True, image_size=64, batches=(2, 1), train_steps=2, warmup_steps=1, predict_batch=2, predict_steps=1,
     options_batch=2, options_steps=1, natten_shape=(1, 20, 20, 2, 8), natten_cases=((5, 1), (5, 2), (3, 5)),
-    ddp_size=64, options_architecture="segformer-b0-tiny",
+    ddp_size=64, options_architecture="segformer-b0-tiny", option_runs=((False, False), (True, False), (True, True)),
     row_limit_s={"device": 60, "natten": 60, "train": 120, "options": 180, "ddp": 240}, budget_s=1200.0,
 )
 
@@ -241,7 +247,7 @@ def row_options(row: dict, plan: Plan, out: RowWriter) -> None:
     recorded and the next one still runs."""
     device, amp = _device(plan), None if plan.dry else torch.bfloat16
     runs, failures = [], []
-    for channels_last, compile in OPTION_RUNS:
+    for channels_last, compile in plan.option_runs:
         run = {"channels_last": channels_last, "compile": compile, "batch": plan.options_batch}
         try:
             torch.manual_seed(0)
@@ -260,7 +266,7 @@ def row_options(row: dict, plan: Plan, out: RowWriter) -> None:
         runs.append(run)
         out.update(runs=runs)
     if failures:
-        raise CheckFailed(f"{len(failures)} of {len(OPTION_RUNS)} runs failed: {failures[0]['error']}")
+        raise CheckFailed(f"{len(failures)} of {len(plan.option_runs)} runs failed: {failures[0]['error']}")
 
 
 def _natten_errors(shape, kernel_size: int, dilation: int, dtype: torch.dtype, device, backward: bool) -> dict:

@@ -47,10 +47,9 @@ class ClusterSettings:
     gpus_per_task: int = 1
     gpu_node_selector: tuple[str, str] = ("nvidia.com/gpu.present", "true")
     shm_size: str = "16Gi"
-    # Cores per GPU of a training/prediction task: the training process, and data-loader
-    # workers at ~170 images/s per core (benchmarks/data_bench.py, 640-px JPEGs at 512) for
-    # a GPU at an assumed 150-200 images/s (H100, Mask2Former-Swin-L at 512; not measured
-    # here): 2 workers (about 1.7x that rate), 1 training process, 1 spare. See the README.
+    # Cores per GPU of a training/prediction task: 2 data-loader workers at ~170 images/s per
+    # core (benchmarks/data_bench.py, 640-px JPEGs at 512), 1 training process, 1 spare. No GPU
+    # training rate is measured yet to check 2 workers against (`make gpu-check`; README).
     train_cpu_per_gpu: int = 4
     train_memory: str = "48Gi"
     cpu_task_cpu: str = "2"
