@@ -1,0 +1,113 @@
+"""Random init vs pretrained, side by side on the same photos and the same wall-clock budget.
+
+    python benchmarks/transfer_bench.py --data FOLDER [--budget 300] [--threads 2]
+        [--arm ARCH:START:SIZE ...] [--work DIR]
+
+FOLDER is a COCO source folder as `make run DATA=FOLDER` takes it (train.json, optional
+val.json, images at their file_name; test.json is not needed here). It is prepared once (val
+split from train when there is no val.json) and every arm trains on it alone, one after the
+other, on `--threads` cores, so all arms meet the same machine load.
+
+An arm is ARCH:START:SIZE: an architecture, its start (`default` = the table's default start,
+`none` = random init) and the training image size. Default arms: today's `make run` members
+(segformer-b0-tiny and upernet-convnext-t-tiny at 96 px, random init), upernet-effnet-lite0
+from random init and from its packaged ImageNet weights at `--size`.
+
+Same budget: a 3-step probe measures each arm's seconds per step; it then trains
+budget / step time steps (its own full warmup + poly schedule; at least 10) with the demo's
+settings (pipelines/local.py DEMO_TRAIN_SETTINGS) and is validated once, at the end. Printed:
+steps, seconds, val mIoU and its factor over the majority-class floor. Use real photos: the
+synthetic sample's shapes are no measure of transfer from ImageNet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from pipelines.local import DEMO_TRAIN_SETTINGS  # noqa: E402
+from trashseg.config import load_config  # noqa: E402
+from trashseg.data.prepare import prepare_dataset  # noqa: E402
+from trashseg.predict import majority_class_scores  # noqa: E402
+from trashseg.training import TrainConfig, train  # noqa: E402
+
+DEFAULT_SIZE = 128
+
+
+def default_arms(size: int) -> list[str]:
+    return ["segformer-b0-tiny:none:96", "upernet-convnext-t-tiny:none:96",
+            f"upernet-effnet-lite0:none:{size}", f"upernet-effnet-lite0:default:{size}"]
+
+
+def _config(arm: str, iterations: int) -> TrainConfig:
+    architecture, start, size = arm.split(":")
+    settings = [*DEMO_TRAIN_SETTINGS, f"architecture={architecture}", f"image_size={size}",
+                f"iterations={iterations}", f"eval_interval={iterations}", f"checkpoint_interval={iterations}",
+                f"log_interval={max(iterations // 5, 1)}", "warmup_iters=" + str(min(10, iterations // 5)),
+                "tracking.enabled=false"]
+    if start == "none":
+        settings.append("pretrained=none")
+    return load_config(TrainConfig, None, settings)
+
+
+def seconds_per_step(arm: str, dataset: Path, work: Path) -> float:
+    """Mean time of steps 2-3 of a short run (the first pays for building and warming up)."""
+    start = time.perf_counter()
+    train(_config(arm, 1), dataset, work / "probe1")
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    train(_config(arm, 3), dataset, work / "probe3")
+    return max((time.perf_counter() - start - one) / 2, 1e-3)
+
+
+def run_arm(arm: str, dataset: Path, work: Path, budget: float) -> tuple[int, float, float, str]:
+    """(steps, seconds, val mIoU, start) of one arm trained for about `budget` seconds."""
+    step = seconds_per_step(arm, dataset, work)
+    iterations = max(10, int(budget / step))
+    config = _config(arm, iterations)
+    start = time.perf_counter()
+    result = train(config, dataset, work / "run")
+    return iterations, time.perf_counter() - start, result.best_miou, config.pretrained
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="COCO folder: train.json, optional val.json, images")
+    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per arm")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image size of the default effnet arms")
+    parser.add_argument("--arm", action="append", dest="arms", metavar="ARCH:START:SIZE", help="repeat; default: see above")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per arm")
+    parser.add_argument("--work", type=Path, help="keep the prepared data and runs here (default: a temp folder)")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    arms = args.arms or default_arms(args.size)
+    with tempfile.TemporaryDirectory(prefix="transfer-bench-") as tmp:
+        work = args.work or Path(tmp)
+        dataset = work / "data"
+        if not (dataset / "dataset.json").is_file():
+            prepare_dataset(args.data, dataset)
+        floor = majority_class_scores(dataset).miou
+        print(f"{args.data}: majority-class val mIoU {floor:.3f}; {args.budget:.0f} s of training per arm, "
+              f"{args.threads} thread(s)", flush=True)
+        rows = []
+        for arm in arms:
+            iterations, seconds, miou, start = run_arm(arm, dataset, work / arm.replace(":", "_"), args.budget)
+            rows.append((arm, start, iterations, seconds, miou))
+            print(f"  done {arm}: {iterations} steps, {seconds:.0f} s, val mIoU {miou:.3f}", flush=True)
+        print(f"\n{'architecture:start:size':40s} {'pretrained':40s} {'steps':>6s} {'seconds':>8s} {'val mIoU':>9s} {'x floor':>8s}")
+        for arm, start, iterations, seconds, miou in rows:
+            print(f"{arm:40s} {start:40s} {iterations:6d} {seconds:8.0f} {miou:9.3f} {miou / floor:8.2f}")
+        print(f"{'majority class (floor)':40s} {'':40s} {'':6s} {'':8s} {floor:9.3f} {1.0:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
