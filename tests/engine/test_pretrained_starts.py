@@ -13,8 +13,8 @@ from trashseg.cli import main
 from trashseg.config import from_mapping
 from trashseg.errors import ConfigError
 from trashseg.models import ARCHITECTURES, load_pretrained_model
-from trashseg.weights import PACKAGED_WEIGHTS
 from trashseg.training import TrainConfig, train
+from trashseg.weights import PACKAGED_WEIGHTS
 
 
 def test_full_sizes_default_to_their_hub_checkpoint_and_tiny_twins_to_random_init():
