@@ -1,6 +1,6 @@
-"""Random init vs pretrained, side by side on the same photos and the same wall-clock budget.
+"""Random init vs pretrained, side by side on the same photos and the same compute budget.
 
-    python benchmarks/transfer_bench.py --data FOLDER [--budget 300] [--threads 2]
+    python benchmarks/transfer_bench.py --data FOLDER [--budget 600] [--threads 2]
         [--arm ARCH:START:SIZE ...] [--work DIR]
 
 FOLDER is a COCO source folder as `make run DATA=FOLDER` takes it (train.json, optional
@@ -9,14 +9,17 @@ split from train when there is no val.json) and every arm trains on it alone, on
 other, on `--threads` cores, so all arms meet the same machine load.
 
 An arm is ARCH:START:SIZE: an architecture, its start (`default` = the table's default start,
-`none` = random init) and the training image size. Default arms: today's `make run` members
-(segformer-b0-tiny and upernet-convnext-t-tiny at 96 px, random init), upernet-effnet-lite0
+`none` = random init) and the training image size. Default arms: the demo's members, which
+were `make run`'s before the pretrained family (segformer-b0-tiny and upernet-convnext-t-tiny
+at 96 px, random init), upernet-effnet-lite0
 from random init and from its packaged ImageNet weights at `--size`.
 
-Same budget: two short probe runs (2 and 8 steps) measure each arm's seconds per step; it
-then trains budget / step time steps (its own full warmup + poly schedule; 10 to --max-steps) with the demo's
-settings (pipelines/local.py DEMO_TRAIN_SETTINGS) and is validated once, at the end. Printed:
-steps, seconds, val mIoU and its factor over the majority-class floor. Use real photos: the
+Same budget, counted in this process's CPU seconds so that other jobs on a shared machine
+shift it little (on idle cores, wall time = CPU seconds / threads): two short probe runs (2
+and 8 steps) measure each arm's CPU seconds per step; it then trains budget / step time
+steps (its own full warmup + poly schedule; 10 to --max-steps) with the demo's settings
+(pipelines/local.py DEMO_TRAIN_SETTINGS) and is validated once, at the end. Printed: steps,
+wall and CPU seconds, val mIoU and its factor over the majority-class floor. Use real photos: the
 synthetic sample's shapes are no measure of transfer from ImageNet.
 """
 
@@ -57,32 +60,33 @@ def _config(arm: str, iterations: int) -> TrainConfig:
 
 
 def seconds_per_step(arm: str, dataset: Path, work: Path) -> float:
-    """Seconds per step from two short runs (2 and 8 steps): their difference leaves out what
-    every run pays once (building the model, loading data, the final validation)."""
+    """CPU seconds per step from two short runs (2 and 8 steps): their difference leaves out
+    what every run pays once (building the model, loading data, the final validation)."""
     times = {}
     for steps in (2, 8):
-        start = time.perf_counter()
+        start = time.process_time()
         train(_config(arm, steps), dataset, work / f"probe{steps}")
-        times[steps] = time.perf_counter() - start
+        times[steps] = time.process_time() - start
     difference = (times[8] - times[2]) / 6
     # On a loaded machine the difference can come out near zero; the whole short run is an upper bound.
     return difference if difference > times[8] / 8 / 4 else times[8] / 8
 
 
-def run_arm(arm: str, dataset: Path, work: Path, budget: float, max_steps: int) -> tuple[int, float, float, str]:
-    """(steps, seconds, val mIoU, start) of one arm trained for about `budget` seconds."""
+def run_arm(arm: str, dataset: Path, work: Path, budget: float, max_steps: int) -> tuple[int, float, float, float, str]:
+    """(steps, wall seconds, CPU seconds, val mIoU, start) of one arm trained for about `budget`
+    CPU seconds."""
     step = seconds_per_step(arm, dataset, work)
     iterations = min(max(10, int(budget / step)), max_steps)
     config = _config(arm, iterations)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = train(config, dataset, work / "run")
-    return iterations, time.perf_counter() - start, result.best_miou, config.pretrained
+    return iterations, time.perf_counter() - start, time.process_time() - cpu, result.best_miou, config.pretrained
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="COCO folder: train.json, optional val.json, images")
-    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per arm")
+    parser.add_argument("--budget", type=float, default=600.0, help="training CPU seconds per arm (600 = 5 min on 2 idle cores)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image size of the default effnet arms")
     parser.add_argument("--arm", action="append", dest="arms", metavar="ARCH:START:SIZE", help="repeat; default: see above")
     parser.add_argument("--max-steps", type=int, default=3000, help="cap on any arm's steps")
@@ -99,17 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         if not (dataset / "dataset.json").is_file():
             prepare_dataset(args.data, dataset)
         floor = majority_class_scores(dataset).miou
-        print(f"{args.data}: majority-class val mIoU {floor:.3f}; {args.budget:.0f} s of training per arm, "
+        print(f"{args.data}: majority-class val mIoU {floor:.3f}; {args.budget:.0f} CPU seconds of training per arm, "
               f"{args.threads} thread(s)", flush=True)
         rows = []
         for arm in arms:
-            iterations, seconds, miou, start = run_arm(arm, dataset, work / arm.replace(":", "_"), args.budget, args.max_steps)
-            rows.append((arm, start, iterations, seconds, miou))
-            print(f"  done {arm}: {iterations} steps, {seconds:.0f} s, val mIoU {miou:.3f}", flush=True)
-        print(f"\n{'architecture:start:size':40s} {'pretrained':40s} {'steps':>6s} {'seconds':>8s} {'val mIoU':>9s} {'x floor':>8s}")
-        for arm, start, iterations, seconds, miou in rows:
-            print(f"{arm:40s} {start:40s} {iterations:6d} {seconds:8.0f} {miou:9.3f} {miou / floor:8.2f}")
-        print(f"{'majority class (floor)':40s} {'':40s} {'':6s} {'':8s} {floor:9.3f} {1.0:8.2f}")
+            iterations, seconds, cpu, miou, start = run_arm(arm, dataset, work / arm.replace(":", "_"), args.budget, args.max_steps)
+            rows.append((arm, start, iterations, seconds, cpu, miou))
+            print(f"  done {arm}: {iterations} steps, {seconds:.0f} s wall, {cpu:.0f} CPU s, val mIoU {miou:.3f}", flush=True)
+        print(f"\n{'architecture:start:size':34s} {'pretrained':38s} {'steps':>6s} {'wall s':>7s} {'CPU s':>7s} {'val mIoU':>9s} {'x floor':>8s}")
+        for arm, start, iterations, seconds, cpu, miou in rows:
+            print(f"{arm:34s} {start:38s} {iterations:6d} {seconds:7.0f} {cpu:7.0f} {miou:9.3f} {miou / floor:8.2f}")
+        print(f"{'majority class (floor)':34s} {'':38s} {'':6s} {'':7s} {'':7s} {floor:9.3f} {1.0:8.2f}")
     return 0
 
 
