@@ -11,8 +11,8 @@ pins (``operator torchvision::nms does not exist``).
 Like the TensorFlow originals the published weights were trained with: batch norm eps 1e-3,
 ReLU6, no squeeze-excitation, and TensorFlow's "SAME" padding for strided convolutions (more
 padding at the bottom/right). The weights expect pixels scaled to [-1, 1] (mean 0.5, std 0.5;
-see ``tests/models/test_efficientnet_lite.py and README "Run it on your own photos"``) while trashseg feeds ImageNet-normalised
-images (``augment.IMAGENET_MEAN``/``STD``); the backbone converts between the two with a fixed
+evidence in README "Run it on your own photos", kept by tests/models/test_efficientnet_lite.py)
+while trashseg feeds ImageNet-normalised images (``augment.IMAGENET_MEAN``/``STD``); the backbone converts between the two with a fixed
 affine map, so the data pipeline stays the same for every family.
 """
 
