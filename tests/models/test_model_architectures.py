@@ -147,7 +147,9 @@ def test_every_architecture_has_a_tiny_twin_and_the_recipe_is_complete():
     assert {f"{name}-tiny" for name in full} == set(TINY)
     # MaskDINO's Swin-L size is checked (within 5%) in test_maskdino.py; T and B are unpublished.
     maskdino = {"maskdino-swin-t", "maskdino-swin-b", "maskdino-swin-l"}
-    assert full == set(PUBLISHED_MILLIONS) | {"mask2former-dinat-l"} | set(SEMASK) | maskdino
+    # EfficientNet-Lite encoders are checked against their published sizes in test_efficientnet_lite.py.
+    effnet = {f"upernet-effnet-lite{i}" for i in range(3)}
+    assert full == set(PUBLISHED_MILLIONS) | {"mask2former-dinat-l"} | set(SEMASK) | maskdino | effnet
     assert all(spec.name == name for name, spec in ARCHITECTURES.items())
 
 

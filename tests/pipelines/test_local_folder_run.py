@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipelines.local import main
+from pipelines.local import (
+    DEMO_ARCHITECTURES,
+    DEMO_IMAGE_SIZE,
+    RUN_ARCHITECTURES,
+    RUN_IMAGE_SIZE,
+    RUN_ITERATIONS,
+    _folder_options,
+    main,
+)
 from trashseg.data.prepare import dataset_hash
 from trashseg.storage import LocalStore, list_versions
 from trashseg.submission import validate_submission
@@ -97,3 +105,22 @@ def test_run_names_a_bad_setting_before_pushing(coco_folder, tmp_path, capsys):
     assert main(["run", "--data", str(coco_folder), "--out", str(tmp_path / "out"), "--set", "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_run_defaults_to_pretrained_members_that_need_no_mirror_and_the_demo_keeps_its_own(coco_folder, tmp_path):
+    import argparse
+
+    from trashseg.steps import check_weights_step
+    from trashseg.weights import PACKAGED_WEIGHTS
+
+    options = _folder_options(argparse.Namespace(
+        data=coco_folder, architectures=None, settings=[], ensemble_settings=[],
+        iterations=RUN_ITERATIONS, image_size=RUN_IMAGE_SIZE,
+    ))
+    assert options["architectures"] == RUN_ARCHITECTURES and options["image_size"] == RUN_IMAGE_SIZE
+    # Every default member starts from weights shipped in an installed package: the pipeline's
+    # check-weights step passes against an empty store (no hub, no mirror).
+    starts = check_weights_step(RUN_ARCHITECTURES, options["train_settings"], str(tmp_path / "empty-store"))
+    assert starts and set(starts) <= set(PACKAGED_WEIGHTS)
+    # make demo is untouched: random-init tiny twins on the synthetic sample.
+    assert all(name.endswith("-tiny") for name in DEMO_ARCHITECTURES) and DEMO_IMAGE_SIZE == 96

@@ -58,14 +58,16 @@ def list_command(args: argparse.Namespace) -> int:
 def defaults_command(args: argparse.Namespace) -> int:
     from trashseg.models import ARCHITECTURES
     from trashseg.storage import open_store
-    from trashseg.weights import find_mirror
+    from trashseg.weights import PACKAGED_WEIGHTS, find_mirror
 
     store = open_store(args.store) if args.store else None
     for name, spec in ARCHITECTURES.items():
         if spec.tiny:
             continue
         mirrored = ""
-        if store is not None and spec.default_pretrained:
+        if spec.default_pretrained in PACKAGED_WEIGHTS:
+            mirrored = "  installed package (no mirror needed)"
+        elif store is not None and spec.default_pretrained:
             mirrored = "  mirrored" if find_mirror(store, spec.default_pretrained) else "  NOT MIRRORED"
         print(f"{name:<32} {spec.default_pretrained or 'none (random init)'}{mirrored}")
     return 0

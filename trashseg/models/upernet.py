@@ -1,4 +1,5 @@
-"""UperNet (Xiao et al. 2018) heads on Swin or ConvNeXt backbones, with the auxiliary FCN head."""
+"""UperNet (Xiao et al. 2018) heads on Swin, ConvNeXt or EfficientNet-Lite backbones, with the
+auxiliary FCN head."""
 
 from __future__ import annotations
 
@@ -10,17 +11,24 @@ from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
 from trashseg.models.backbones import convnext_backbone_config, swin_backbone_config
 from trashseg.models.base import SegmentationModel, cross_entropy, resize_to
+from trashseg.models.efficientnet_lite import efficientnet_lite_config
+
+_BACKBONES = {"swin": swin_backbone_config, "convnext": convnext_backbone_config, "effnet": efficientnet_lite_config}
+# Decoder widths (pyramid pooling / FPN channels, auxiliary head): mmsegmentation's for the
+# transformer and ConvNeXt encoders; narrower over EfficientNet-Lite, the CPU family, whose
+# stride-4 FPN convolutions at 512 channels would cost ~20x its encoder (at 64, ~1.5x).
+_WIDTHS = {"swin": (512, 256), "convnext": (512, 256), "effnet": (64, 64)}
 
 
 def upernet_config(
     backbone: str, variant: str, num_classes: int, *, tiny: bool, drop_path_rate: float
 ) -> UperNetConfig:
-    make_backbone = swin_backbone_config if backbone == "swin" else convnext_backbone_config
+    hidden, auxiliary = (32, 32) if tiny else _WIDTHS[backbone]
     return UperNetConfig(
-        backbone_config=make_backbone(variant, tiny=tiny, drop_path_rate=drop_path_rate),
+        backbone_config=_BACKBONES[backbone](variant, tiny=tiny, drop_path_rate=drop_path_rate),
         num_labels=num_classes,
-        hidden_size=32 if tiny else 512,
-        auxiliary_channels=32 if tiny else 256,
+        hidden_size=hidden,
+        auxiliary_channels=auxiliary,
         loss_ignore_index=255,
     )
 
