@@ -36,7 +36,7 @@ def dry_run(tmp_path_factory):
     """The whole dry run with the arguments `make gpu-check DRY=1` passes (~30 s of CPU), run by
     this process's `main`: a fresh interpreter would import transformers again (~5 s of CPU)."""
     out = tmp_path_factory.mktemp("gpu-check")
-    planned = subprocess.run(["make", "-n", "gpu-check", "DRY=1", f"GPU_CHECK_OUT={out}", f"PY={sys.executable}"],
+    planned = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check", "DRY=1", f"GPU_CHECK_OUT={out}", f"PY={sys.executable}"],
                              cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert planned == [sys.executable, "-m", "benchmarks.gpu_check", "--dry", "--out", str(out)]
     # The DDP row's workers are fresh interpreters: they find trashseg and benchmarks by this path.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_tree import kill_process_tree
 
 from trashseg.storage import open_store
 from trashseg.trainjob.node import node_folder
@@ -84,7 +85,7 @@ class _Node:
             pytest.fail(f"node did not finish in {timeout} s; its log ends:\n{self.output()[-4000:]}")
 
     def kill(self, signum) -> None:
-        os.killpg(self.process.pid, signum)
+        kill_process_tree(self.process.pid, signum)  # the workers too: torchrun gives each its own session
         self.process.wait(60)
 
     def output(self) -> str:

@@ -11,9 +11,7 @@ Bodies POSTed as TrainJobs are checked through the Trainer v2.3 models, as admis
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +22,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+from process_tree import kill_process_tree
 
 from trashseg.errors import ConfigError
 from trashseg.trainjob.objects import (
@@ -164,7 +164,7 @@ class LocalTrainer:
         """The job deleted: its pods go (SIGKILL, as after the grace period)."""
         for process in self.processes.get(name, []):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                kill_process_tree(process.pid)  # the workers too: torchrun gives each its own session
 
     def close(self) -> None:
         for name in list(self.processes):
