@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from trashseg.models import ARCHITECTURES, build_model  # noqa: E402
 from trashseg.models.complexity import model_gflops, peak_bf16_tflops, training_mfu  # noqa: E402
 from trashseg.predict import predict_probabilities  # noqa: E402
+from trashseg.train_loop import LossModule  # noqa: E402
 
 NUM_CLASSES = 11
 TTA_SCALES = (0.75, 1.0, 1.25)
@@ -101,17 +102,6 @@ def make_train_step(model, device, size, batch_size, amp_dtype, *, channels_last
 
     model.train()
     return step
-
-
-class LossModule(torch.nn.Module):
-    """`forward` is the model's loss: what the training step compiles (and DDP wraps)."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, masks):
-        return self.model.loss(images, masks)
 
 
 def train_throughput(model, device, size, batch_size, steps, amp_dtype, *, warmup=1, **options) -> tuple[float, float, float]:

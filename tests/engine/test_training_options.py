@@ -88,8 +88,8 @@ def test_cuda_training_in_bf16_and_prediction(sample_dataset, tmp_path):
 def test_non_finite_loss_stops_before_any_checkpoint_is_written(sample_dataset, tmp_path, monkeypatch):
     from trashseg import train_loop
 
-    real = train_loop._LossModule.forward
-    monkeypatch.setattr(train_loop._LossModule, "forward", lambda self, images, masks: real(self, images, masks) * float("nan"))
+    real = train_loop.LossModule.forward
+    monkeypatch.setattr(train_loop.LossModule, "forward", lambda self, images, masks: real(self, images, masks) * float("nan"))
     config = _tiny(iterations=4, log_interval=4, checkpoint_interval=2)
     with pytest.raises(FloatingPointError, match=r"iterations 1\.\.2"):
         train(config, sample_dataset, tmp_path / "run")
