@@ -58,7 +58,7 @@ def test_an_unreadable_annotation_file_names_what_was_given(caplog, capsys):
     # /proc/self/mem fails every read with EIO, even for root (chmod cannot simulate this as root).
     code, shown = _run(["validate-data", "/proc/self/mem"], caplog, capsys)
     assert code == 2 and "Traceback" not in shown
-    assert "cannot read" in shown and "/proc/self/mem" in shown and "give a regular file" in shown
+    assert "/proc/self/mem cannot be read: input/output error" in shown and "give a regular file" in shown
 
 
 def _unreadable_file(tmp_path):
@@ -83,7 +83,7 @@ def test_a_permission_denied_annotation_file_is_one_line(tmp_path, caplog, capsy
         pytest.skip("every file is readable here (root without a protected /proc)")
     code, shown = _run(["validate-data", path], caplog, capsys)
     assert code == 2 and "Traceback" not in shown
-    assert f"cannot open {path}: permission denied" in shown and "fix its permissions" in shown
+    assert f"{path} cannot be read: permission denied" in shown and "fix its permissions" in shown
 
 
 def test_an_unreadable_config_file_is_a_config_error(tmp_path, caplog, capsys):
@@ -136,7 +136,7 @@ def test_train_config_values_have_upper_bounds(values, fragment):
 
 def test_stage_configs_have_upper_bounds():
     from trashseg.crf import CrfConfig
-    from trashseg.ensemble import EnsembleConfig
+    from trashseg.ensemble.config import EnsembleConfig
 
     with pytest.raises(ConfigError, match=r"fit_rounds=1000000000: expected an integer in \[1, 100\]"):
         EnsembleConfig(fit_rounds=10**9)

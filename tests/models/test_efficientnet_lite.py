@@ -14,10 +14,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from trashseg.augment import IMAGENET_MEAN, IMAGENET_STD
-from trashseg.checkpoints import load_checkpoint
 from trashseg.config import from_mapping
 from trashseg.errors import ConfigError
-from trashseg.models import ARCHITECTURES, build_model, load_pretrained_model
+from trashseg.models import ARCHITECTURES, build_model, load_checkpoint, load_pretrained_model
 from trashseg.models.efficientnet_lite import (
     EfficientNetLiteBackbone,
     efficientnet_lite_config,

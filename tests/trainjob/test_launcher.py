@@ -80,7 +80,10 @@ def launch(fake, inputs, *, pod=POD, settings=SETTINGS, **extra):
 
 def mirror_checkpoint(store: str, iteration: int = 20, miou: float = 0.42) -> None:
     """What rank 0 of the nodes leaves in the mirror: `<store>/<run>/base-<arch>/last.pt`."""
-    state = {"format": CHECKPOINT_FORMAT, "iteration": iteration, "best_miou": miou, "mlflow_run_id": "mlflow-123"}
+    # Every field a checkpoint must hold (the launcher reads it back as train_step does); no weights needed.
+    state = {"format": CHECKPOINT_FORMAT, "iteration": iteration, "best_miou": miou, "mlflow_run_id": "mlflow-123",
+             "architecture": ARCH, "classes": [], "model": {}, "image_size": 64, "config": {},
+             "normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3}}
     written = Path(store).parent / "node-last.pt"
     torch.save(state, written)
     open_store(f"{store}/{RUN_ID}").put_file(written, f"base-{ARCH}/last.pt")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trashseg.errors import DataError
-from trashseg.fileio import atomic_write, write_text
+from trashseg.fileio import atomic_write, os_error_fix, write_text
 
 # Largest annotation file accepted. Parsed (polygons as arrays), a polygon-heavy COCO file
 # takes about 3.5 times its size in memory (benchmarks/prepare_memory_bench.py).
@@ -70,7 +70,7 @@ def parse_json(
             raise DataError(f"{what} {path} does not exist; pass the path of a .json file")
         size = path.stat().st_size
     except OSError as error:
-        raise DataError(f"{what} {path} cannot be read ({error.strerror or error}); check the path") from None
+        raise DataError(f"{what} {path} cannot be read: {os_error_fix(error)}") from None
     if size > MAX_JSON_BYTES:
         raise DataError(
             f"{what} {path} is {size / 2**30:.1f} GiB, more than the {MAX_JSON_BYTES / 2**30:.0f} GiB accepted "
@@ -104,7 +104,7 @@ def parse_json(
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, too-long integers, bad encoding
         raise DataError(f"{what} {path} is not readable JSON ({_short(str(error))}); fix or re-export it") from None
     except OSError as error:
-        raise DataError(f"{what} {path} cannot be read ({error.strerror or error}); check the path") from None
+        raise DataError(f"{what} {path} cannot be read: {os_error_fix(error)}") from None
     return JsonDocument(value, non_finite)
 
 
