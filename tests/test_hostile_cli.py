@@ -245,3 +245,29 @@ def test_a_network_error_is_not_reported_as_a_path_problem():
     line = os_error_line(ConnectionRefusedError(111, "Connection refused"),
                          argparse.Namespace(command="data", data_command="push", uri="http://u:p@ss@h"))
     assert line.startswith("trashseg data push: network error") and "check the path" not in line
+
+
+def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path):
+    """An ANSI escape in a class name and a newline in a file_name, shown by the real command's
+    logging and summary: escaped, so they can neither restyle the terminal nor forge a line."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 32, "height": 32},
+                   {"id": 2, "file_name": "b\nINFO forged line.jpg", "width": 32, "height": 32}],
+        "categories": [{"id": 7, "name": "\x1b[31mred\x1b[0m"}],  # not id 1: the mapping is printed
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "area": 64.0, "iscrowd": 0, "bbox": [0, 0, 8, 8],
+                         "segmentation": [[0, 0, 8, 0, 8, 8, 0, 8]]}],
+    }
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    shown = subprocess.run([sys.executable, "-c", "import sys; from trashseg.cli import main; sys.exit(main())",
+                            "validate-data", str(tmp_path / "train.json")], capture_output=True, text=True, timeout=120)
+    text = shown.stdout + shown.stderr
+    assert shown.returncode == 0, text
+    assert "\x1b" not in text and "\\x1b[31mred" in text
+    assert not any(line.startswith("INFO forged line") for line in text.splitlines()), text

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from trashseg.errors import UserError
+from trashseg.errors import UserError, printable
 from trashseg.memory import reuse_freed_memory
 
 COMMAND_MODULES = (
@@ -66,12 +66,17 @@ def configure_logging(verbose: bool) -> None:
     from trashseg.secrets import install_log_redaction
 
     install_log_redaction()  # no URI password in any log line, ours or a library's
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+class _PrintableFormatter(logging.Formatter):
+    """One log record, one terminal line: control characters in the message (from a dataset's
+    names) are escaped; a traceback, formatted apart, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def _redacting_excepthook(exc_type, exc, tb) -> None:

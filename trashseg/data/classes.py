@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from trashseg.data.jsonio import read_json_value
-from trashseg.errors import DataError
+from trashseg.errors import DataError, printable
 from trashseg.fileio import write_text
 
 BACKGROUND = "Background"
@@ -125,7 +125,8 @@ class ClassTable:
     def mapping_lines(self) -> list[str]:
         """'COCO category 0 -> class 1 (Aluminium foil)' for every class, for reports."""
         return [
-            f"COCO category {cat} -> class {idx} ({name})" if cat is not None else f"(no category) -> class {idx} ({name})"
+            f"COCO category {cat} -> class {idx} ({printable(name)})" if cat is not None
+            else f"(no category) -> class {idx} ({printable(name)})"
             for idx, (name, cat) in enumerate(zip(self.names, self.category_ids, strict=True))
         ]
 

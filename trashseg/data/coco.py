@@ -48,7 +48,7 @@ import numpy as np
 
 from trashseg.data.classes import ClassTable, text_problem
 from trashseg.data.jsonio import non_finite_or_deep, parse_json, write_json
-from trashseg.errors import DataError
+from trashseg.errors import DataError, printable
 
 REQUIRED_TOP_LEVEL = ("images", "categories")
 REQUIRED_IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -185,7 +185,7 @@ class ValidationReport:
             where = f"in {full_report}" if full_report else "with --report FILE"
             lines.append(f"every skipped record with its reason is listed {where}")
         lines.append(self.summary())
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)  # one record, one line, whatever its names hold
 
     def nothing_usable(self) -> str | None:
         """Why no image survived validation, or None when some did."""
