@@ -199,6 +199,8 @@ def build_loader(config: TrainConfig, data: DataStreams, start: int, end: int, d
         data.streams, data.classes.num_classes, TrainTransform(config.augment, config.image_size), config.seed,
         data.copy_paste_ids, data.donors, config.augment.copy_paste,
     )
+    if config.num_workers > 0:
+        _quiet_opencv_pool()
     # A private generator: the loader must not draw from the global RNG that resume restores.
     # Workers live for the whole (single-pass) loader and keep 4 batches each in flight.
     return torch.utils.data.DataLoader(
@@ -206,6 +208,16 @@ def build_loader(config: TrainConfig, data: DataStreams, start: int, end: int, d
         generator=torch.Generator(), persistent_workers=config.num_workers > 0,
         prefetch_factor=4 if config.num_workers > 0 else None, worker_init_fn=_one_thread_worker,
     )
+
+
+def _quiet_opencv_pool() -> None:
+    """OpenCV in this process one-threaded before the loader forks its workers: a worker forked
+    while OpenCV's thread pool runs inherits the pool without its threads, and its own
+    `setNumThreads` then waits on them for ever (seen as a hung test). The augmentation runs in
+    the workers, so this process loses nothing it uses."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _one_thread_worker(_worker_id: int) -> None:

@@ -119,3 +119,25 @@ def test_loader_workers_do_not_change_the_weights(sample_dataset, tmp_path):
     first = torch.load(in_process.last_checkpoint, weights_only=False)["model"]
     second = torch.load(with_workers.last_checkpoint, weights_only=False)["model"]
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_loader_workers_start_after_opencv_used_its_thread_pool(sample_dataset, tmp_path):
+    """A process that ran OpenCV's thread pool, then forks loader workers: each worker's
+    `cv2.setNumThreads(1)` hung on the inherited, threadless pool before the trainer quieted it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np, cv2\n"
+        "image = np.random.rand(1500, 1500, 3).astype(np.float32)\n"
+        "for _ in range(3): cv2.GaussianBlur(image, (15, 15), 3)  # the pool's threads start\n"
+        "from trashseg.tracking import TrackingConfig\n"
+        "from trashseg.training import TrainConfig, train\n"
+        "config = TrainConfig(architecture='segformer-b0-tiny', image_size=32, batch_size=2, iterations=2,\n"
+        "                     warmup_iters=0, checkpoint_interval=2, eval_interval=0, log_interval=2, num_workers=2,\n"
+        "                     tracking=TrackingConfig(enabled=False))\n"
+        "print('iterations', train(config, sys.argv[1], sys.argv[2]).iterations)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(sample_dataset), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "iterations 2" in done.stdout, done.stderr[-3000:]
