@@ -34,3 +34,25 @@ def valid_coco():
             annotation(12, 2, 3, 0, 0, 40),
         ],
     }
+
+
+def skip_reasons_within_2_gib(path) -> dict[str, str]:
+    """`load_coco(path)` in a fresh process limited to 2 GiB of address space: the skipped records'
+    reasons by id. Hostile geometry once asked for gigabytes here; bounded work needs far less."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import json, resource
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        from trashseg.data.coco import load_coco
+        dataset = load_coco({str(path)!r})
+        print(json.dumps({{s.id: s.reason for s in dataset.report.skipped}}))
+    """)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
