@@ -35,15 +35,21 @@ CREDENTIAL_PATTERNS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build")
+def compile_with_planted_credentials(out, settings: ClusterSettings) -> dict:
+    """Each compiled pipeline as (its text, its YAML documents...), compiled while PLANTED credentials
+    are in the environment, so a test can show that none of them reached the YAML."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in PLANTED.items():
             patch.setenv(name, value)
-        # ENGINE=pod: the KFP pod trains (test_compile_trainjob.py covers the default, trainjob)
-        paths = compile_pipelines(out, ClusterSettings(images=IMAGES, gpus_per_task=GPUS, engine="pod"))
+        paths = compile_pipelines(out, settings)
     return {name: (path.read_text(), *yaml.safe_load_all(path.read_text())) for name, path in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    # ENGINE=pod: the KFP pod trains (test_compile_trainjob.py covers the default, trainjob)
+    settings = ClusterSettings(images=IMAGES, gpus_per_task=GPUS, engine="pod")
+    return compile_with_planted_credentials(tmp_path_factory.mktemp("build"), settings)
 
 
 def tasks(spec):

@@ -5,8 +5,16 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-from test_compile import CREDENTIAL_PATTERNS, IMAGES, PLANTED, ROOT, executor_of, k8s, tasks
+from test_compile import (
+    CREDENTIAL_PATTERNS,
+    IMAGES,
+    PLANTED,
+    ROOT,
+    compile_with_planted_credentials,
+    executor_of,
+    k8s,
+    tasks,
+)
 
 from pipelines.cluster import POD_FIELDS, RUN_ID_FIELD_PATH, ClusterSettings
 from pipelines.compile import compile_pipelines
@@ -23,12 +31,7 @@ DEFAULT_ITERATIONS_OF = {"full": DEFAULT_ITERATIONS, "retrain": DEFAULT_FINETUNE
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build-trainjob")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in PLANTED.items():
-            patch.setenv(name, value)
-        paths = compile_pipelines(out, SETTINGS)
-    return {name: (path.read_text(), *yaml.safe_load_all(path.read_text())) for name, path in paths.items()}
+    return compile_with_planted_credentials(tmp_path_factory.mktemp("build-trainjob"), SETTINGS)
 
 
 def launchers(spec):
